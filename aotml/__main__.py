@@ -1,0 +1,5 @@
+import sys
+
+from aotml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The `aotml` command: check, build, run.
+
+User errors print as located diagnostics and exit with status 1, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from aotml.errors import AotmlError, CompileError, InternalError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aotml", description="Ahead-of-time compiler for "
+                                     ".mlg model graphs.")
+    from aotml import __version__
+    parser.add_argument("--version", action="version", version=f"aotml {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="parse and type-check a model; print its signature")
+    p.add_argument("file")
+
+    p = sub.add_parser("build", help="compile a model to a shared library and header")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="the .so to write (the .h goes beside)")
+    p.add_argument("--dump", default="", help="print stages: graph,loops,llvm,asm")
+    p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
+    p.add_argument("--target-triple", default=None, help="LLVM triple (default: this host)")
+    p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
+
+    p = sub.add_parser("run", help="run a compiled model (or interpret an .mlg) on .npy inputs")
+    p.add_argument("file", help="a built .so, or an .mlg with --interpret")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--output-dir", default=None, help="write each output as NAME.npy here")
+    p.add_argument("--interpret", action="store_true", help="run the .mlg with the reference "
+                   "interpreter instead of a compiled library")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"check": _check, "build": _build, "run": _run}[args.command](args)
+    except InternalError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except CompileError as e:
+        print(e.format(), file=sys.stderr)
+        return 1
+    except AotmlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _check(args) -> int:
+    from aotml.driver import frontend
+
+    g = frontend(args.file)
+
+    def sig(values):
+        return ", ".join(f"{name}: {v.type}" for name, v in values)
+
+    print(f"model {g.name}({sig((v.name, v) for v in g.inputs)}) -> ({sig(g.outputs)})")
+    return 0
+
+
+def _build(args) -> int:
+    from aotml.driver import build
+
+    build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
+          opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout)
+    return 0
+
+
+def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise CompileError(f"--input takes NAME=FILE.npy, got '{spec}'")
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CompileError(f"cannot read input '{name}' from '{path}': {e}") from None
+    return arrays
+
+
+def _run(args) -> int:
+    import aotml
+
+    arrays = _load_inputs(args.input)
+    if args.interpret:
+        results = aotml.interpret(args.file, **arrays)
+    else:
+        if args.file.endswith(".mlg"):
+            raise CompileError(f"'{args.file}' is source: build it first, or add --interpret")
+        results = aotml.load(args.file)(**arrays)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with np.printoptions(precision=6, suppress=True, threshold=20):
+        for name, value in results.items():
+            print(f"{name}: {value.dtype}{list(value.shape)}\n{value}")
+            if out_dir is not None:
+                np.save(out_dir / f"{name}.npy", value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

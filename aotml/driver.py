@@ -1,0 +1,115 @@
+"""The compiler pipeline, top to bottom, as one straight list of stages.
+
+    parse -> elaborate (names, weights, types) -> graph passes -> lower to loops
+          -> target codegen (LLVM, O3, object) -> package (.so + .h)
+
+`--dump STAGE` prints a stage's text: graph, loops, llvm, asm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from aotml import __version__
+from aotml.codegen.llvm_cpu import CpuTarget
+from aotml.errors import CompileError
+from aotml.frontend import parse, parse_file
+from aotml.graph.elaborate import elaborate
+from aotml.graph.ir import Graph, print_graph
+from aotml.graph.passes import run_pipeline
+from aotml.loops.ir import Program, print_program
+from aotml.loops.lower import lower_graph
+from aotml.package.artifact import (generate_header, link_library, manifest_of,
+                                    write_atomically)
+
+DUMP_STAGES = ("graph", "loops", "llvm", "asm")
+
+
+def load_source(source: str | os.PathLike) -> tuple:
+    """A path (str or Path) or, if it holds a newline, the text itself -> (AST, source text)."""
+    if isinstance(source, str) and "\n" in source:
+        return parse(source, "<string>"), source
+    program = parse_file(source)
+    return program, program.span.source.text
+
+
+def frontend(source: str | os.PathLike, verify_each_pass: bool = False,
+             on_pass: Callable[[str, Graph], None] | None = None) -> Graph:
+    """Source to an optimized, verified graph."""
+    program, _ = load_source(source)
+    graph = elaborate(program)
+    return run_pipeline(graph, check=verify_each_pass or _debug(), on_pass=on_pass)
+
+
+def _debug() -> bool:
+    return os.environ.get("AOTML_VERIFY", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced, with the text of each requested dump."""
+
+    so_path: Path
+    header_path: Path
+    program: Program
+    dumps: dict[str, str]
+
+
+def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
+    if not spec:
+        return frozenset()
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    stages = frozenset(s.strip() for s in items if s.strip())
+    unknown = stages - set(DUMP_STAGES)
+    if unknown:
+        raise CompileError(f"unknown dump stage(s) {', '.join(sorted(unknown))}; "
+                           f"choose from {', '.join(DUMP_STAGES)}")
+    return stages
+
+
+def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
+          target_triple: str | None = None, opt_level: int = 3,
+          dump: str | Iterable[str] | None = None, dump_stream=None) -> BuildResult:
+    """Compile `source` into `out_so` and the header beside it (same stem, `.h`)."""
+    stages = parse_dump(dump)
+    out_so = Path(out_so)
+    header_path = out_so.with_suffix(".h")
+    program_ast, text = load_source(source)
+    graph = run_pipeline(elaborate(program_ast), check=_debug())
+    dumps: dict[str, str] = {}
+    if "graph" in stages:
+        dumps["graph"] = print_graph(graph)
+    program, _plan, weights = lower_graph(graph)
+    if "loops" in stages:
+        dumps["loops"] = print_program(program)
+    target = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
+    emitted = target.emit(program, stages)
+    dumps.update(emitted.dumps)
+    if dump_stream is not None:
+        for stage in DUMP_STAGES:
+            if stage in dumps:
+                print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
+
+    source_name = Path(program_ast.span.source.path).name
+    digest = hashlib.sha256()
+    for part in (__version__, text, target.describe(), f"O{opt_level}"):
+        digest.update(part.encode() + b"\0")
+    for p in graph.params:
+        digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
+    manifest = manifest_of(program, digest.hexdigest(), __version__, source_name)
+    with tempfile.TemporaryDirectory(prefix="aotml-build-") as tmp:
+        linked = link_library(emitted.object_code, weights, program.weights_bytes, manifest,
+                              Path(tmp), soname=out_so.name)
+        write_atomically({out_so: linked.read_bytes(),
+                          header_path: generate_header(manifest).encode()})
+    return BuildResult(out_so, header_path, program, dumps)
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr)

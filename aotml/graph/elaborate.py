@@ -1,0 +1,209 @@
+"""Elaborate the AST into the graph IR: resolve names, load weights, infer and check every type.
+
+Every user error found here points at the span of the construct at fault. What it guarantees:
+a graph whose nodes are in topological order, each type inferred by its op's rule.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aotml import ops
+from aotml.errors import CompileError, Span, did_you_mean
+from aotml.frontend import ast
+from aotml.graph.ir import DTYPES, Graph, Node, Param, TensorType, Value
+
+INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
+
+
+def elaborate(program: ast.Program) -> Graph:
+    return _Elaborator(program).run()
+
+
+class _Weights:
+    """The arrays of the `weights` files, looked up by parameter name."""
+
+    def __init__(self, decls: tuple[ast.WeightsDecl, ...]):
+        self.files: list[tuple[ast.WeightsDecl, dict[str, np.ndarray]]] = []
+        for decl in decls:
+            self.files.append((decl, _load_npz(decl)))
+
+    def lookup(self, decl: ast.ParamDecl) -> np.ndarray:
+        if not self.files:
+            raise CompileError(f"param '{decl.name}' needs a weights file", decl.span,
+                               hint='name one before the model: weights "file.npz"')
+        found = [(d, arrays[decl.name]) for d, arrays in self.files if decl.name in arrays]
+        if not found:
+            names = [n for _, arrays in self.files for n in arrays]
+            where = " or ".join(f"'{d.path}'" for d, _ in self.files)
+            raise CompileError(f"no array named '{decl.name}' in weights file {where}", decl.span,
+                               hint=did_you_mean(decl.name, names))
+        if len(found) > 1:
+            raise CompileError(f"param '{decl.name}' is in more than one weights file: "
+                               + ", ".join(f"'{d.path}'" for d, _ in found), decl.span)
+        return found[0][1]
+
+
+def _load_npz(decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
+    base = Path(decl.span.source.path).parent if decl.span is not None else Path(".")
+    path = base / decl.path
+    if not path.is_file():
+        raise CompileError(f"weights file '{decl.path}' not found (looked for '{path}')",
+                           decl.span)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CompileError(f"cannot read weights file '{decl.path}': {e}", decl.span) from None
+
+
+class _Elaborator:
+    def __init__(self, program: ast.Program):
+        self.program = program
+        self.env: dict[str, Value] = {}
+        self.defined_at: dict[str, Span] = {}
+        self.named: set[int] = set()
+        self.graph = Graph(program.model.name, [], [], [], [])
+        self.weights: _Weights | None = None
+        self._literals = 0
+
+    def run(self) -> Graph:
+        model = self.program.model
+        for stmt in model.stmts:
+            if isinstance(stmt, ast.InputDecl):
+                value = Value(stmt.name, self.tensor_type(stmt.type))
+                self.bind(stmt.name, value, stmt.span)
+                self.graph.inputs.append(value)
+                self.graph.input_spans[stmt.name] = stmt.span
+            elif isinstance(stmt, ast.ParamDecl):
+                self.param(stmt)
+            elif isinstance(stmt, ast.Let):
+                value = self.expr(stmt.value)
+                self.bind(stmt.name, value, stmt.span)
+            elif isinstance(stmt, ast.Output):
+                self.output(stmt)
+        if not self.graph.outputs:
+            raise CompileError(f"model '{model.name}' has no outputs", model.span,
+                               hint="mark a result with: output name = expr")
+        return self.graph
+
+    # -- declarations ---------------------------------------------------------------------
+
+    def bind(self, name: str, value: Value, span: Span) -> None:
+        if name in self.env:
+            first = self.defined_at[name]
+            raise CompileError(f"'{name}' is already defined", span,
+                               notes=[f"first defined at {first}"])
+        self.env[name] = value
+        self.defined_at[name] = span
+        if value.uid not in self.named:  # a node result takes its first binding's name
+            value.name = name
+            self.named.add(value.uid)
+
+    def tensor_type(self, t: ast.TypeExpr) -> TensorType:
+        if t.dtype not in DTYPES:
+            hint = did_you_mean(t.dtype, DTYPES) or "supported: " + ", ".join(DTYPES)
+            raise CompileError(f"unknown dtype '{t.dtype}'", t.span, hint=hint)
+        dims = []
+        for d, span in zip(t.dims, t.dim_spans):
+            if not d.lstrip("-").isdigit():
+                raise CompileError(f"dimension '{d}' must be a positive integer", span)
+            if int(d) < 1:
+                raise CompileError(f"dimension {d} must be at least 1", span)
+            dims.append(int(d))
+        return TensorType(t.dtype, tuple(dims))
+
+    def param(self, decl: ast.ParamDecl) -> None:
+        ty = self.tensor_type(decl.type)
+        if self.weights is None:
+            self.weights = _Weights(self.program.weights)
+        data = self.weights.lookup(decl)
+        if data.dtype != ty.np_dtype:
+            raise CompileError(
+                f"weight '{decl.name}' has dtype {data.dtype}, declared {ty.dtype}", decl.span,
+                hint=f"save it as {ty.np_dtype} (numpy: array.astype(np.{ty.np_dtype}))")
+        if data.shape != ty.shape:
+            raise CompileError(
+                f"weight '{decl.name}' has shape {tuple(data.shape)}, declared {ty}", decl.span)
+        value = Value(decl.name, ty)
+        self.bind(decl.name, value, decl.span)
+        self.graph.params.append(Param(value, np.ascontiguousarray(data), decl.span))
+
+    def output(self, stmt: ast.Output) -> None:
+        if any(name == stmt.name for name, _ in self.graph.outputs):
+            raise CompileError(f"output '{stmt.name}' is already defined", stmt.span)
+        if stmt.value is None:
+            value = self.lookup(stmt.name, stmt.span)
+        else:
+            value = self.expr(stmt.value)
+            self.bind(stmt.name, value, stmt.span)
+        self.graph.outputs.append((stmt.name, value))
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def lookup(self, name: str, span: Span) -> Value:
+        if name not in self.env:
+            raise CompileError(f"unknown name '{name}'", span,
+                               hint=did_you_mean(name, self.env))
+        return self.env[name]
+
+    def expr(self, e: ast.Expr) -> Value:
+        if isinstance(e, ast.Name):
+            return self.lookup(e.id, e.span)
+        if isinstance(e, ast.Number):
+            return self.literal(e)
+        if isinstance(e, ast.Neg):
+            return self.apply("neg", [e.operand], {}, e.span, e.span)
+        if isinstance(e, ast.Binary):
+            return self.apply(INFIX[e.op], [e.lhs, e.rhs], {}, e.span, e.op_span)
+        if isinstance(e, ast.Call):
+            if e.func not in ops.REGISTRY:
+                raise CompileError(f"unknown op '{e.func}'", e.func_span,
+                                   hint=did_you_mean(e.func, ops.REGISTRY))
+            attrs: dict[str, Any] = {}
+            kw_spans: dict[str, ast.Kwarg] = {}
+            for kw in e.kwargs:
+                if kw.name in attrs:
+                    raise CompileError(f"attribute '{kw.name}' given twice", kw.span)
+                attrs[kw.name] = kw.value
+                kw_spans[kw.name] = kw
+            return self.apply(e.func, list(e.args), attrs, e.span, e.func_span, kw_spans)
+        raise TypeError(f"unexpected AST node {e!r}")
+
+    def literal(self, e: ast.Number) -> Value:
+        # A literal is a rank-0 f32 constant; lowering folds it into the loops that read it.
+        value = Value(f"c{self._literals}", TensorType("f32", ()))
+        self._literals += 1
+        self.graph.params.append(Param(value, np.asarray(e.value, dtype=np.float32), e.span))
+        return value
+
+    def apply(self, op_name: str, args: list[ast.Expr], attrs: dict[str, Any], span: Span,
+              op_span: Span, kw_spans: dict[str, ast.Kwarg] | None = None) -> Value:
+        op = ops.REGISTRY[op_name]
+        kw_spans = kw_spans or {}
+        if len(args) != op.arity:
+            noun = "argument" if op.arity == 1 else "arguments"
+            raise CompileError(f"'{op_name}' takes {op.arity} tensor {noun}, got {len(args)}",
+                               span, hint=f"signature: {op.signature}")
+        inputs = tuple(self.expr(a) for a in args)
+        try:
+            bound = op.bind_attrs(attrs)
+            result_type = op.infer(tuple(v.type for v in inputs), bound)
+        except ops.OpTypeError as err:
+            where = op_span
+            if err.arg is not None:
+                where = args[err.arg].span
+            elif err.attr is not None and err.attr in kw_spans:
+                kw = kw_spans[err.attr]
+                unknown = err.attr not in {a.name for a in op.attrs}
+                where = kw.span if unknown else kw.value_span
+            raise CompileError(err.message, where, hint=err.hint) from None
+        result = Value(f"t{len(self.graph.nodes)}", result_type)
+        self.graph.nodes.append(Node(op_name, inputs, tuple(sorted(bound.items())), result, span))
+        return result

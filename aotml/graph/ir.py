@@ -1,0 +1,153 @@
+"""The graph IR: a model as typed values produced by op nodes, in topological order.
+
+Values have identity (two values with the same type are different tensors); nodes are frozen and
+carry the source span of the expression that made them, which takes no part in equality.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aotml.errors import InternalError, Span
+
+# dtype name in the language -> numpy dtype string. One table, so adding a dtype is one line here
+# plus its handling in codegen.
+DTYPES = {"f32": "float32"}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A tensor's element type and static shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise InternalError(f"unknown dtype {self.dtype!r}")
+        if not all(isinstance(d, int) and d >= 1 for d in self.shape):
+            raise InternalError(f"bad shape {self.shape!r}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * np.dtype(DTYPES[self.dtype]).itemsize
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(DTYPES[self.dtype])
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Value:
+    """One tensor in the graph; compared by identity."""
+
+    name: str
+    type: TensorType
+    uid: int = field(default_factory=lambda: next(_ids), repr=False)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op application producing one value."""
+
+    op: str
+    inputs: tuple[Value, ...]
+    attrs: tuple[tuple[str, Any], ...]
+    result: Value
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def attr(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter: a value whose data is fixed at build time."""
+
+    value: Value
+    data: np.ndarray = field(repr=False, compare=False)
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Graph:
+    """A model: inputs, parameters, nodes in topological order, and named outputs."""
+
+    name: str
+    inputs: list[Value]
+    params: list[Param]
+    nodes: list[Node]
+    outputs: list[tuple[str, Value]]
+    input_spans: dict[str, Span] = field(default_factory=dict, repr=False)
+
+    def producers(self) -> dict[int, Node]:
+        return {n.result.uid: n for n in self.nodes}
+
+    def users(self) -> dict[int, list[Node]]:
+        out: dict[int, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                out.setdefault(v.uid, []).append(n)
+        return out
+
+
+def format_attr(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_attr(v) for v in value) + ")"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def print_graph(g: Graph) -> str:
+    """The stable text form used by `--dump graph` and the pass tests."""
+    names: dict[int, str] = {}
+
+    def ref(v: Value) -> str:
+        return names[v.uid]
+
+    lines = []
+    for v in g.inputs:
+        names[v.uid] = f"%{v.name}"
+    for p in g.params:
+        names[p.value.uid] = f"%{p.value.name}"
+    sig = ", ".join(f"{ref(v)}: {v.type}" for v in g.inputs)
+    lines.append(f"graph {g.name}({sig}) {{")
+    for p in g.params:
+        lines.append(f"  param {ref(p.value)}: {p.value.type}")
+    for i, n in enumerate(g.nodes):
+        names[n.result.uid] = f"%{i}"
+        args = [ref(v) for v in n.inputs]
+        args += [f"{k}={format_attr(v)}" for k, v in n.attrs]
+        loc = f"  # {n.span}" if n.span is not None else ""
+        lines.append(f"  {ref(n.result)}: {n.result.type} = {n.op}({', '.join(args)}){loc}")
+    outs = ", ".join(f"{name}={ref(v)}" for name, v in g.outputs)
+    lines.append(f"  return {outs}")
+    lines.append("}")
+    return "\n".join(lines)

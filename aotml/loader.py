@@ -1,0 +1,136 @@
+"""Load a compiled model with cffi and call it with numpy arrays (zero-copy in and out)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from aotml.errors import LoadError, RunError
+from aotml.package.artifact import ABI_VERSION
+
+_CDEF = """
+typedef struct aotml_tensor_info {
+    const char *name; int32_t dtype; int32_t rank; const int64_t *shape; uint64_t bytes;
+} aotml_tensor_info;
+typedef struct aotml_model {
+    uint32_t abi_version; const char *aotml_version; const char *name; const char *build_hash;
+    uint32_t n_inputs; const aotml_tensor_info *inputs;
+    uint32_t n_outputs; const aotml_tensor_info *outputs;
+    uint64_t workspace_bytes; uint64_t weights_bytes;
+    int (*run)(const void *const *inputs, const uint64_t *input_bytes, uint32_t n_inputs,
+               void *const *outputs, const uint64_t *output_bytes, uint32_t n_outputs,
+               void *workspace, uint64_t workspace_bytes);
+    const char *(*last_error)(void);
+} aotml_model;
+const aotml_model *aotml_model_v1(void);
+"""
+_DTYPES = {1: "float32"}
+_ffi = cffi.FFI()
+_ffi.cdef(_CDEF)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, numpy dtype string, shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class Model:
+    """A loaded model. Call it with keyword arrays; returns a dict of output arrays."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LoadError(f"no such model file: '{self.path}'")
+        try:
+            self._lib = _ffi.dlopen(str(self.path.resolve()))
+            self._model = self._lib.aotml_model_v1()
+        except (OSError, AttributeError) as e:
+            raise LoadError(f"cannot load '{self.path}' as an aotml model: {e}") from None
+        m = self._model
+        if m.abi_version != ABI_VERSION:
+            raise LoadError(f"'{self.path}' was built for ABI {m.abi_version}; this aotml "
+                            f"speaks ABI {ABI_VERSION}: rebuild it")
+        self.name = _ffi.string(m.name).decode()
+        self.build_hash = _ffi.string(m.build_hash).decode()
+        self.aotml_version = _ffi.string(m.aotml_version).decode()
+        self.workspace_bytes = int(m.workspace_bytes)
+        self.inputs = tuple(_info(m.inputs[i]) for i in range(m.n_inputs))
+        self.outputs = tuple(_info(m.outputs[i]) for i in range(m.n_outputs))
+        self._in_bytes = _ffi.new("uint64_t[]", [t.nbytes for t in self.inputs] or [0])
+        self._out_bytes = _ffi.new("uint64_t[]", [t.nbytes for t in self.outputs] or [0])
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        def sig(ts):
+            return ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in ts)
+        return f"<aotml.Model {self.name}({sig(self.inputs)}) -> ({sig(self.outputs)})>"
+
+    def _workspace(self) -> np.ndarray:
+        # one workspace per thread, so concurrent calls never share scratch memory
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            ws = self._local.ws = np.empty(max(self.workspace_bytes, 1), np.uint8)
+        return ws
+
+    def __call__(self, out: dict[str, np.ndarray] | None = None,
+                 **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        names = {t.name for t in self.inputs}
+        unknown = sorted(set(arrays) - names)
+        if unknown:
+            raise RunError(f"{self.name}: unknown input(s) {', '.join(unknown)}; it takes "
+                           f"{', '.join(t.name for t in self.inputs) or 'no inputs'}")
+        ins = [_check(self.name, "input", t, arrays.get(t.name)) for t in self.inputs]
+        out = dict(out or {})
+        unknown = sorted(set(out) - {t.name for t in self.outputs})
+        if unknown:
+            raise RunError(f"{self.name}: unknown output(s) {', '.join(unknown)} in out=")
+        outs = [_check(self.name, "output", t, out[t.name]) if t.name in out
+                else np.empty(t.shape, t.dtype) for t in self.outputs]
+        in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
+        out_ptrs = _ffi.new("void *[]",
+                            [_ffi.from_buffer(a, require_writable=True) for a in outs]
+                            or [_ffi.NULL])
+        ws = self._workspace()
+        rc = self._model.run(in_ptrs, self._in_bytes, len(ins), out_ptrs, self._out_bytes,
+                             len(outs), _ffi.from_buffer(ws), ws.nbytes)
+        if rc != 0:
+            raise RunError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
+        return {t.name: a for t, a in zip(self.outputs, outs)}
+
+
+def _info(t) -> TensorInfo:
+    shape = tuple(int(t.shape[k]) for k in range(t.rank))
+    return TensorInfo(_ffi.string(t.name).decode(), _DTYPES.get(t.dtype, f"?{t.dtype}"), shape,
+                      int(t.bytes))
+
+
+def _check(model: str, kind: str, t: TensorInfo, a) -> np.ndarray:
+    if a is None:
+        raise RunError(f"{model}: missing {kind} '{t.name}' ({t.dtype}{list(t.shape)})")
+    if not isinstance(a, np.ndarray):
+        raise RunError(f"{model}: {kind} '{t.name}' must be a numpy array, got "
+                       f"{type(a).__name__}")
+    if a.dtype != np.dtype(t.dtype):
+        raise RunError(f"{model}: {kind} '{t.name}' has dtype {a.dtype}, expected {t.dtype}")
+    if a.shape != t.shape:
+        raise RunError(f"{model}: {kind} '{t.name}' has shape {a.shape}, expected {t.shape}")
+    if not a.flags.c_contiguous:
+        raise RunError(f"{model}: {kind} '{t.name}' is not C-contiguous; pass "
+                       f"np.ascontiguousarray(...)")
+    if kind == "output" and not a.flags.writeable:
+        raise RunError(f"{model}: output '{t.name}' is read-only")
+    return a
+
+
+def load(path: str | os.PathLike) -> Model:
+    return Model(path)

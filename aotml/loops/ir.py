@@ -1,0 +1,265 @@
+"""The loop-level IR.
+
+A `Program` is a list of kernels and the order to launch them, over buffers placed in four
+regions: the caller's inputs and outputs, the embedded weights, and the workspace arena. A kernel
+is a loop nest over its buffer arguments. Indices are integer expressions (affine in loop
+variables in everything lowered so far); buffers are dense, row-major, statically shaped.
+Scalar locals (`Local`/`Assign`) hold reduction accumulators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from aotml.errors import InternalError
+
+INDEX = "i64"
+UNARY_OPS = frozenset({"neg", "exp", "tanh"})
+BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max"})
+REGIONS = ("input", "output", "param", "workspace")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A dense row-major tensor in memory."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        out, acc = [], 1
+        for d in reversed(self.shape):
+            out.append(acc)
+            acc *= d
+        return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
+class Const:
+    """A scalar constant."""
+
+    value: float | int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Var:
+    """A loop variable (dtype i64) or a scalar local."""
+
+    name: str
+    dtype: str = INDEX
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read one element of a buffer."""
+
+    buffer: Buffer
+    indices: tuple["Expr", ...]
+
+    def __post_init__(self):
+        if len(self.indices) != len(self.buffer.shape):
+            raise InternalError(f"load of {self.buffer.name} with {len(self.indices)} indices")
+
+
+@dataclass(frozen=True)
+class Unary:
+    """A unary scalar operation."""
+
+    op: str
+    operand: "Expr"
+
+    def __post_init__(self):
+        if self.op not in UNARY_OPS:
+            raise InternalError(f"unknown unary op {self.op!r}")
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A binary scalar operation; both operands have the same dtype."""
+
+    op: str
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __post_init__(self):
+        if self.op not in BINARY_OPS:
+            raise InternalError(f"unknown binary op {self.op!r}")
+        if dtype_of(self.lhs) != dtype_of(self.rhs):
+            raise InternalError(f"{self.op} of {dtype_of(self.lhs)} and {dtype_of(self.rhs)}")
+
+
+Expr = Union[Const, Var, Load, Unary, Binary]
+
+
+def dtype_of(e: Expr) -> str:
+    if isinstance(e, (Const, Var)):
+        return e.dtype
+    if isinstance(e, Load):
+        return e.buffer.dtype
+    if isinstance(e, Unary):
+        return dtype_of(e.operand)
+    return dtype_of(e.lhs)
+
+
+@dataclass(frozen=True)
+class For:
+    """`for var in 0..extent` (extent >= 1)."""
+
+    var: Var
+    extent: int
+    body: tuple["Stmt", ...]
+
+    def __post_init__(self):
+        if self.extent < 1:
+            raise InternalError(f"loop {self.var.name} with extent {self.extent}")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Write one element of a buffer."""
+
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+    def __post_init__(self):
+        if len(self.indices) != len(self.buffer.shape):
+            raise InternalError(f"store to {self.buffer.name} with {len(self.indices)} indices")
+        if dtype_of(self.value) != self.buffer.dtype:
+            raise InternalError(f"store of {dtype_of(self.value)} into {self.buffer.name}")
+
+
+@dataclass(frozen=True)
+class Local:
+    """Declare a scalar local and give it its first value."""
+
+    var: Var
+    init: Expr
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Give a scalar local a new value."""
+
+    var: Var
+    value: Expr
+
+
+Stmt = Union[For, Store, Local, Assign]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A loop nest over buffer arguments; `outputs` names the buffers it writes."""
+
+    name: str
+    args: tuple[Buffer, ...]
+    outputs: tuple[str, ...]
+    body: tuple[Stmt, ...]
+    origin: str = ""  # the graph op(s) it came from, for dumps and reports
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a buffer lives: `index` is the argument position (input/output) or byte offset."""
+
+    buffer: Buffer
+    region: str
+    index: int
+
+    def __post_init__(self):
+        if self.region not in REGIONS:
+            raise InternalError(f"unknown region {self.region!r}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Run a kernel on these buffers."""
+
+    kernel: str
+    args: tuple[Buffer, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything codegen needs: placed buffers, kernels, launch order, arena sizes."""
+
+    name: str
+    placements: tuple[Placement, ...]
+    kernels: tuple[Kernel, ...]
+    launches: tuple[Launch, ...]
+    workspace_bytes: int
+    weights_bytes: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Printer
+
+
+def format_expr(e: Expr) -> str:
+    if isinstance(e, Const):
+        return repr(float(e.value)) if e.dtype != INDEX else str(e.value)
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Load):
+        return f"{e.buffer.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+    if isinstance(e, Unary):
+        return f"-{_atom(e.operand)}" if e.op == "neg" else f"{e.op}({format_expr(e.operand)})"
+    sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}.get(e.op)
+    if sym is None:
+        return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"
+    return f"{_atom(e.lhs)} {sym} {_atom(e.rhs)}"
+
+
+def _atom(e: Expr) -> str:
+    text = format_expr(e)
+    return f"({text})" if isinstance(e, Binary) and e.op in ("add", "sub", "mul", "div") else text
+
+
+def format_stmts(stmts, indent: int) -> list[str]:
+    pad = "  " * indent
+    out: list[str] = []
+    for s in stmts:
+        if isinstance(s, For):
+            out.append(f"{pad}for {s.var.name} in 0..{s.extent} {{")
+            out += format_stmts(s.body, indent + 1)
+            out.append(f"{pad}}}")
+        elif isinstance(s, Store):
+            idx = ", ".join(format_expr(i) for i in s.indices)
+            out.append(f"{pad}{s.buffer.name}[{idx}] = {format_expr(s.value)}")
+        elif isinstance(s, Local):
+            out.append(f"{pad}{s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
+        elif isinstance(s, Assign):
+            out.append(f"{pad}{s.var.name} = {format_expr(s.value)}")
+        else:
+            raise InternalError(f"cannot print {s!r}")
+    return out
+
+
+def _shape(b: Buffer) -> str:
+    return f"{b.dtype}[{', '.join(map(str, b.shape))}]"
+
+
+def print_kernel(k: Kernel) -> str:
+    args = ", ".join(f"{b.name}: {_shape(b)}{' out' if b.name in k.outputs else ''}"
+                     for b in k.args)
+    origin = f"  # {k.origin}" if k.origin else ""
+    return "\n".join([f"kernel {k.name}({args}) {{{origin}", *format_stmts(k.body, 1), "}"])
+
+
+def print_program(p: Program) -> str:
+    lines = [f"program {p.name} (workspace {p.workspace_bytes} bytes, "
+             f"weights {p.weights_bytes} bytes) {{"]
+    for pl in p.placements:
+        where = f"@{pl.index}" if pl.region in ("param", "workspace") else f"#{pl.index}"
+        lines.append(f"  buffer {pl.buffer.name}: {_shape(pl.buffer)} {pl.region}{where}")
+    for launch in p.launches:
+        lines.append(f"  launch {launch.kernel}({', '.join(b.name for b in launch.args)})")
+    lines.append("}")
+    for k in p.kernels:
+        lines.append(print_kernel(k))
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Lower a graph to a loop-IR program: place every value, then one kernel per node.
+
+Inputs and outputs live in the caller's memory, parameters in the embedded weights blob
+(64-byte aligned), temporaries in the workspace at the offsets memory planning gives. Rank-0
+parameters (literals) are folded into the loops that read them and take no memory.
+Assumes the graph passes have run (outputs are distinct node results).
+"""
+
+from __future__ import annotations
+
+from aotml import ops
+from aotml.graph.ir import Graph, Value
+from aotml.graph.memory import ALIGN, MemoryPlan, plan_memory
+from aotml.loops.build import Names, Operand
+from aotml.loops.ir import Buffer, Const, Kernel, Launch, Placement, Program
+
+
+def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
+    """The program, the memory plan, and the weights: a list of (offset, array)."""
+    taken: set[str] = set()
+
+    def buffer_for(v: Value, base: str | None = None) -> Buffer:
+        base = base or v.name
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return Buffer(name, v.type.dtype, v.type.shape)
+
+    buffers: dict[int, Buffer] = {}
+    scalars: dict[int, Const] = {}
+    placements: list[Placement] = []
+
+    for i, v in enumerate(graph.inputs):
+        buffers[v.uid] = buffer_for(v)
+        placements.append(Placement(buffers[v.uid], "input", i))
+    output_ids = {v.uid: i for i, (_, v) in enumerate(graph.outputs)}
+    for i, (name, v) in enumerate(graph.outputs):
+        buffers[v.uid] = buffer_for(v, name)
+        placements.append(Placement(buffers[v.uid], "output", i))
+
+    weights, offset = [], 0
+    for p in graph.params:
+        if p.value.type.rank == 0:
+            scalars[p.value.uid] = Const(float(p.data), p.value.type.dtype)
+            continue
+        buffers[p.value.uid] = buffer_for(p.value)
+        placements.append(Placement(buffers[p.value.uid], "param", offset))
+        weights.append((offset, p.data))
+        offset += (p.value.type.nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+    temps = [n.result for n in graph.nodes if n.result.uid not in output_ids]
+    plan = plan_memory(graph, temps)
+    for v in temps:
+        buffers[v.uid] = buffer_for(v)
+        placements.append(Placement(buffers[v.uid], "workspace", plan.offsets[v.uid]))
+
+    kernels, launches = [], []
+    for i, node in enumerate(graph.nodes):
+        operands = [Operand(v.type.shape, scalar=scalars[v.uid]) if v.uid in scalars
+                    else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
+        out = buffers[node.result.uid]
+        body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())
+        args = tuple(dict.fromkeys([o.buffer for o in operands if o.buffer is not None] + [out]))
+        origin = node.op + (f" at {node.span}" if node.span is not None else "")
+        kernel = Kernel(f"k{i}_{node.op}", args, (out.name,), tuple(body), origin)
+        kernels.append(kernel)
+        launches.append(Launch(kernel.name, args))
+
+    program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
+                      plan.workspace_bytes, offset)
+    return program, plan, weights

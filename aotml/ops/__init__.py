@@ -1,0 +1,8 @@
+"""The op registry: every op is defined once, with its attributes, shape/dtype rule, numpy
+reference and lowering to the loop IR. Importing this package registers the built-in ops."""
+
+from aotml.ops.registry import REGISTRY, Attr, OpDef, OpTypeError, get, register
+
+from aotml.ops import core  # noqa: F401,E402  (registers the ops)
+
+__all__ = ["REGISTRY", "Attr", "OpDef", "OpTypeError", "get", "register"]

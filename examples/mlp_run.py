@@ -1,0 +1,23 @@
+"""Run the compiled MLP from Python and check it against the reference interpreter."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import aotml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_mlp_weights import example_input  # noqa: E402
+
+so = sys.argv[1] if len(sys.argv) > 1 else "build/mlp.so"
+model = aotml.load(so)
+x = example_input()
+probs = model(x=x)["probs"]
+ref = aotml.interpret(Path(__file__).resolve().parent / "mlp.mlg", x=x)["probs"]
+rel = float(np.max(np.abs(probs - ref) / np.maximum(np.abs(ref), 1e-30)))
+print(f"python: {model}")
+print(f"python: top class {int(np.argmax(probs))} (p = {probs[0].max():.6f}); "
+      f"max relative difference from the interpreter {rel:.2e}")
+if rel > 1e-5:
+    sys.exit("python: compiled model disagrees with the interpreter")
