@@ -1,0 +1,89 @@
+"""Properties of the artifact: deterministic bytes, a build hash that tracks its inputs, and a
+wheel-installed (non-editable) compiler that carries its grammar and runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import aotml
+from conftest import REPO
+
+SOURCE = """weights "w.npz"
+model det {
+    input x: f32[2, 5]
+    param w: f32[5, 3]
+    output y = softmax(tanh(x @ w) * 2, axis=-1)
+}
+"""
+
+
+def _build_in(folder, w):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "det.mlg").write_text(SOURCE)
+    np.savez(folder / "w.npz", w=w)
+    so = aotml.build(folder / "det.mlg", folder / "out" / "det.so")
+    return so.read_bytes(), so.with_suffix(".h").read_bytes()
+
+
+def test_builds_are_byte_identical(tmp_path):
+    w = np.random.default_rng(3).standard_normal((5, 3)).astype(np.float32)
+    so1, h1 = _build_in(tmp_path / "one", w)
+    so2, h2 = _build_in(tmp_path / "a" / "different" / "place", w)
+    assert hashlib.sha256(so1).digest() == hashlib.sha256(so2).digest()
+    assert h1 == h2
+
+
+def test_build_hash_tracks_weights_and_is_in_manifest_and_header(tmp_path):
+    w = np.random.default_rng(3).standard_normal((5, 3)).astype(np.float32)
+    _, h1 = _build_in(tmp_path / "one", w)
+    w2 = w.copy()
+    w2[0, 0] += 1
+    _, h2 = _build_in(tmp_path / "two", w2)
+    hash1 = aotml.load(tmp_path / "one" / "out" / "det.so").build_hash
+    hash2 = aotml.load(tmp_path / "two" / "out" / "det.so").build_hash
+    assert len(hash1) == 64 and hash1 != hash2
+    assert hash1.encode() in h1 and hash2.encode() in h2
+
+
+def test_library_exports_only_the_model_api(tmp_path):
+    w = np.ones((5, 3), np.float32)
+    _build_in(tmp_path, w)
+    out = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "out" / "det.so")],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("nm not available")
+    exported = {line.split()[-1] for line in out.stdout.splitlines() if " T " in line}
+    assert exported == {"aotml_model_v1", "det_model", "det_run", "det_last_error"}
+
+
+@pytest.mark.slow
+def test_wheel_install_builds_the_example(tmp_path):
+    """A non-editable install (a wheel) carries grammar/ and runtime/ and builds the MLP."""
+    wheels = tmp_path / "wheels"
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)]
+    subprocess.run(cmd, check=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("aotml-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("mlp.mlg", "make_mlp_weights.py"):
+        (work / name).write_text((REPO / "examples" / name).read_text())
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    subprocess.run([sys.executable, "make_mlp_weights.py"], cwd=work, env=env, check=True)
+    script = ("import aotml, sys; assert aotml.__file__.startswith(sys.argv[1]), aotml.__file__;"
+              "import make_mlp_weights as e; m = aotml.load(aotml.build('mlp.mlg', 'mlp.so'));"
+              "print(int(m(x=e.example_input())['probs'].argmax()))")
+    out = subprocess.run([sys.executable, "-c", script, str(site)], cwd=work, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cli = subprocess.run([sys.executable, "-m", "aotml", "check", "mlp.mlg"], cwd=work, env=env,
+                         capture_output=True, text=True)
+    assert cli.stdout.strip() == "model mlp(x: f32[1, 784]) -> (probs: f32[1, 10])", cli.stderr

@@ -1,0 +1,57 @@
+"""The bundled example end to end: build, run from Python and from C, compare."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import aotml
+from conftest import REPO
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("make_mlp_weights",
+                                                  REPO / "examples" / "make_mlp_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlp")
+    shutil.copy(REPO / "examples" / "mlp.mlg", folder / "mlp.mlg")
+    example = _example_module()
+    example.make(folder / "mlp.npz")
+    so = aotml.build(folder / "mlp.mlg", folder / "mlp.so")
+    return folder, so, example
+
+
+def test_mlp_compiled_agrees_with_interpreter(mlp):
+    folder, so, example = mlp
+    model = aotml.load(so)
+    assert [(t.name, t.dtype, t.shape) for t in model.inputs] == [("x", "float32", (1, 784))]
+    assert [(t.name, t.dtype, t.shape) for t in model.outputs] == [("probs", "float32", (1, 10))]
+    rng = np.random.default_rng(7)
+    for x in [example.example_input(), rng.uniform(0, 1, (1, 784)).astype(np.float32)]:
+        got = model(x=x)["probs"]
+        ref = aotml.interpret(folder / "mlp.mlg", x=x)["probs"]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+        assert abs(float(got.sum()) - 1.0) < 1e-5
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_c_example_prints_the_same_class_as_python(mlp, tmp_path):
+    folder, so, example = mlp
+    app = folder / "mlp_app"
+    subprocess.run(["cc", "-O2", "-std=c11", f"-I{folder}", str(REPO / "examples" / "mlp_app.c"),
+                    str(so), "-Wl,-rpath,$ORIGIN", "-o", str(app)], check=True)
+    out = subprocess.run([str(app)], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout
+    probs = aotml.load(so)(x=example.example_input())["probs"]
+    top = int(np.argmax(probs))
+    assert f"c: top class {top} (p = {probs[0, top]:.6f})" in out

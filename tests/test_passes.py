@@ -1,0 +1,162 @@
+"""Graph passes, the verifier, memory planning and the loop-IR printer, on IR text."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from aotml.errors import InternalError
+from aotml.frontend import parse
+from aotml.graph.elaborate import elaborate
+from aotml.graph.ir import Node, TensorType, Value, print_graph
+from aotml.graph.memory import plan_memory
+from aotml.graph.passes import eliminate_dead_code, materialize_outputs, run_pipeline, verify
+from aotml.loops.ir import print_kernel
+from aotml.loops.lower import lower_graph
+
+
+def graph_of(body: str):
+    return elaborate(parse("model m {\n" + textwrap.dedent(body) + "}\n", "t.mlg"))
+
+
+def text(g) -> str:
+    # drop the source locations, which the expected text need not spell out
+    return "\n".join(line.split("  #")[0] for line in print_graph(g).splitlines())
+
+
+def expect(g, expected: str) -> None:
+    assert text(g) == textwrap.dedent(expected).strip()
+
+
+def test_dce_drops_unused_nodes_and_params_keeps_inputs():
+    g = graph_of("""\
+        input x: f32[3]
+        input unused: f32[2]
+        a = exp(x)
+        b = tanh(x) * 3
+        output y = relu(a)
+    """)
+    expect(eliminate_dead_code(g), """
+        graph m(%x: f32[3], %unused: f32[2]) {
+          %0: f32[3] = exp(%x)
+          %1: f32[3] = relu(%0)
+          return y=%1
+        }
+    """)
+
+
+def test_materialize_outputs_copies_inputs_and_repeated_values():
+    g = graph_of("""\
+        input x: f32[3]
+        h = exp(x)
+        output a = h
+        output b = h
+        output c = x
+    """)
+    expect(materialize_outputs(g), """
+        graph m(%x: f32[3]) {
+          %0: f32[3] = exp(%x)
+          %1: f32[3] = copy(%0)
+          %2: f32[3] = copy(%x)
+          return a=%0, b=%1, c=%2
+        }
+    """)
+
+
+def test_pipeline_output_is_verified_after_every_pass():
+    seen = []
+    g = graph_of("input x: f32[2, 3]\noutput y = softmax(x * 2, axis=0)\n")
+    run_pipeline(g, check=True, on_pass=lambda name, _: seen.append(name))
+    assert seen == ["eliminate_dead_code", "materialize_outputs"]
+
+
+def test_verifier_rejects_a_wrong_result_type():
+    g = graph_of("input x: f32[3]\noutput y = exp(x)\n")
+    bad = g.nodes[0]
+    g.nodes[0] = Node(bad.op, bad.inputs, bad.attrs, Value("y", TensorType("f32", (4,))))
+    g.outputs = [("y", g.nodes[0].result)]
+    with pytest.raises(InternalError, match="rule gives f32\\[3\\]"):
+        verify(g)
+
+
+def test_verifier_rejects_use_before_definition():
+    g = graph_of("input x: f32[3]\na = exp(x)\noutput y = tanh(a)\n")
+    g.nodes.reverse()
+    with pytest.raises(InternalError, match="before it is defined"):
+        verify(g)
+
+
+def test_memory_plan_reuses_dead_buffers_and_never_overlaps_live_ones():
+    g = run_pipeline(graph_of("""\
+        input x: f32[64]
+        a = exp(x)
+        b = tanh(a)
+        c = exp(b)
+        d = tanh(c)
+        output y = relu(d)
+    """))
+    temps = [n.result for n in g.nodes[:-1]]
+    plan = plan_memory(g, temps)
+    # a chain needs two buffers at a time: each node reads one and writes the next
+    assert plan.workspace_bytes == 2 * 256 == plan.lower_bound
+    for i in range(len(temps) - 1):
+        assert plan.offsets[temps[i].uid] != plan.offsets[temps[i + 1].uid]
+
+
+def test_memory_plan_keeps_a_long_lived_value_apart():
+    g = run_pipeline(graph_of("""\
+        input x: f32[16]
+        keep = exp(x)
+        a = tanh(x)
+        b = exp(a)
+        output y = keep + b
+    """))
+    temps = [n.result for n in g.nodes[:-1]]
+    plan = plan_memory(g, temps)
+    keep, a, b = (plan.offsets[v.uid] for v in temps)
+    assert keep not in (a, b) and a != b  # all three are live at the node that makes b
+    assert plan.workspace_bytes == 3 * 64
+
+
+def test_loop_ir_of_a_broadcast_add():
+    g = run_pipeline(graph_of("input x: f32[3, 4]\ninput b: f32[4]\noutput y = x + b\n"))
+    program, _, _ = lower_graph(g)
+    (kernel,) = program.kernels
+    assert print_kernel(kernel) == textwrap.dedent("""\
+        kernel k0_add(x: f32[3, 4], b: f32[4], y: f32[3, 4] out) {  # add at t.mlg:4:12
+          for i0 in 0..3 {
+            for i1 in 0..4 {
+              y[i0, i1] = x[i0, i1] + b[i1]
+            }
+          }
+        }""")
+
+
+def test_loop_ir_of_a_reduction_uses_a_scalar_accumulator():
+    g = run_pipeline(graph_of("input x: f32[3, 4]\noutput y = sum(x, axis=0)\n"))
+    program, _, _ = lower_graph(g)
+    assert print_kernel(program.kernels[0]) == textwrap.dedent("""\
+        kernel k0_sum(x: f32[3, 4], y: f32[4] out) {  # sum at t.mlg:3:12
+          for i0 in 0..4 {
+            acc0: f32 = 0.0
+            for r0 in 0..3 {
+              acc0 = acc0 + x[r0, i0]
+            }
+            y[i0] = acc0
+          }
+        }""")
+
+
+def test_weights_are_placed_aligned_and_literals_take_no_memory(tmp_path):
+    np.savez(tmp_path / "w.npz", w=np.ones((3, 5), np.float32), v=np.ones(7, np.float32))
+    src = tmp_path / "m.mlg"
+    src.write_text('weights "w.npz"\nmodel m {\n input x: f32[5]\n param w: f32[3, 5]\n'
+                   ' param v: f32[7]\n output y = sum(w * x * 2, axis=1)\n output z = v\n}\n')
+    g = run_pipeline(elaborate(parse(src.read_text(), str(src))))
+    program, _, weights = lower_graph(g)
+    params = {p.buffer.name: p.index for p in program.placements if p.region == "param"}
+    assert params == {"w": 0, "v": 64}
+    assert program.weights_bytes == 128
+    assert [off for off, _ in weights] == [0, 64]
