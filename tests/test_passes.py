@@ -160,3 +160,11 @@ def test_weights_are_placed_aligned_and_literals_take_no_memory(tmp_path):
     assert params == {"w": 0, "v": 64}
     assert program.weights_bytes == 128
     assert [off for off, _ in weights] == [0, 64]
+
+
+def test_ops_doc_is_generated_from_the_registry():
+    from aotml.ops.doc import render
+    from conftest import REPO
+
+    assert (REPO / "docs" / "ops.md").read_text() == render(), \
+        "docs/ops.md is stale: run `python -m aotml.ops.doc > docs/ops.md`"

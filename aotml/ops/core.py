@@ -86,7 +86,7 @@ def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str) -> OpD
 
         return loop_nest(out.shape, names, body)
 
-    sig = f"{name}(a, b) -> broadcast(a, b)" + (f"; infix `a {symbol} b`" if symbol else "")
+    sig = f"{name}(a, b) -> broadcast(a, b)" + (f"; infix a {symbol} b" if symbol else "")
     return register(OpDef(name, 2, "elementwise", (), infer, reference, lower, doc, sig))
 
 
@@ -137,7 +137,7 @@ register(OpDef(
     lambda xs, attrs: np.matmul(xs[0], xs[1]),
     _matmul_lower,
     "Matrix product of two 2-D tensors; infix `a @ b`.",
-    "matmul(a: [M, K], b: [K, N]) -> [M, N]; infix `a @ b`"))
+    "matmul(a: [M, K], b: [K, N]) -> [M, N]; infix a @ b"))
 
 
 # ---------------------------------------------------------------------------------------------
