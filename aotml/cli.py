@@ -6,6 +6,7 @@ User errors print as located diagnostics and exit with status 1, never with a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     except AotmlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the file system said no: a missing folder, a file in the way
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a compiler bug: say so, keep the traceback available on request
+        if os.environ.get("AOTML_TRACEBACK"):
+            raise
+        print(f"internal compiler error: {type(e).__name__}: {e}\n"
+              "This is a bug in aotml; please report it with the input that caused it "
+              "(set AOTML_TRACEBACK=1 for the traceback).", file=sys.stderr)
+        return 2
 
 
 def _check(args) -> int:

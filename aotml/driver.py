@@ -12,9 +12,9 @@ import hashlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from aotml import __version__
 from aotml.codegen.llvm_cpu import CpuTarget
@@ -25,8 +25,7 @@ from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
 from aotml.loops.ir import Program, print_program
 from aotml.loops.lower import lower_graph
-from aotml.package.artifact import (generate_header, link_library, manifest_of,
-                                    write_atomically)
+from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
 DUMP_STAGES = ("graph", "loops", "llvm", "asm")
 
@@ -106,8 +105,9 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     with tempfile.TemporaryDirectory(prefix="aotml-build-") as tmp:
         linked = link_library(emitted.object_code, weights, program.weights_bytes, manifest,
                               Path(tmp), soname=out_so.name)
-        write_atomically({out_so: linked.read_bytes(),
-                          header_path: generate_header(manifest).encode()})
+        # the header first: the library is replaced only once its header is in place
+        write_atomically({header_path: generate_header(manifest).encode(),
+                          out_so: linked.read_bytes()})
     return BuildResult(out_so, header_path, program, dumps)
 
 

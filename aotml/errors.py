@@ -7,9 +7,11 @@ invariant inside the compiler: it says so and asks for a report.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,21 @@ class LoadError(AotmlError):
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+# Long left-nested expressions (a 500-term sum) recurse once per term in the parser's tree
+# transform and in elaboration; allow that, and turn anything deeper into a user error.
+_RECURSION_LIMIT = 20000
+
+
+@contextlib.contextmanager
+def deep_recursion(span: Span | None):
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, _RECURSION_LIMIT))
+    try:
+        yield
+    except RecursionError:
+        raise CompileError("expression is nested too deeply to compile", span,
+                           hint="split it into several bindings") from None
+    finally:
+        sys.setrecursionlimit(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,16 @@ class Model:
         self.path = Path(path)
         if not self.path.is_file():
             raise LoadError(f"no such model file: '{self.path}'")
+        problem = elf_problem(self.path)
+        if problem:
+            raise LoadError(f"cannot load '{self.path}' as an aotml model: {problem}")
         try:
             self._lib = _ffi.dlopen(str(self.path.resolve()))
             self._model = self._lib.aotml_model_v1()
         except (OSError, AttributeError) as e:
-            raise LoadError(f"cannot load '{self.path}' as an aotml model: {e}") from None
+            # cffi appends a note about ctypes' library search, which says nothing here
+            reason = str(e).split("  Additionally, ctypes")[0].strip()
+            raise LoadError(f"cannot load '{self.path}' as an aotml model: {reason}") from None
         m = self._model
         if m.abi_version != ABI_VERSION:
             raise LoadError(f"'{self.path}' was built for ABI {m.abi_version}; this aotml "
@@ -82,8 +88,16 @@ class Model:
             ws = self._local.ws = np.empty(max(self.workspace_bytes, 1), np.uint8)
         return ws
 
-    def __call__(self, out: dict[str, np.ndarray] | None = None,
-                 **arrays: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, /, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        """model(x=..., out={...}): `out` optionally maps output names to arrays to write into
+        (unless the model has an input named `out`, which then takes that keyword)."""
+        names = {t.name for t in self.inputs}
+        out = None if "out" in names else arrays.pop("out", None)
+        return self.run(arrays, out)
+
+    def run(self, arrays: dict[str, np.ndarray],
+            out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run on `arrays` (name -> array); write into the arrays of `out` where given."""
         names = {t.name for t in self.inputs}
         unknown = sorted(set(arrays) - names)
         if unknown:
@@ -106,6 +120,42 @@ class Model:
         if rc != 0:
             raise RunError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
         return {t.name: a for t, a in zip(self.outputs, outs)}
+
+
+def elf_problem(path: Path) -> str | None:
+    """Why `path` is not a complete ELF file, or None. dlopen maps a truncated library and then
+    faults (SIGBUS) touching the missing pages, so the layout is checked before it is called:
+    every table and loadable segment must lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) \
+                    or head[5] not in (1, 2):
+                return "not an ELF shared library"
+            end = "<" if head[5] == 1 else ">"
+            if head[4] == 2:  # 64-bit
+                if len(head) < 64:
+                    return "truncated ELF header"
+                phoff, shoff = struct.unpack_from(end + "QQ", head, 32)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 54)
+                ph_format, ph_fields = end + "IIQQQQQQ", (0, 2, 5)  # type, offset, filesz
+            else:
+                phoff, shoff = struct.unpack_from(end + "II", head, 28)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 42)
+                ph_format, ph_fields = end + "IIIIIIII", (0, 1, 4)
+            if phoff + phnum * phentsize > size or (shnum and shoff + shnum * shentsize > size):
+                return f"truncated ({size} bytes; its headers say it is longer)"
+            f.seek(phoff)
+            table = f.read(phnum * phentsize)
+    except OSError as e:
+        return e.strerror or str(e)
+    for k in range(phnum):
+        fields = struct.unpack_from(ph_format, table, k * phentsize)
+        p_type, p_offset, p_filesz = (fields[i] for i in ph_fields)
+        if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+            return f"truncated ({size} bytes; a segment ends at byte {p_offset + p_filesz})"
+    return None
 
 
 def _info(t) -> TensorInfo:

@@ -15,7 +15,8 @@ def _find(installed: str, checkout: str) -> Path:
     for candidate in (_PKG / installed, _PKG.parent / checkout):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"aotml is installed without its '{checkout}' folder (looked in {_PKG})")
+    raise FileNotFoundError(f"aotml is installed without its '{checkout}' folder "
+                            f"(looked in {_PKG})")
 
 
 def grammar_dir() -> Path:

@@ -11,9 +11,9 @@
 #include "mlp.h"
 
 int main(void) {
-    static float x[MLP_X_ELEMENTS];
-    static float probs[MLP_PROBS_ELEMENTS];
-    for (unsigned i = 0; i < MLP_X_ELEMENTS; i++)
+    static float x[MLP_x_ELEMENTS];
+    static float probs[MLP_probs_ELEMENTS];
+    for (unsigned i = 0; i < MLP_x_ELEMENTS; i++)
         x[i] = (float)((i * 37u) % 101u) / 100.0f;
 
     /* The caller owns the workspace: the typed entry never allocates. */
@@ -26,7 +26,7 @@ int main(void) {
         return 1;
     }
     unsigned best = 0;
-    for (unsigned k = 1; k < MLP_PROBS_ELEMENTS; k++)
+    for (unsigned k = 1; k < MLP_probs_ELEMENTS; k++)
         if (probs[k] > probs[best]) best = k;
     const aotml_model *m = mlp_model();
     printf("c: model %s (aotml %s, workspace %llu bytes)\n", m->name, m->aotml_version,

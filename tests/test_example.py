@@ -55,3 +55,12 @@ def test_c_example_prints_the_same_class_as_python(mlp, tmp_path):
     probs = aotml.load(so)(x=example.example_input())["probs"]
     top = int(np.argmax(probs))
     assert f"c: top class {top} (p = {probs[0, top]:.6f})" in out
+
+
+def test_an_input_named_out_is_an_input(build_model):
+    """`out=` selects output arrays, unless the model has an input of that name."""
+    m = build_model("model m {\n input out: f32[3]\n output y = exp(out)\n}\n")
+    x = np.array([0.5, -1.0, 2.0], np.float32)
+    np.testing.assert_allclose(m(out=x)["y"], np.exp(x), rtol=1e-6)
+    y = np.empty(3, np.float32)
+    assert m.run({"out": x}, out={"y": y})["y"] is y

@@ -1,9 +1,9 @@
 """Every op in the registry, compiled to a real .so and compared with its numpy reference.
 
 Samples are listed per op; a test checks that every registered op has samples, so adding an op
-without tests fails here. References run in float64 (`precise=True`, cast to float32 at the end); the bound on the compiled
-float32 result is rtol 1e-5 plus, for ops that accumulate n terms, n·eps32 times the magnitude
-of the terms (the reference applied to absolute values).
+without tests fails here. References run in float64 (`precise=True`, cast to float32 at the
+end); the bound on the compiled float32 result is rtol 1e-5 plus, for ops that accumulate n
+terms, n·eps32 times the magnitude of the terms (the reference applied to absolute values).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def test_every_registered_op_has_samples():
 
 def _source(op: str, shapes, attrs) -> str:
     names = [f"x{i}" for i in range(len(shapes))]
-    decls = "\n".join(f"    input {n}: f32[{', '.join(map(str, s))}]" for n, s in zip(names, shapes))
+    decls = "\n".join(f"    input {n}: f32[{', '.join(map(str, s))}]"
+                      for n, s in zip(names, shapes))
     kw = "".join(f", {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in attrs.items())
     return f"model m {{\n{decls}\n    output y = {op}({', '.join(names)}{kw})\n}}\n"
 
@@ -77,8 +78,12 @@ def _magnitude(op: str, arrays: dict, attrs) -> np.ndarray | float:
     return 0.0
 
 
-CASES = [pytest.param(op, shapes, attrs, id=f"{op}-{'x'.join('_'.join(map(str, s)) for s in shapes)}"
-                      + "".join(f"-{k}{v}" for k, v in attrs.items()))
+def _case_id(op, shapes, attrs) -> str:
+    dims = "x".join("_".join(map(str, s)) for s in shapes)
+    return f"{op}-{dims}" + "".join(f"-{k}{v}" for k, v in attrs.items())
+
+
+CASES = [pytest.param(op, shapes, attrs, id=_case_id(op, shapes, attrs))
          for op, samples in SAMPLES.items() for shapes, attrs in samples]
 
 

@@ -1,4 +1,5 @@
-"""The AST of an .mlg program: frozen dataclasses, each with a span that takes no part in equality."""
+"""The AST of an .mlg program: frozen dataclasses, each with a span that takes no part in
+equality."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from aotml.errors import Span
+
 
 def _span():
     return field(default=None, compare=False, repr=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import lark
 from lark import Token, Transformer, v_args
 
-from aotml.errors import CompileError, SourceFile, Span
+from aotml.errors import CompileError, SourceFile, Span, deep_recursion
 from aotml.frontend import ast
 from aotml.resources import grammar_dir
 
@@ -50,10 +50,14 @@ def parse(text: str, filename: str = "<string>") -> ast.Program:
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, source) from None
     try:
-        return _ToAst(source).transform(tree)
+        with deep_recursion(Span(source, 1, 1, 1, 2)):
+            return _ToAst(source).transform(tree)
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, CompileError):
             raise e.orig_exc from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise CompileError("expression is nested too deeply to compile",
+                               Span(source, 1, 1, 1, 2)) from None
         raise
 
 

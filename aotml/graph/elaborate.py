@@ -13,15 +13,26 @@ from typing import Any
 import numpy as np
 
 from aotml import ops
-from aotml.errors import CompileError, Span, did_you_mean
+from aotml.errors import CompileError, Span, deep_recursion, did_you_mean
 from aotml.frontend import ast
 from aotml.graph.ir import DTYPES, Graph, Node, Param, TensorType, Value
 
 INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 
 
+# The largest tensor a model may declare or compute: beyond this a shape is surely a mistake,
+# and sizes stay far from overflowing the 64-bit byte counts of the ABI.
+MAX_TENSOR_BYTES = 1 << 40
+
+
 def elaborate(program: ast.Program) -> Graph:
     return _Elaborator(program).run()
+
+
+def _check_size(ty: TensorType, span: Span) -> None:
+    if ty.nbytes > MAX_TENSOR_BYTES:
+        raise CompileError(f"{ty} takes {ty.nbytes} bytes, more than the limit of "
+                           f"{MAX_TENSOR_BYTES} (1 TiB)", span)
 
 
 class _Weights:
@@ -51,13 +62,26 @@ class _Weights:
 def _load_npz(decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
     base = Path(decl.span.source.path).parent if decl.span is not None else Path(".")
     path = base / decl.path
+    if not path.exists():
+        where = f" (looked for '{path}')" if str(path) != decl.path else ""
+        raise CompileError(f"weights file '{decl.path}' not found{where}", decl.span)
     if not path.is_file():
-        raise CompileError(f"weights file '{decl.path}' not found (looked for '{path}')",
-                           decl.span)
+        raise CompileError(f"weights file '{decl.path}' is not a file", decl.span)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CompileError(f"cannot read weights file '{decl.path}': {e.strerror}",
+                           decl.span) from None
+    if magic == b"\x93NUM":
+        raise CompileError(f"cannot read weights file '{decl.path}': it holds a single array "
+                           "(.npy), not an .npz archive of named arrays", decl.span,
+                           hint="save with np.savez(path, name=array, ...)")
+    if magic != b"PK\x03\x04":
+        raise CompileError(f"cannot read weights file '{decl.path}': not an .npz archive",
+                           decl.span, hint="save with np.savez(path, name=array, ...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise CompileError(f"cannot read weights file '{decl.path}': {e}", decl.span) from None
@@ -76,22 +100,26 @@ class _Elaborator:
     def run(self) -> Graph:
         model = self.program.model
         for stmt in model.stmts:
-            if isinstance(stmt, ast.InputDecl):
-                value = Value(stmt.name, self.tensor_type(stmt.type))
-                self.bind(stmt.name, value, stmt.span)
-                self.graph.inputs.append(value)
-                self.graph.input_spans[stmt.name] = stmt.span
-            elif isinstance(stmt, ast.ParamDecl):
-                self.param(stmt)
-            elif isinstance(stmt, ast.Let):
-                value = self.expr(stmt.value)
-                self.bind(stmt.name, value, stmt.span)
-            elif isinstance(stmt, ast.Output):
-                self.output(stmt)
+            with deep_recursion(stmt.span):
+                self.statement(stmt)
         if not self.graph.outputs:
             raise CompileError(f"model '{model.name}' has no outputs", model.span,
                                hint="mark a result with: output name = expr")
         return self.graph
+
+    def statement(self, stmt: ast.Stmt) -> None:
+        if isinstance(stmt, ast.InputDecl):
+            value = Value(stmt.name, self.tensor_type(stmt.type))
+            self.bind(stmt.name, value, stmt.span)
+            self.graph.inputs.append(value)
+            self.graph.input_spans[stmt.name] = stmt.span
+        elif isinstance(stmt, ast.ParamDecl):
+            self.param(stmt)
+        elif isinstance(stmt, ast.Let):
+            value = self.expr(stmt.value)
+            self.bind(stmt.name, value, stmt.span)
+        elif isinstance(stmt, ast.Output):
+            self.output(stmt)
 
     # -- declarations ---------------------------------------------------------------------
 
@@ -116,8 +144,12 @@ class _Elaborator:
                 raise CompileError(f"dimension '{d}' must be a positive integer", span)
             if int(d) < 1:
                 raise CompileError(f"dimension {d} must be at least 1", span)
+            if int(d) > MAX_TENSOR_BYTES:
+                raise CompileError(f"dimension {d} is too large", span)
             dims.append(int(d))
-        return TensorType(t.dtype, tuple(dims))
+        ty = TensorType(t.dtype, tuple(dims))
+        _check_size(ty, t.span)
+        return ty
 
     def param(self, decl: ast.ParamDecl) -> None:
         ty = self.tensor_type(decl.type)
@@ -204,6 +236,7 @@ class _Elaborator:
                 unknown = err.attr not in {a.name for a in op.attrs}
                 where = kw.span if unknown else kw.value_span
             raise CompileError(err.message, where, hint=err.hint) from None
+        _check_size(result_type, span)
         result = Value(f"t{len(self.graph.nodes)}", result_type)
         self.graph.nodes.append(Node(op_name, inputs, tuple(sorted(bound.items())), result, span))
         return result

@@ -17,17 +17,19 @@ def check_inputs(graph: Graph, arrays: dict[str, np.ndarray]) -> dict[str, np.nd
     expected = {v.name for v in graph.inputs}
     unknown = sorted(set(arrays) - expected)
     if unknown:
-        raise RunError(f"unknown input(s) {', '.join(unknown)}; the model takes "
+        raise RunError(f"{graph.name}: unknown input(s) {', '.join(unknown)}; the model takes "
                        f"{', '.join(sorted(expected)) or 'no inputs'}")
     out = {}
     for v in graph.inputs:
         if v.name not in arrays:
-            raise RunError(f"missing input '{v.name}' ({v.type})")
+            raise RunError(f"{graph.name}: missing input '{v.name}' ({v.type})")
         a = np.asarray(arrays[v.name])
         if a.dtype != v.type.np_dtype:
-            raise RunError(f"input '{v.name}' has dtype {a.dtype}, expected {v.type.np_dtype}")
+            raise RunError(f"{graph.name}: input '{v.name}' has dtype {a.dtype}, "
+                           f"expected {v.type.np_dtype}")
         if a.shape != v.type.shape:
-            raise RunError(f"input '{v.name}' has shape {a.shape}, expected {v.type.shape}")
+            raise RunError(f"{graph.name}: input '{v.name}' has shape {a.shape}, "
+                           f"expected {v.type.shape}")
         out[v.name] = a
     return out
 

@@ -6,8 +6,8 @@ constant folded in at lowering time (a literal like the `2` in `x * 2`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from aotml.loops.ir import INDEX, Buffer, Const, Expr, For, Load, Stmt, Var
 

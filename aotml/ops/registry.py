@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from aotml.errors import InternalError
-from aotml.graph.ir import TensorType
+from aotml.graph.ir import TensorType, format_attr
 from aotml.loops.build import Names, Operand
 from aotml.loops.ir import Buffer, Stmt
 
@@ -46,7 +47,7 @@ class Attr:
         }[self.kind]
         if not ok:
             raise OpTypeError(f"attribute '{self.name}' must be {_KIND_WORDS[self.kind]}, "
-                              f"got {value!r}", attr=self.name)
+                              f"got {format_attr(value)}", attr=self.name)
         return float(value) if self.kind == "float" else value
 
 

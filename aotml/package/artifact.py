@@ -73,6 +73,20 @@ def c_name(name: str) -> str:
     return name + "_" if name in C_KEYWORDS else name
 
 
+def prototype_names(m: Manifest) -> list[str]:
+    """Parameter names for the typed entry's prototype: the tensor names, made legal in C
+    (keywords, and the trailing `workspace` parameter) and unique."""
+    taken = {"workspace"}
+    out = []
+    for t in (*m.inputs, *m.outputs):
+        name = c_name(t.name)
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
 def _c_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -125,15 +139,16 @@ def generate_glue(m: Manifest) -> str:
         f"AOTML_EXPORT const aotml_model *{p}_model(void) {{ return &model; }}",
         f"AOTML_EXPORT const char *{p}_last_error(void) {{ return aotml_rt_last_error(); }}",
         "",
-        f"AOTML_EXPORT {_typed_signature(m)} {{",
-        f"    const void *ins[{max(ni, 1)}] = {{{', '.join(c_name(t.name) for t in m.inputs) or '0'}}};",
-        f"    void *outs[{max(no, 1)}] = {{{', '.join(c_name(t.name) for t in m.outputs) or '0'}}};",
+        "/* Parameters are named by position here, so no tensor name can shadow a name below. */",
+        f"AOTML_EXPORT {_typed_signature(m, positional=True)} {{",
+        f"    const void *ins[{max(ni, 1)}] = {{{', '.join(f'a{i}' for i in range(ni)) or '0'}}};",
+        f"    void *outs[{max(no, 1)}] = {{{', '.join(f'a{ni + i}' for i in range(no)) or '0'}}};",
         f"    static const uint64_t in_bytes[{max(ni, 1)}] = "
         f"{{{', '.join(f'{t.nbytes}u' for t in m.inputs) or '0'}}};",
         f"    static const uint64_t out_bytes[{max(no, 1)}] = "
         f"{{{', '.join(f'{t.nbytes}u' for t in m.outputs) or '0'}}};",
-        "    /* the typed entry never allocates: a NULL workspace is an error when one is needed */",
-        f"    return aotml_rt_run(&impl, ins, in_bytes, {ni}u, outs, out_bytes, {no}u, workspace,",
+        "    /* the typed entry never allocates: a NULL workspace is an error if one is needed */",
+        f"    return aotml_rt_run(&impl, ins, in_bytes, {ni}u, outs, out_bytes, {no}u, ws,",
         f"                        {m.workspace_bytes}u);",
         "}",
         "",
@@ -141,16 +156,19 @@ def generate_glue(m: Manifest) -> str:
     return "\n".join(lines)
 
 
-def _typed_signature(m: Manifest) -> str:
-    params = [f"const {DTYPE_CODES[t.dtype][1]} *{c_name(t.name)}" for t in m.inputs]
-    params += [f"{DTYPE_CODES[t.dtype][1]} *{c_name(t.name)}" for t in m.outputs]
-    params.append("void *workspace")
+def _typed_signature(m: Manifest, positional: bool = False) -> str:
+    names = ([f"a{i}" for i in range(len(m.inputs) + len(m.outputs))] if positional
+             else prototype_names(m))
+    tensors = (*m.inputs, *m.outputs)
+    params = [f"{'const ' if k < len(m.inputs) else ''}{DTYPE_CODES[t.dtype][1]} *{name}"
+              for k, (t, name) in enumerate(zip(tensors, names))]
+    params.append("void *ws" if positional else "void *workspace")
     return f"int {c_name(m.name)}_run({', '.join(params)})"
 
 
 def generate_header(m: Manifest) -> str:
     upper = c_name(m.name).upper()
-    guard = f"AOTML_MODEL_{upper}_H"
+    guard = f"AOTML_MODEL_{m.name}_H"
     abi = (runtime_dir() / "aotml.h").read_text()
 
     def describe(t: TensorSpec) -> str:
@@ -172,12 +190,13 @@ def generate_header(m: Manifest) -> str:
         'extern "C" {',
         "#endif",
         "",
-        "/* Bytes of scratch memory a call needs; the caller provides it (64-byte aligned is best). */",
+        "/* Scratch bytes a call needs; the caller provides them (64-byte aligned is best). */",
         f"#define {upper}_WORKSPACE_BYTES {m.workspace_bytes}u",
     ]
+    # the tensor part keeps its case: inputs `a` and `A` are different tensors
     for t in (*m.inputs, *m.outputs):
         n = t.nbytes // 4
-        lines.append(f"#define {upper}_{t.name.upper()}_ELEMENTS {n}u  /* {describe(t)} */")
+        lines.append(f"#define {upper}_{t.name}_ELEMENTS {n}u  /* {describe(t)} */")
     lines += [
         "",
         "/* Runs the model on dense row-major buffers. Returns AOTML_OK or an aotml_status;",
@@ -217,7 +236,8 @@ def link_library(object_code: bytes, weights: list, weights_bytes: int, manifest
     (workdir / "model.c").write_text(generate_glue(manifest))
     cc = os.environ.get("CC", "cc")
     cmd = [cc, "-shared", "-fPIC", "-O2", "-std=c11", "-fvisibility=hidden", "-I.",
-           "-Wl,-z,noexecstack", f"-Wl,-soname,{soname}", "-o", "model.so", "model.c", "aotml_runtime.c", "kernels.o",
+           "-Wl,-z,noexecstack", f"-Wl,-soname,{soname}", "-o", "model.so", "model.c",
+           "aotml_runtime.c", "kernels.o",
            "-lm"]
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
@@ -229,10 +249,15 @@ def link_library(object_code: bytes, weights: list, weights_bytes: int, manifest
 
 
 def write_atomically(files: dict[Path, bytes]) -> None:
-    """Write every file beside its destination under a temporary name, then rename each."""
+    """Write every file beside its destination under a temporary name, then rename each, in
+    order (put the one that matters most last: it is replaced only if all before it were).
+    Any failure leaves the destinations as they were (except those already renamed) and no
+    temporary file behind; it is reported as a CompileError naming the path."""
     staged: list[tuple[Path, Path]] = []
     try:
         for dest, data in files.items():
+            if dest.is_dir():
+                raise CompileError(f"cannot write '{dest}': it is a directory")
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
             staged.append((Path(tmp), dest))
@@ -241,6 +266,8 @@ def write_atomically(files: dict[Path, bytes]) -> None:
             os.chmod(tmp, 0o755 if dest.suffix == ".so" else 0o644)
         for tmp, dest in staged:
             os.replace(tmp, dest)
+    except OSError as e:
+        raise CompileError(f"cannot write '{e.filename or dest}': {e.strerror or e}") from None
     finally:
         for tmp, _ in staged:
             if tmp.exists():
