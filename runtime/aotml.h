@@ -30,7 +30,12 @@ typedef enum aotml_status {
 } aotml_status;
 
 typedef enum aotml_dtype {
-    AOTML_F32 = 1
+    AOTML_F32 = 1,
+    AOTML_F16 = 2,    /* IEEE binary16, passed as uint16_t bits */
+    AOTML_BF16 = 3,   /* bfloat16, passed as uint16_t bits */
+    AOTML_I32 = 4,
+    AOTML_I64 = 5,
+    AOTML_BOOL = 6    /* one byte, 0 or 1 */
 } aotml_dtype;
 
 typedef struct aotml_tensor_info {

@@ -35,6 +35,8 @@ SAMPLES: dict[str, list] = {
             (((3, 7),), {"axis": -1, "keepdims": True}),
             (((2, 33, 5),), {"axis": 1}), (((2, 33, 5),), {"axis": 1, "keepdims": True}),
             (((1, 257),), {"axis": -1})] for op in ("sum", "max")},
+    "cast": [(((3, 7),), {"dtype": "f16"}), (((33,),), {"dtype": "bf16"}),
+             (((1,),), {"dtype": "i32"})],
     "softmax": [(((1,),), {}), (((3, 7),), {}), (((3, 7),), {"axis": 0}),
                 (((2, 33, 5),), {"axis": 1}), (((1, 257),), {"axis": -1})],
 }
@@ -48,8 +50,14 @@ def _source(op: str, shapes, attrs) -> str:
     names = [f"x{i}" for i in range(len(shapes))]
     decls = "\n".join(f"    input {n}: f32[{', '.join(map(str, s))}]"
                       for n, s in zip(names, shapes))
-    kw = "".join(f", {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in attrs.items())
+    kw = "".join(f", {k}={_attr(v)}" for k, v in attrs.items())
     return f"model m {{\n{decls}\n    output y = {op}({', '.join(names)}{kw})\n}}\n"
+
+
+def _attr(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f'"{v}"' if isinstance(v, str) else str(v)
 
 
 def _inputs(op: str, shapes, rng) -> dict[str, np.ndarray]:
@@ -97,7 +105,10 @@ def test_op_compiled_matches_reference(tmp_path, op, shapes, attrs):
         arrays = _inputs(op, shapes, rng)
         got = model(**arrays)["y"]
         exact = aotml.interpret(src, precise=True, **arrays)["y"]
-        assert got.shape == exact.shape
+        assert got.shape == exact.shape and got.dtype == exact.dtype
+        if got.dtype != np.float32:  # a cast: one rounding of the same value, bit for bit
+            np.testing.assert_array_equal(got.view(np.uint8), exact.view(np.uint8))
+            continue
         n = _accumulated(op, shapes, attrs)
         rtol = 1e-5 + (n * EPS32 if op == "softmax" else 0.0)
         assert_within(got, exact, rtol, 2 * n * EPS32 * _magnitude(op, arrays, attrs))

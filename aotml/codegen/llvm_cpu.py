@@ -20,9 +20,15 @@ from aotml.loops import ir as L
 
 ENTRY = "aotml_entry"
 F32 = ir.FloatType()
-I64 = ir.IntType(64)
+HALF = ir.HalfType()
+I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 PTR = ir.PointerType()
-_LLVM_TYPES = {"f32": F32, L.INDEX: I64}
+# Values in registers; bf16 travels as its bit pattern (llvmlite has no bfloat type, and LLVM
+# would lower f32 -> bf16 rounding to a libgcc call that older toolchains lack).
+_VALUE = {"f32": F32, "f16": HALF, "bf16": I16, "i32": I32, "i64": I64, "bool": I1}
+# Values in memory: a bool is a byte, as in numpy.
+_STORAGE = {**_VALUE, "bool": I8}
+_INT_BITS = {"i32": 32, "i64": 64}
 
 
 @functools.cache
@@ -168,7 +174,10 @@ class _KernelEmitter:
             if isinstance(s, L.For):
                 self._for(s)
             elif isinstance(s, L.Store):
-                self.b.store(self._expr(s.value), self._address(s.buffer, s.indices))
+                value = self._expr(s.value)
+                if s.buffer.dtype == "bool":
+                    value = self.b.zext(value, I8)
+                self.b.store(value, self._address(s.buffer, s.indices))
             elif isinstance(s, L.Local):
                 slot = self._alloca(s.var)
                 self.locals[s.var.name] = slot
@@ -181,7 +190,7 @@ class _KernelEmitter:
     def _alloca(self, var: L.Var) -> ir.Value:
         with self.b.goto_entry_block():
             self.b.position_at_start(self.fn.entry_basic_block)
-            return self.b.alloca(_LLVM_TYPES[var.dtype], name=var.name)
+            return self.b.alloca(_VALUE[var.dtype], name=var.name)
 
     def _for(self, s: L.For) -> None:
         pre = self.b.block
@@ -213,43 +222,137 @@ class _KernelEmitter:
         if flat is None:
             flat = I64(0)
         return self.b.gep(self.base[buf.name], [flat], inbounds=True,
-                          source_etype=_LLVM_TYPES[buf.dtype])
+                          source_etype=_STORAGE[buf.dtype])
 
     def _expr(self, e) -> ir.Value:
         b = self.b
         if isinstance(e, L.Const):
-            return _LLVM_TYPES[e.dtype](e.value)
+            if e.dtype in ("f16", "bf16"):
+                raise InternalError("narrow-float constants are folded to f32 before codegen")
+            return _VALUE[e.dtype](int(e.value) if e.dtype == "bool" else e.value)
         if isinstance(e, L.Var):
             if e.name in self.vars:
                 return self.vars[e.name]
-            return b.load(self.locals[e.name], typ=_LLVM_TYPES[e.dtype])
+            return b.load(self.locals[e.name], typ=_VALUE[e.dtype])
         if isinstance(e, L.Load):
-            return b.load(self._address(e.buffer, e.indices), typ=_LLVM_TYPES[e.buffer.dtype])
+            value = b.load(self._address(e.buffer, e.indices), typ=_STORAGE[e.buffer.dtype])
+            return b.icmp_unsigned("!=", value, I8(0)) if e.buffer.dtype == "bool" else value
+        if isinstance(e, L.Cast):
+            return self._convert(self._expr(e.operand), L.dtype_of(e.operand), e.to)
+        if isinstance(e, L.Compare):
+            return self._compare(e)
+        if isinstance(e, L.Select):
+            return b.select(self._expr(e.cond), self._expr(e.a), self._expr(e.b))
         if isinstance(e, L.Unary):
-            x = self._expr(e.operand)
-            if e.op == "neg":
-                return b.fneg(x)
-            if e.op == "exp":
-                return b.call(self._intrinsic("llvm.exp.f32", 1), [x])
-            if e.op == "tanh":
-                return b.call(self._libm("tanhf", 1), [x])
+            return self._unary(e.op, self._expr(e.operand), L.dtype_of(e.operand))
         if isinstance(e, L.Binary):
-            x, y = self._expr(e.lhs), self._expr(e.rhs)
-            if e.op == "max":
-                return b.call(self._intrinsic("llvm.maximum.f32", 2), [x, y])
-            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[e.op](x, y)
+            return self._binary(e.op, self._expr(e.lhs), self._expr(e.rhs), L.dtype_of(e.lhs))
         raise InternalError(f"CPU codegen cannot emit {e!r}")
 
-    def _intrinsic(self, name: str, arity: int) -> ir.Function:
-        return self._declare(name, arity)
+    _FCMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
-    def _libm(self, name: str, arity: int) -> ir.Function:
-        fn = self._declare(name, arity)
-        fn.attributes.add("nounwind")
+    def _compare(self, e: L.Compare) -> ir.Value:
+        x, y, dt = self._expr(e.lhs), self._expr(e.rhs), L.dtype_of(e.lhs)
+        op = self._FCMP[e.op]
+        if dt == "f32":
+            # numpy: NaN is unequal to everything, and every ordered comparison with it is false
+            if e.op == "ne":
+                return self.b.fcmp_unordered(op, x, y)
+            return self.b.fcmp_ordered(op, x, y)
+        if dt == "bool":
+            return self.b.icmp_unsigned(op, x, y)
+        return self.b.icmp_signed(op, x, y)
+
+    def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
+        b = self.b
+        if op == "not":
+            return b.xor(x, I1(1))
+        if dt != "f32":  # integers
+            if op == "neg":
+                return b.sub(x.type(0), x)
+            if op == "abs":  # wraps at the minimum, as numpy does
+                return b.call(self._declare(f"llvm.abs.i{_INT_BITS[dt]}", x.type,
+                                            [x.type, I1]), [x, I1(0)])
+        elif op == "neg":
+            return b.fneg(x)
+        elif op == "abs":
+            return b.call(self._declare("llvm.fabs.f32", F32, [F32]), [x])
+        elif op in ("exp", "log", "sqrt"):
+            return b.call(self._declare(f"llvm.{op}.f32", F32, [F32]), [x])
+        elif op == "rsqrt":
+            sqrt = b.call(self._declare("llvm.sqrt.f32", F32, [F32]), [x])
+            return b.fdiv(F32(1.0), sqrt)
+        elif op in ("tanh", "erf"):
+            return b.call(self._libm(op + "f"), [x])
+        raise InternalError(f"CPU codegen has no unary {op} on {dt}")
+
+    def _binary(self, op: str, x: ir.Value, y: ir.Value, dt: str) -> ir.Value:
+        b = self.b
+        if op == "and":
+            return b.and_(x, y)
+        if op == "or":
+            return b.or_(x, y)
+        if dt == "f32":
+            if op in ("max", "min"):  # NaN-propagating, like numpy.maximum/minimum
+                name = "llvm.maximum.f32" if op == "max" else "llvm.minimum.f32"
+                return b.call(self._declare(name, F32, [F32, F32]), [x, y])
+            if op == "pow":
+                return b.call(self._declare("llvm.pow.f32", F32, [F32, F32]), [x, y])
+            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[op](x, y)
+        if op in ("max", "min"):
+            name = f"llvm.s{op}.i{_INT_BITS[dt]}"
+            return b.call(self._declare(name, x.type, [x.type, x.type]), [x, y])
+        if op in ("add", "sub", "mul"):  # wrapping, as numpy's integers
+            return {"add": b.add, "sub": b.sub, "mul": b.mul}[op](x, y)
+        raise InternalError(f"CPU codegen has no binary {op} on {dt}")
+
+    def _convert(self, x: ir.Value, src: str, dst: str) -> ir.Value:
+        b = self.b
+        if src == dst:
+            return x
+        if src == "bf16":  # widen: the bits are the top half of an f32
+            x = b.bitcast(b.shl(b.zext(x, I32), I32(16)), F32)
+            return self._convert(x, "f32", dst)
+        if dst == "bf16":
+            return self._to_bf16(self._convert(x, src, "f32"))
+        if src == "f16":
+            return self._convert(b.fpext(x, F32), "f32", dst)
+        if dst == "f16":
+            return b.fptrunc(self._convert(x, src, "f32"), HALF)
+        if src == "f32":
+            if dst == "bool":  # numpy: NaN is true
+                return b.fcmp_unordered("!=", x, F32(0.0))
+            name = f"llvm.fptosi.sat.i{_INT_BITS[dst]}.f32"  # saturating; NaN gives 0
+            return b.call(self._declare(name, _VALUE[dst], [F32]), [x])
+        if src == "bool":
+            return b.uitofp(x, F32) if dst == "f32" else b.zext(x, _VALUE[dst])
+        # src is an integer
+        if dst == "f32":
+            return b.sitofp(x, F32)
+        if dst == "bool":
+            return b.icmp_signed("!=", x, x.type(0))
+        if _INT_BITS[dst] > _INT_BITS[src]:
+            return b.sext(x, _VALUE[dst])
+        return b.trunc(x, _VALUE[dst])
+
+    def _to_bf16(self, x: ir.Value) -> ir.Value:
+        # round to nearest even on the bit pattern; a NaN stays a (quiet) NaN
+        b = self.b
+        bits = b.bitcast(x, I32)
+        odd = b.and_(b.lshr(bits, I32(16)), I32(1))
+        rounded = b.lshr(b.add(b.add(bits, I32(0x7FFF)), odd), I32(16))
+        quiet_nan = b.or_(b.lshr(bits, I32(16)), I32(0x40))
+        is_nan = b.fcmp_unordered("uno", x, x)
+        return b.trunc(b.select(is_nan, quiet_nan, rounded), I16)
+
+    def _libm(self, name: str) -> ir.Function:
+        fn = self._declare(name, F32, [F32])
+        if "nounwind" not in fn.attributes:
+            fn.attributes.add("nounwind")
         return fn
 
-    def _declare(self, name: str, arity: int) -> ir.Function:
+    def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         try:
             return self.module.get_global(name)
         except KeyError:
-            return ir.Function(self.module, ir.FunctionType(F32, [F32] * arity), name=name)
+            return ir.Function(self.module, ir.FunctionType(ret, args), name=name)

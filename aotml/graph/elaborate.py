@@ -7,6 +7,7 @@ a graph whose nodes are in topological order, each type inferred by its op's rul
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 from aotml import ops
 from aotml.errors import CompileError, Span, deep_recursion, did_you_mean
 from aotml.frontend import ast
-from aotml.graph.ir import DTYPES, Graph, Node, Param, TensorType, Value
+from aotml.graph.ir import DTYPES, INTS, Graph, Node, Param, TensorType, Value
 
 INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 
@@ -60,6 +61,7 @@ class _Weights:
 
 
 def _load_npz(decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
+    """The arrays of an .npz or .safetensors file, by name."""
     base = Path(decl.span.source.path).parent if decl.span is not None else Path(".")
     path = base / decl.path
     if not path.exists():
@@ -73,6 +75,8 @@ def _load_npz(decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
     except OSError as e:
         raise CompileError(f"cannot read weights file '{decl.path}': {e.strerror}",
                            decl.span) from None
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, decl)
     if magic == b"\x93NUM":
         raise CompileError(f"cannot read weights file '{decl.path}': it holds a single array "
                            "(.npy), not an .npz archive of named arrays", decl.span,
@@ -85,6 +89,25 @@ def _load_npz(decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise CompileError(f"cannot read weights file '{decl.path}': {e}", decl.span) from None
+
+
+def _load_safetensors(path: Path, decl: ast.WeightsDecl) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CompileError(f"cannot read weights file '{decl.path}': {e}", decl.span) from None
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """A number not yet given a dtype: it takes the dtype of the tensor it meets."""
+
+    value: float | int
+    is_int: bool
+    span: Span
 
 
 class _Elaborator:
@@ -116,7 +139,7 @@ class _Elaborator:
         elif isinstance(stmt, ast.ParamDecl):
             self.param(stmt)
         elif isinstance(stmt, ast.Let):
-            value = self.expr(stmt.value)
+            value = self.value(stmt.value)
             self.bind(stmt.name, value, stmt.span)
         elif isinstance(stmt, ast.Output):
             self.output(stmt)
@@ -156,6 +179,8 @@ class _Elaborator:
         if self.weights is None:
             self.weights = _Weights(self.program.weights)
         data = self.weights.lookup(decl)
+        if ty.dtype == "bf16" and data.dtype in (np.dtype("V2"), np.dtype(np.uint16)):
+            data = data.view(ty.np_dtype)  # .npz has no bfloat16: its bits come as V2/uint16
         if data.dtype != ty.np_dtype:
             raise CompileError(
                 f"weight '{decl.name}' has dtype {data.dtype}, declared {ty.dtype}", decl.span,
@@ -173,7 +198,7 @@ class _Elaborator:
         if stmt.value is None:
             value = self.lookup(stmt.name, stmt.span)
         else:
-            value = self.expr(stmt.value)
+            value = self.value(stmt.value)
             self.bind(stmt.name, value, stmt.span)
         self.graph.outputs.append((stmt.name, value))
 
@@ -185,11 +210,18 @@ class _Elaborator:
                                hint=did_you_mean(name, self.env))
         return self.env[name]
 
-    def expr(self, e: ast.Expr) -> Value:
+    def value(self, e: ast.Expr) -> Value:
+        """An expression as a tensor; a bare literal becomes an f32 (or i64) scalar."""
+        v = self.expr(e)
+        if isinstance(v, _Literal):
+            return self.literal(v, "i64" if v.is_int else "f32")
+        return v
+
+    def expr(self, e: ast.Expr) -> Value | _Literal:
         if isinstance(e, ast.Name):
             return self.lookup(e.id, e.span)
         if isinstance(e, ast.Number):
-            return self.literal(e)
+            return _Literal(e.value, e.is_int, e.span)
         if isinstance(e, ast.Neg):
             return self.apply("neg", [e.operand], {}, e.span, e.span)
         if isinstance(e, ast.Binary):
@@ -208,11 +240,21 @@ class _Elaborator:
             return self.apply(e.func, list(e.args), attrs, e.span, e.func_span, kw_spans)
         raise TypeError(f"unexpected AST node {e!r}")
 
-    def literal(self, e: ast.Number) -> Value:
-        # A literal is a rank-0 f32 constant; lowering folds it into the loops that read it.
-        value = Value(f"c{self._literals}", TensorType("f32", ()))
+    def literal(self, lit: _Literal, dtype: str) -> Value:
+        """A rank-0 constant of `dtype`; lowering folds it into the loops that read it."""
+        if dtype in INTS or dtype == "bool":
+            if not lit.is_int:
+                raise CompileError(f"the number {lit.value} cannot be used as {dtype}", lit.span,
+                                   hint='make the tensor a float with cast(x, dtype="f32")')
+            if dtype == "bool":
+                raise CompileError(f"the number {lit.value} cannot be used as bool", lit.span)
+            info = np.iinfo(DTYPES[dtype])
+            if not info.min <= lit.value <= info.max:
+                raise CompileError(f"{lit.value} does not fit in {dtype}", lit.span)
+        value = Value(f"c{self._literals}", TensorType(dtype, ()))
         self._literals += 1
-        self.graph.params.append(Param(value, np.asarray(e.value, dtype=np.float32), e.span))
+        data = np.asarray(lit.value, dtype=DTYPES[dtype])
+        self.graph.params.append(Param(value, data, lit.span))
         return value
 
     def apply(self, op_name: str, args: list[ast.Expr], attrs: dict[str, Any], span: Span,
@@ -223,7 +265,13 @@ class _Elaborator:
             noun = "argument" if op.arity == 1 else "arguments"
             raise CompileError(f"'{op_name}' takes {op.arity} tensor {noun}, got {len(args)}",
                                span, hint=f"signature: {op.signature}")
-        inputs = tuple(self.expr(a) for a in args)
+        evaluated = [self.expr(a) for a in args]
+        # A literal takes the dtype of the first tensor operand of an elementwise op (`x * 2`
+        # with x: f16 multiplies by an f16 2); elsewhere it is f32.
+        tensors = [v for v in evaluated if isinstance(v, Value)]
+        like = tensors[0].type.dtype if tensors and op.kind == "elementwise" else None
+        inputs = tuple(self.literal(v, like or ("i64" if v.is_int and not tensors else "f32"))
+                       if isinstance(v, _Literal) else v for v in evaluated)
         try:
             bound = op.bind_attrs(attrs)
             result_type = op.infer(tuple(v.type for v in inputs), bound)

@@ -1,7 +1,9 @@
 """The reference interpreter: runs a graph with each op's numpy reference. The oracle of tests.
 
-With `precise=True` floating-point inputs and weights are promoted to float64 and results cast
-back to each output's dtype, so the oracle itself adds (almost) no rounding error.
+It follows the compiled semantics: f16 and bf16 values are computed in f32 and every node's
+result is rounded to its dtype, as the compiled code stores it. With `precise=True` f32 work is
+done in float64 instead, and f32 results are not rounded between nodes, so the oracle itself
+adds (almost) no rounding error; narrow and integer results are still rounded at each node.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import numpy as np
 
 from aotml import ops
 from aotml.errors import RunError
-from aotml.graph.ir import Graph
+from aotml.graph.ir import DTYPES, FLOATS, Graph
 
 
 def check_inputs(graph: Graph, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -37,13 +39,23 @@ def check_inputs(graph: Graph, arrays: dict[str, np.ndarray]) -> dict[str, np.nd
 def interpret_graph(graph: Graph, arrays: dict[str, np.ndarray],
                     precise: bool = False) -> dict[str, np.ndarray]:
     inputs = check_inputs(graph, arrays)
-    promote = (lambda a: a.astype(np.float64)) if precise else (lambda a: a)
+    wide = np.float64 if precise else np.float32
+
+    def promote(a: np.ndarray, dtype: str) -> np.ndarray:
+        return a.astype(wide) if dtype in FLOATS else a
+
+    def settle(a: np.ndarray, dtype: str) -> np.ndarray:
+        if precise and dtype == "f32":
+            return a.astype(np.float64)
+        return promote(a.astype(DTYPES[dtype]), dtype)  # round to storage, compute wide
+
     env: dict[int, np.ndarray] = {}
     for v in graph.inputs:
-        env[v.uid] = promote(inputs[v.name])
+        env[v.uid] = promote(inputs[v.name], v.type.dtype)
     for p in graph.params:
-        env[p.value.uid] = promote(p.data)
+        env[p.value.uid] = promote(p.data, p.value.type.dtype)
     for n in graph.nodes:
-        env[n.result.uid] = np.asarray(
-            ops.REGISTRY[n.op].reference([env[v.uid] for v in n.inputs], n.attr))
+        with np.errstate(all="ignore"):
+            out = ops.REGISTRY[n.op].reference([env[v.uid] for v in n.inputs], n.attr)
+        env[n.result.uid] = settle(np.asarray(out), n.result.type.dtype)
     return {name: env[v.uid].astype(v.type.np_dtype) for name, v in graph.outputs}

@@ -10,13 +10,35 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from aotml.errors import InternalError, Span
 
-# dtype name in the language -> numpy dtype string. One table, so adding a dtype is one line here
-# plus its handling in codegen.
-DTYPES = {"f32": "float32"}
+# dtype name in the language -> numpy dtype. One table, so adding a dtype is one line here plus
+# its handling in codegen. numpy has no bfloat16: ml_dtypes provides it.
+DTYPES = {
+    "f32": np.dtype(np.float32),
+    "f16": np.dtype(np.float16),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "i32": np.dtype(np.int32),
+    "i64": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),
+}
+FLOATS = frozenset({"f32", "f16", "bf16"})
+INTS = frozenset({"i32", "i64"})
+# Narrow floats are stored narrow and computed in f32.
+COMPUTE = {"f16": "f32", "bf16": "f32"}
+
+
+def compute_dtype(dtype: str) -> str:
+    return COMPUTE.get(dtype, dtype)
+
+
+def dtype_name(np_dtype) -> str | None:
+    """The language's name for a numpy dtype, or None."""
+    np_dtype = np.dtype(np_dtype)
+    return next((k for k, v in DTYPES.items() if v == np_dtype), None)
 
 
 @dataclass(frozen=True)
@@ -45,11 +67,11 @@ class TensorType:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * np.dtype(DTYPES[self.dtype]).itemsize
+        return self.numel * DTYPES[self.dtype].itemsize
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(DTYPES[self.dtype])
+        return DTYPES[self.dtype]
 
     def __str__(self) -> str:
         return f"{self.dtype}[{', '.join(map(str, self.shape))}]"

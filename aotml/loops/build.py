@@ -1,7 +1,8 @@
 """Helpers the op lowerings share: loop nests, broadcasting indices, reductions.
 
 An op's lowering writes loops for one output buffer from *operands*: a buffer, or a scalar
-constant folded in at lowering time (a literal like the `2` in `x * 2`).
+constant folded in at lowering time (a literal like the `2` in `x * 2`). Values are read in
+their compute dtype (f16 and bf16 widen to f32) and `store` rounds them back to the buffer's.
 """
 
 from __future__ import annotations
@@ -9,7 +10,31 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aotml.loops.ir import INDEX, Buffer, Const, Expr, For, Load, Stmt, Var
+from aotml.loops.ir import INDEX, Buffer, Cast, Const, Expr, For, Load, Stmt, Store, Var, dtype_of
+
+_COMPUTE = {"f16": "f32", "bf16": "f32"}
+
+
+def compute_dtype(dtype: str) -> str:
+    return _COMPUTE.get(dtype, dtype)
+
+
+def cast(value: Expr, dtype: str) -> Expr:
+    """`value` as `dtype` (no node when it already is)."""
+    return value if dtype_of(value) == dtype else Cast(dtype, value)
+
+
+def store(out: Buffer, indices, value: Expr) -> Store:
+    """Store a computed value, rounding it to the buffer's dtype."""
+    return Store(out, tuple(indices), cast(value, out.dtype))
+
+
+def const(value, dtype: str) -> Const:
+    """A constant in the compute dtype of `dtype`."""
+    dtype = compute_dtype(dtype)
+    if dtype == "bool":
+        return Const(bool(value), dtype)
+    return Const(float(value) if dtype == "f32" else int(value), dtype)
 
 
 @dataclass(frozen=True)
@@ -19,11 +44,18 @@ class Operand:
     shape: tuple[int, ...]
     buffer: Buffer | None = None
     scalar: Const | None = None
+    scalar_dtype: str | None = None  # a folded scalar's declared dtype (its Const is widened)
+
+    @property
+    def dtype(self) -> str:
+        return self.buffer.dtype if self.buffer is not None else self.scalar_dtype
 
     def load(self, indices: Sequence[Expr]) -> Expr:
+        """The element at `indices`, in its compute dtype."""
         if self.scalar is not None:
-            return self.scalar
-        return Load(self.buffer, tuple(indices))
+            return cast(self.scalar, compute_dtype(self.scalar.dtype))
+        value = Load(self.buffer, tuple(indices))
+        return cast(value, compute_dtype(self.buffer.dtype))
 
 
 class Names:

@@ -15,8 +15,16 @@ from typing import Union
 from aotml.errors import InternalError
 
 INDEX = "i64"
-UNARY_OPS = frozenset({"neg", "exp", "tanh"})
-BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max"})
+DTYPES = frozenset({"f32", "f16", "bf16", "i32", "i64", "bool"})
+FLOATS = frozenset({"f32", "f16", "bf16"})
+# Arithmetic happens in these; f16/bf16 values only pass through Load, Store and Cast.
+ARITH = frozenset({"f32", "i32", "i64"})
+FLOAT_UNARY = frozenset({"exp", "log", "sqrt", "rsqrt", "tanh", "erf"})
+UNARY_OPS = FLOAT_UNARY | {"neg", "abs", "not"}
+BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "and", "or"})
+FLOAT_BINARY = frozenset({"div", "pow"})
+BOOL_BINARY = frozenset({"and", "or"})
+COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
 REGIONS = ("input", "output", "param", "workspace")
 
 
@@ -41,8 +49,12 @@ class Buffer:
 class Const:
     """A scalar constant."""
 
-    value: float | int
+    value: float | int | bool
     dtype: str
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise InternalError(f"constant of unknown dtype {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class Unary:
     def __post_init__(self):
         if self.op not in UNARY_OPS:
             raise InternalError(f"unknown unary op {self.op!r}")
+        _check_operand(self.op, dtype_of(self.operand))
 
 
 @dataclass(frozen=True)
@@ -90,9 +103,61 @@ class Binary:
             raise InternalError(f"unknown binary op {self.op!r}")
         if dtype_of(self.lhs) != dtype_of(self.rhs):
             raise InternalError(f"{self.op} of {dtype_of(self.lhs)} and {dtype_of(self.rhs)}")
+        _check_operand(self.op, dtype_of(self.lhs))
 
 
-Expr = Union[Const, Var, Load, Unary, Binary]
+def _check_operand(op: str, dtype: str) -> None:
+    if op in ("not", "and", "or"):
+        ok = dtype == "bool"
+    elif op in FLOAT_UNARY or op in FLOAT_BINARY:
+        ok = dtype == "f32"
+    else:
+        ok = dtype in ARITH
+    if not ok:
+        raise InternalError(f"scalar op {op} on {dtype}")
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Convert a scalar to another dtype (float to int saturates; NaN becomes 0)."""
+
+    to: str
+    operand: "Expr"
+
+    def __post_init__(self):
+        if self.to not in DTYPES:
+            raise InternalError(f"cast to unknown dtype {self.to!r}")
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A comparison of two scalars of one dtype; its value is a bool (NaN compares unequal)."""
+
+    op: str
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __post_init__(self):
+        if self.op not in COMPARE_OPS:
+            raise InternalError(f"unknown comparison {self.op!r}")
+        if dtype_of(self.lhs) != dtype_of(self.rhs) or dtype_of(self.lhs) not in ARITH | {"bool"}:
+            raise InternalError(f"{self.op} of {dtype_of(self.lhs)} and {dtype_of(self.rhs)}")
+
+
+@dataclass(frozen=True)
+class Select:
+    """`cond ? a : b` with a bool condition."""
+
+    cond: "Expr"
+    a: "Expr"
+    b: "Expr"
+
+    def __post_init__(self):
+        if dtype_of(self.cond) != "bool" or dtype_of(self.a) != dtype_of(self.b):
+            raise InternalError("select needs a bool condition and operands of one dtype")
+
+
+Expr = Union[Const, Var, Load, Unary, Binary, Cast, Compare, Select]
 
 
 def dtype_of(e: Expr) -> str:
@@ -102,6 +167,12 @@ def dtype_of(e: Expr) -> str:
         return e.buffer.dtype
     if isinstance(e, Unary):
         return dtype_of(e.operand)
+    if isinstance(e, Cast):
+        return e.to
+    if isinstance(e, Compare):
+        return "bool"
+    if isinstance(e, Select):
+        return dtype_of(e.a)
     return dtype_of(e.lhs)
 
 
@@ -202,13 +273,21 @@ class Program:
 
 def format_expr(e: Expr) -> str:
     if isinstance(e, Const):
-        return repr(float(e.value)) if e.dtype != INDEX else str(e.value)
+        if e.dtype == "bool":
+            return "true" if e.value else "false"
+        return repr(float(e.value)) if e.dtype in FLOATS else str(int(e.value))
     if isinstance(e, Var):
         return e.name
     if isinstance(e, Load):
         return f"{e.buffer.name}[{', '.join(format_expr(i) for i in e.indices)}]"
     if isinstance(e, Unary):
         return f"-{_atom(e.operand)}" if e.op == "neg" else f"{e.op}({format_expr(e.operand)})"
+    if isinstance(e, Cast):
+        return f"{e.to}({format_expr(e.operand)})"
+    if isinstance(e, Compare):
+        return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"
+    if isinstance(e, Select):
+        return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}.get(e.op)
     if sym is None:
         return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"

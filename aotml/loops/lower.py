@@ -11,8 +11,8 @@ from __future__ import annotations
 from aotml import ops
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, MemoryPlan, plan_memory
-from aotml.loops.build import Names, Operand
-from aotml.loops.ir import Buffer, Const, Kernel, Launch, Placement, Program
+from aotml.loops.build import Names, Operand, const
+from aotml.loops.ir import Buffer, Kernel, Launch, Placement, Program
 
 
 def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
@@ -28,7 +28,7 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
         return Buffer(name, v.type.dtype, v.type.shape)
 
     buffers: dict[int, Buffer] = {}
-    scalars: dict[int, Const] = {}
+    scalars: dict = {}
     placements: list[Placement] = []
 
     for i, v in enumerate(graph.inputs):
@@ -42,7 +42,8 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
     weights, offset = [], 0
     for p in graph.params:
         if p.value.type.rank == 0:
-            scalars[p.value.uid] = Const(float(p.data), p.value.type.dtype)
+            # folded in as a constant of its compute dtype, holding its stored (rounded) value
+            scalars[p.value.uid] = const(p.data.item(), p.value.type.dtype)
             continue
         buffers[p.value.uid] = buffer_for(p.value)
         placements.append(Placement(buffers[p.value.uid], "param", offset))
@@ -57,7 +58,8 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
 
     kernels, launches = [], []
     for i, node in enumerate(graph.nodes):
-        operands = [Operand(v.type.shape, scalar=scalars[v.uid]) if v.uid in scalars
+        operands = [Operand(v.type.shape, scalar=scalars[v.uid], scalar_dtype=v.type.dtype)
+                    if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
         body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())

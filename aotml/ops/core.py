@@ -6,20 +6,36 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aotml.graph.ir import TensorType
-from aotml.loops.build import Names, Operand, broadcast_indices, loop_nest, with_axis
-from aotml.loops.ir import Assign, Binary, Buffer, Const, For, Load, Local, Store, Unary
+from aotml.graph.ir import DTYPES, FLOATS, INTS, TensorType
+from aotml.loops.build import (
+    Names,
+    Operand,
+    broadcast_indices,
+    compute_dtype,
+    const,
+    loop_nest,
+    store,
+    with_axis,
+)
+from aotml.loops.ir import Assign, Binary, Buffer, For, Load, Local, Unary, dtype_of
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
+_CLASSES = {"float": FLOATS, "numeric": FLOATS | INTS, "any": FLOATS | INTS | {"bool"}}
+_CLASS_WORDS = {"float": "floating-point (f32, f16, bf16)",
+                "numeric": "numeric (f32, f16, bf16, i32, i64)", "any": "any"}
 
-def _f32(x: float) -> Const:
-    return Const(float(x), "f32")
 
-
-def _same_float(types: Sequence[TensorType], op: str) -> str:
+def same_dtype(types: Sequence[TensorType], op: str, allowed: str = "float") -> str:
+    """The operands' common dtype, which must be of the `allowed` class; else an error."""
     for i, t in enumerate(types):
-        if t.dtype != "f32":
-            raise OpTypeError(f"'{op}' takes floating-point tensors, got {t}", arg=i)
+        if t.dtype not in _CLASSES[allowed]:
+            hint = 'convert it with cast(x, dtype="f32")' if allowed != "any" else None
+            raise OpTypeError(f"'{op}' takes {_CLASS_WORDS[allowed]} tensors, got {t}", arg=i,
+                              hint=hint)
+    for i, t in enumerate(types[1:], 1):
+        if t.dtype != types[0].dtype:
+            raise OpTypeError(f"'{op}' operands have different dtypes: {types[0]} and {t}",
+                              arg=i, hint='convert one with cast(x, dtype="...")')
     return types[0].dtype
 
 
@@ -45,25 +61,26 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] 
     return tuple(reversed(out))
 
 
-def _unary(name: str, doc: str, np_fn, scalar_fn) -> OpDef:
+def _unary(name: str, doc: str, np_fn, scalar_fn, allowed: str = "float") -> OpDef:
     def infer(types, attrs):
-        return TensorType(_same_float(types, name), types[0].shape)
+        return TensorType(same_dtype(types, name, allowed), types[0].shape)
 
     def reference(xs, attrs):
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
             return np_fn(xs[0]).astype(xs[0].dtype, copy=False)
 
     def lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
         (x,) = ins
-        return loop_nest(out.shape, names, lambda i: [Store(out, i, scalar_fn(x.load(i)))])
+        return loop_nest(out.shape, names, lambda i: [store(out, i, scalar_fn(x.load(i)))])
 
     return register(OpDef(name, 1, "elementwise", (), infer, reference, lower, doc,
                           f"{name}(x) -> same shape"))
 
 
-def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str) -> OpDef:
+def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str,
+            allowed: str = "numeric") -> OpDef:
     def infer(types, attrs):
-        dtype = _same_float(types, name)
+        dtype = same_dtype(types, name, allowed)
         a, b = types
         shape = broadcast_shapes(a.shape, b.shape)
         if shape is None:
@@ -82,7 +99,7 @@ def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str) -> OpD
         def body(i):
             va = a.load(broadcast_indices(i, a.shape, out.shape))
             vb = b.load(broadcast_indices(i, b.shape, out.shape))
-            return [Store(out, i, Binary(loop_op, va, vb))]
+            return [store(out, i, Binary(loop_op, va, vb))]
 
         return loop_nest(out.shape, names, body)
 
@@ -93,16 +110,18 @@ def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str) -> OpD
 _binary("add", "+", "Elementwise sum with numpy broadcasting.", np.add, "add")
 _binary("sub", "-", "Elementwise difference with numpy broadcasting.", np.subtract, "sub")
 _binary("mul", "*", "Elementwise product with numpy broadcasting.", np.multiply, "mul")
-_binary("div", "/", "Elementwise quotient with numpy broadcasting (IEEE: x/0 is ±inf).",
-        np.divide, "div")
+_binary("div", "/", "Elementwise quotient of floats with numpy broadcasting (IEEE: x/0 is "
+        "±inf).", np.divide, "div", allowed="float")
 
-_unary("neg", "Negation; infix `-x`.", np.negative, lambda v: Unary("neg", v))
+_unary("neg", "Negation; infix `-x`. Integers wrap.", np.negative, lambda v: Unary("neg", v),
+       allowed="numeric")
 _unary("exp", "e to the power x.", np.exp, lambda v: Unary("exp", v))
 _unary("tanh", "Hyperbolic tangent.", np.tanh, lambda v: Unary("tanh", v))
-_unary("relu", "max(x, 0); NaN stays NaN.", lambda x: np.maximum(x, 0),
-       lambda v: Binary("max", v, _f32(0.0)))
+_unary("relu", "max(x, 0); NaN stays NaN.", lambda x: np.maximum(x, 0).astype(x.dtype),
+       lambda v: Binary("max", v, const(0, dtype_of(v))), allowed="numeric")
 _unary("sigmoid", "1 / (1 + exp(-x)).", lambda x: 1 / (1 + np.exp(-x)),
-       lambda v: Binary("div", _f32(1.0), Binary("add", _f32(1.0), Unary("exp", Unary("neg", v)))))
+       lambda v: Binary("div", const(1, "f32"),
+                        Binary("add", const(1, "f32"), Unary("exp", Unary("neg", v)))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +129,7 @@ _unary("sigmoid", "1 / (1 + exp(-x)).", lambda x: 1 / (1 + np.exp(-x)),
 
 
 def _matmul_infer(types, attrs):
-    dtype = _same_float(types, "matmul")
+    dtype = same_dtype(types, "matmul", "numeric")
     a, b = types
     for i, t in enumerate(types):
         if t.rank != 2:
@@ -122,14 +141,22 @@ def _matmul_infer(types, attrs):
 
 
 def _matmul_lower(out: Buffer, ins, attrs, names: Names):
-    # i-k-j order: the innermost loop walks b and the output contiguously, so it vectorizes.
     a, b = ins
     m, k = a.shape
     i, j, r = names.var("i"), names.var("j"), names.var("k")
-    zero = For(j, out.shape[1], (Store(out, (i, j), _f32(0.0)),))
-    update = For(j, out.shape[1], (Store(out, (i, j), Binary(
-        "add", Load(out, (i, j)), Binary("mul", a.load((i, r)), b.load((r, j))))),))
-    return [For(i, m, (zero, For(r, k, (update,))))]
+    if compute_dtype(out.dtype) == out.dtype:
+        # i-k-j order: the innermost loop walks b and the output contiguously, so it vectorizes;
+        # the output itself is the accumulator.
+        zero = For(j, out.shape[1], (store(out, (i, j), const(0, out.dtype)),))
+        update = For(j, out.shape[1], (store(out, (i, j), Binary(
+            "add", Load(out, (i, j)), Binary("mul", a.load((i, r)), b.load((r, j))))),))
+        return [For(i, m, (zero, For(r, k, (update,))))]
+    # A narrow output cannot hold partial sums: accumulate each element in f32.
+    acc = names.var("acc", compute_dtype(out.dtype))
+    dot = For(r, k, (Assign(acc, Binary("add", acc, Binary("mul", a.load((i, r)),
+                                                             b.load((r, j))))),))
+    return [For(i, m, (For(j, out.shape[1], (Local(acc, const(0, out.dtype)), dot,
+                                             store(out, (i, j), acc))),))]
 
 
 register(OpDef(
@@ -149,7 +176,7 @@ _AXIS_ATTRS = (Attr("axis", "int"), Attr("keepdims", "bool", False))
 def _reduce(name: str, doc: str, np_fn, combine: str, init: float) -> OpDef:
     def infer(types, attrs):
         (x,) = types
-        dtype = _same_float(types, name)
+        dtype = same_dtype(types, name, "numeric")
         axis = normalize_axis(attrs["axis"], x.rank)
         if attrs["keepdims"]:
             shape = x.shape[:axis] + (1,) + x.shape[axis + 1:]
@@ -158,18 +185,19 @@ def _reduce(name: str, doc: str, np_fn, combine: str, init: float) -> OpDef:
         return TensorType(dtype, shape)
 
     def reference(xs, attrs):
-        return np_fn(xs[0], axis=attrs["axis"], keepdims=attrs["keepdims"])
+        return np_fn(xs[0], axis=attrs["axis"], keepdims=attrs["keepdims"]).astype(xs[0].dtype)
 
     def lower(out: Buffer, ins, attrs, names: Names):
         (x,) = ins
         axis = attrs["axis"] % len(x.shape)
+        start = init if x.dtype in FLOATS else _int_init(init, x.dtype)
 
         def body(i):
-            acc, r = names.var("acc", out.dtype), names.var("r")
+            acc, r = names.var("acc", compute_dtype(out.dtype)), names.var("r")
             element = x.load(with_axis(i, axis, r, attrs["keepdims"]))
-            return [Local(acc, _f32(init)),
+            return [Local(acc, const(start, out.dtype)),
                     For(r, x.shape[axis], (Assign(acc, Binary(combine, acc, element)),)),
-                    Store(out, i, acc)]
+                    store(out, i, acc)]
 
         return loop_nest(out.shape, names, body)
 
@@ -177,14 +205,20 @@ def _reduce(name: str, doc: str, np_fn, combine: str, init: float) -> OpDef:
                           f"{name}(x, axis: int, keepdims=false) -> x without (or with 1 at) axis"))
 
 
-_reduce("sum", "Sum along one axis.", np.sum, "add", 0.0)
+def _int_init(init: float, dtype: str) -> int:
+    if init == -np.inf:
+        return int(np.iinfo(dtype.replace("i", "int")).min)
+    return int(init)
+
+
+_reduce("sum", "Sum along one axis; integers wrap.", np.sum, "add", 0.0)
 _reduce("max", "Maximum along one axis; NaN propagates.", np.max, "max", -np.inf)
 
 
 def _softmax_infer(types, attrs):
     (x,) = types
     normalize_axis(attrs["axis"], x.rank)
-    return TensorType(_same_float(types, "softmax"), x.shape)
+    return TensorType(same_dtype(types, "softmax"), x.shape)
 
 
 def _softmax_reference(xs, attrs):
@@ -195,22 +229,31 @@ def _softmax_reference(xs, attrs):
 
 def _softmax_lower(out: Buffer, ins, attrs, names: Names):
     # Three passes over the row: the max (for range safety), exp and its sum, then the scale.
+    # The middle pass keeps exp(x - m) in the output; a narrow output would round it twice, so
+    # there it is recomputed in the last pass instead.
     (x,) = ins
     axis = attrs["axis"] % len(x.shape)
     n = x.shape[axis]
+    wide = compute_dtype(out.dtype) == out.dtype
 
     def body(i):
         m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
         r1, r2, r3 = names.var("r"), names.var("r"), names.var("r")
         at = lambda r: with_axis(i, axis, r, keepdims=True)  # noqa: E731
-        e = Unary("exp", Binary("sub", x.load(at(r2)), m))
+        e = lambda r: Unary("exp", Binary("sub", x.load(at(r)), m))  # noqa: E731
+        if wide:
+            middle = (store(out, at(r2), e(r2)), Assign(s, Binary("add", s, Load(out, at(r2)))))
+            last = Binary("mul", Load(out, at(r3)), inv)
+        else:
+            middle = (Assign(s, Binary("add", s, e(r2))),)
+            last = Binary("mul", e(r3), inv)
         return [
-            Local(m, _f32(-np.inf)),
+            Local(m, const(-np.inf, "f32")),
             For(r1, n, (Assign(m, Binary("max", m, x.load(at(r1)))),)),
-            Local(s, _f32(0.0)),
-            For(r2, n, (Store(out, at(r2), e), Assign(s, Binary("add", s, Load(out, at(r2)))))),
-            Local(inv, Binary("div", _f32(1.0), s)),
-            For(r3, n, (Store(out, at(r3), Binary("mul", Load(out, at(r3)), inv)),)),
+            Local(s, const(0, "f32")),
+            For(r2, n, middle),
+            Local(inv, Binary("div", const(1, "f32"), s)),
+            For(r3, n, (store(out, at(r3), last),)),
         ]
 
     outer_loops = x.shape[:axis] + (1,) + x.shape[axis + 1:]
@@ -233,6 +276,43 @@ register(OpDef(
     lambda types, attrs: types[0],
     lambda xs, attrs: np.array(xs[0], copy=True),
     lambda out, ins, attrs, names: loop_nest(out.shape, names,
-                                             lambda i: [Store(out, i, ins[0].load(i))]),
+                                             lambda i: [store(out, i, ins[0].load(i))]),
     "A copy of x (inserted where an output is an input, a parameter, or another output).",
     "copy(x) -> same shape"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _cast_infer(types, attrs):
+    to = attrs["dtype"]
+    if to not in DTYPES:
+        raise OpTypeError(f"cast to unknown dtype '{to}' (supported: {', '.join(DTYPES)})",
+                          attr="dtype")
+    return TensorType(to, types[0].shape)
+
+
+def cast_reference(x: np.ndarray, to: str) -> np.ndarray:
+    """numpy's astype, except float to integer saturates and maps NaN to 0 (as compiled code
+    does; numpy leaves those cases undefined)."""
+    target = DTYPES[to]
+    if x.dtype.kind == "f" and target.kind in "iu":
+        info = np.iinfo(target)
+        wide = np.nan_to_num(x.astype(np.float64), nan=0.0)
+        # float(info.max) is exact for i32 and rounds up to 2**63 for i64: either way every
+        # value at or past it saturates, and every value below it converts exactly
+        high, low = wide >= float(info.max), wide <= float(info.min)
+        middle = np.where(high | low, 0.0, np.trunc(wide)).astype(target)
+        return np.where(high, info.max, np.where(low, info.min, middle)).astype(target)
+    return x.astype(target)
+
+
+register(OpDef(
+    "cast", 1, "elementwise", (Attr("dtype", "str"),), _cast_infer,
+    lambda xs, attrs: cast_reference(xs[0], attrs["dtype"]),
+    lambda out, ins, attrs, names: loop_nest(out.shape, names,
+                                             lambda i: [store(out, i, ins[0].load(i))]),
+    "Convert to another dtype: floats round to nearest even; float to int truncates toward zero, "
+    "saturating, NaN to 0; to bool is `x != 0` (NaN is true).",
+    'cast(x, dtype="f16") -> same shape'))

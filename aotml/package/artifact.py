@@ -21,7 +21,16 @@ from aotml.loops.ir import Program
 from aotml.resources import runtime_dir
 
 ABI_VERSION = 1
-DTYPE_CODES = {"f32": ("AOTML_F32", "float")}
+# dtype -> (ABI enum, C element type of the typed entry). Half-width floats travel as their bits.
+DTYPE_CODES = {
+    "f32": ("AOTML_F32", "float"),
+    "f16": ("AOTML_F16", "uint16_t"),
+    "bf16": ("AOTML_BF16", "uint16_t"),
+    "i32": ("AOTML_I32", "int32_t"),
+    "i64": ("AOTML_I64", "int64_t"),
+    "bool": ("AOTML_BOOL", "uint8_t"),
+}
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "bool": 1}
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
@@ -56,14 +65,14 @@ def manifest_of(program: Program, build_hash: str, version: str, source_name: st
     def specs(region: str) -> tuple[TensorSpec, ...]:
         pls = sorted((p for p in program.placements if p.region == region), key=lambda p: p.index)
         return tuple(TensorSpec(p.buffer.name, p.buffer.dtype, p.buffer.shape,
-                                _nbytes(p.buffer.shape)) for p in pls)
+                                _nbytes(p.buffer.dtype, p.buffer.shape)) for p in pls)
 
     return Manifest(program.name, specs("input"), specs("output"), program.workspace_bytes,
                     program.weights_bytes, build_hash, version, source_name)
 
 
-def _nbytes(shape: tuple[int, ...]) -> int:
-    n = 4  # every dtype so far is 4 bytes wide
+def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    n = ITEMSIZE[dtype]
     for d in shape:
         n *= d
     return n
@@ -195,7 +204,7 @@ def generate_header(m: Manifest) -> str:
     ]
     # the tensor part keeps its case: inputs `a` and `A` are different tensors
     for t in (*m.inputs, *m.outputs):
-        n = t.nbytes // 4
+        n = t.nbytes // ITEMSIZE[t.dtype]
         lines.append(f"#define {upper}_{t.name}_ELEMENTS {n}u  /* {describe(t)} */")
     lines += [
         "",
