@@ -26,7 +26,9 @@ typedef enum aotml_status {
     AOTML_ERR_ARG_SIZE = 3,       /* an input or output buffer has the wrong byte size */
     AOTML_ERR_WORKSPACE = 4,      /* workspace too small */
     AOTML_ERR_OVERLAP = 5,        /* an output overlaps an input, another output or the workspace */
-    AOTML_ERR_OUT_OF_MEMORY = 6   /* the generic entry could not allocate a workspace */
+    AOTML_ERR_OUT_OF_MEMORY = 6,  /* the generic entry could not allocate a workspace */
+    AOTML_ERR_RUNTIME = 7         /* a check inside the model failed (e.g. an index out of
+                                     range); the outputs are then unspecified */
 } aotml_status;
 
 typedef enum aotml_dtype {

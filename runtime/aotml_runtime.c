@@ -101,8 +101,13 @@ AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const void *const *inputs,
     }
     rc = check_overlap(m, inputs, outputs, workspace, m->workspace_bytes);
     if (rc == AOTML_OK) {
-        impl->entry(inputs, outputs, workspace, impl->weights);
-        last_error[0] = '\0';
+        int check = impl->entry(inputs, outputs, workspace, impl->weights);
+        if (check == 0)
+            last_error[0] = '\0';
+        else if (check > 0 && (uint32_t)check <= impl->n_errors)
+            rc = fail(AOTML_ERR_RUNTIME, "%s", impl->errors[check - 1]);
+        else
+            rc = fail(AOTML_ERR_RUNTIME, "run-time check %d failed", check);
     }
     free(owned);
     return rc;

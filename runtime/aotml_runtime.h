@@ -7,14 +7,17 @@
 #define AOTML_HIDDEN __attribute__((visibility("hidden")))
 #define AOTML_EXPORT __attribute__((visibility("default")))
 
-/* The compiled kernels' entry: buffer tables in manifest order, workspace, weights blob. */
-typedef void (*aotml_entry_fn)(const void *const *inputs, void *const *outputs,
-                               void *workspace, const void *weights);
+/* The compiled kernels' entry: buffer tables in manifest order, workspace, weights blob.
+ * Returns 0, or k > 0 when the run-time check whose message is errors[k - 1] failed. */
+typedef int (*aotml_entry_fn)(const void *const *inputs, void *const *outputs,
+                              void *workspace, const void *weights);
 
 typedef struct aotml_impl {
     const aotml_model *model;
     aotml_entry_fn entry;
     const void *weights;
+    const char *const *errors;
+    uint32_t n_errors;
 } aotml_impl;
 
 AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const void *const *inputs,

@@ -1,10 +1,6 @@
-"""Every op in the registry, compiled to a real .so and compared with its numpy reference.
-
-Samples are listed per op; a test checks that every registered op has samples, so adding an op
-without tests fails here. References run in float64 (`precise=True`, cast to float32 at the
-end); the bound on the compiled float32 result is rtol 1e-5 plus, for ops that accumulate n
-terms, n·eps32 times the magnitude of the terms (the reference applied to absolute values).
-"""
+"""The core ops (elementwise arithmetic, matmul, sum/max, softmax, copy, cast) against their
+references; see opcheck.py for how cases are built and judged. A test here checks that every
+registered op has samples in some tests/test_ops*.py module."""
 
 from __future__ import annotations
 
@@ -13,114 +9,65 @@ import pytest
 
 import aotml
 from aotml.ops import REGISTRY
-from conftest import rand
-
-EPS32 = float(np.finfo(np.float32).eps)
+from opcheck import Sample, all_samples, check, params, within
 
 
-def _unary_samples():
-    return [((s,), {}) for s in [(1,), (3, 7), (33,), (2, 3, 5), (257,)]]
+def _unary():
+    return [Sample((s,)) for s in [(1,), (3, 7), (33,), (2, 3, 5), (257,)]]
 
 
 # Broadcasting variants: equal shapes, a scalar-like (1,), row, column, both sides, rank change.
 BINARY_SHAPES = [((1,), (1,)), ((3, 7), (3, 7)), ((33,), (1,)), ((3, 7), (7,)),
                  ((3, 1), (3, 7)), ((3, 1), (1, 7)), ((5, 1, 7), (3, 1)), ((257,), (257,))]
 
-SAMPLES: dict[str, list] = {
-    **{op: [(s, {}) for s in BINARY_SHAPES] for op in ("add", "sub", "mul", "div")},
-    **{op: _unary_samples() for op in ("neg", "exp", "tanh", "relu", "sigmoid", "copy")},
-    "matmul": [(((1, 1), (1, 1)), {}), (((3, 7), (7, 33)), {}), (((33, 257), (257, 3)), {}),
-               (((1, 784), (784, 10)), {}), (((7, 1), (1, 5)), {})],
-    **{op: [(((7,),), {"axis": 0}), (((3, 7),), {"axis": 1}), (((3, 7),), {"axis": 0}),
-            (((3, 7),), {"axis": -1, "keepdims": True}),
-            (((2, 33, 5),), {"axis": 1}), (((2, 33, 5),), {"axis": 1, "keepdims": True}),
-            (((1, 257),), {"axis": -1})] for op in ("sum", "max")},
-    "cast": [(((3, 7),), {"dtype": "f16"}), (((33,),), {"dtype": "bf16"}),
-             (((1,),), {"dtype": "i32"})],
-    "softmax": [(((1,),), {}), (((3, 7),), {}), (((3, 7),), {"axis": 0}),
-                (((2, 33, 5),), {"axis": 1}), (((1, 257),), {"axis": -1})],
+
+def _divisor(shapes):
+    def inputs(rng):  # keep the divisor away from zero: |b| in [0.5, 2]
+        a = rng.uniform(-2, 2, shapes[0]).astype(np.float32)
+        b = rng.uniform(0.5, 2.0, shapes[1]) * rng.choice([-1, 1], size=shapes[1])
+        return [a, b.astype(np.float32)]
+    return inputs
+
+
+def _matmul(m, k, n):
+    return Sample(((m, k), (k, n)), terms=k, magnitude=lambda xs: np.abs(xs[0]) @ np.abs(xs[1]))
+
+
+def _reduce(op, shape, axis, keepdims=False):
+    attrs = {"axis": axis} | ({"keepdims": True} if keepdims else {})
+    if op == "max":
+        return Sample((shape,), attrs)
+    return Sample((shape,), attrs, terms=shape[axis],
+                  magnitude=lambda xs: np.sum(np.abs(xs[0]), axis=axis, keepdims=keepdims))
+
+
+REDUCE_CASES = [((7,), 0), ((3, 7), 1), ((3, 7), 0), ((3, 7), -1, True), ((2, 33, 5), 1),
+                ((2, 33, 5), 1, True), ((1, 257), -1)]
+
+SAMPLES: dict[str, list[Sample]] = {
+    **{op: [Sample(s) for s in BINARY_SHAPES] for op in ("add", "sub", "mul")},
+    "div": [Sample(s, inputs=_divisor(s)) for s in BINARY_SHAPES],
+    **{op: _unary() for op in ("neg", "exp", "tanh", "relu", "sigmoid", "copy")},
+    "matmul": [_matmul(1, 1, 1), _matmul(3, 7, 33), _matmul(33, 257, 3), _matmul(1, 784, 10),
+               _matmul(7, 1, 5)],
+    **{op: [_reduce(op, *c) for c in REDUCE_CASES] for op in ("sum", "max")},
+    "softmax": [Sample(shape, attrs, terms=n, magnitude=lambda xs: 0.0)  # relative error only
+                for shape, attrs, n in [((1,), {}, 1), ((3, 7), {}, 7), ((3, 7), {"axis": 0}, 3),
+                                        ((2, 33, 5), {"axis": 1}, 33),
+                                        ((1, 257), {"axis": -1}, 257)]],
+    "cast": [Sample(((3, 7),), {"dtype": "f16"}), Sample(((33,),), {"dtype": "bf16"}),
+             Sample(((1,),), {"dtype": "i32"}), Sample(((5,),), {"dtype": "f32"}, ("i64",))],
 }
 
 
 def test_every_registered_op_has_samples():
-    assert set(SAMPLES) == set(REGISTRY)
+    missing = set(REGISTRY) - set(all_samples())
+    assert not missing, f"ops without samples in tests/test_ops*.py: {sorted(missing)}"
 
 
-def _source(op: str, shapes, attrs) -> str:
-    names = [f"x{i}" for i in range(len(shapes))]
-    decls = "\n".join(f"    input {n}: f32[{', '.join(map(str, s))}]"
-                      for n, s in zip(names, shapes))
-    kw = "".join(f", {k}={_attr(v)}" for k, v in attrs.items())
-    return f"model m {{\n{decls}\n    output y = {op}({', '.join(names)}{kw})\n}}\n"
-
-
-def _attr(v) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    return f'"{v}"' if isinstance(v, str) else str(v)
-
-
-def _inputs(op: str, shapes, rng) -> dict[str, np.ndarray]:
-    arrays = {f"x{i}": rand(rng, s) for i, s in enumerate(shapes)}
-    if op == "div":  # keep the divisor away from zero: |b| in [0.5, 2]
-        b = rng.uniform(0.5, 2.0, size=shapes[1]) * rng.choice([-1, 1], size=shapes[1])
-        arrays["x1"] = b.astype(np.float32)
-    return arrays
-
-
-def _accumulated(op: str, shapes, attrs) -> int:
-    """How many terms one output element sums (1 for plain elementwise ops)."""
-    if op == "matmul":
-        return shapes[0][1]
-    if op in ("sum", "softmax"):
-        return shapes[0][attrs.get("axis", -1)]
-    return 1
-
-
-def _magnitude(op: str, arrays: dict, attrs) -> np.ndarray | float:
-    if op == "matmul":
-        return np.abs(arrays["x0"]).astype(np.float64) @ np.abs(arrays["x1"])
-    if op == "sum":
-        return np.sum(np.abs(arrays["x0"]).astype(np.float64), axis=attrs["axis"],
-                      keepdims=attrs.get("keepdims", False))
-    return 0.0
-
-
-def _case_id(op, shapes, attrs) -> str:
-    dims = "x".join("_".join(map(str, s)) for s in shapes)
-    return f"{op}-{dims}" + "".join(f"-{k}{v}" for k, v in attrs.items())
-
-
-CASES = [pytest.param(op, shapes, attrs, id=_case_id(op, shapes, attrs))
-         for op, samples in SAMPLES.items() for shapes, attrs in samples]
-
-
-@pytest.mark.parametrize("op,shapes,attrs", CASES)
-def test_op_compiled_matches_reference(tmp_path, op, shapes, attrs):
-    src = tmp_path / "m.mlg"
-    src.write_text(_source(op, shapes, attrs))
-    model = aotml.load(aotml.build(src, tmp_path / "m.so"))
-    rng = np.random.default_rng(abs(hash((op, str(shapes), str(attrs)))) % 2**32)
-    for _ in range(2):  # two fresh draws through the same library
-        arrays = _inputs(op, shapes, rng)
-        got = model(**arrays)["y"]
-        exact = aotml.interpret(src, precise=True, **arrays)["y"]
-        assert got.shape == exact.shape and got.dtype == exact.dtype
-        if got.dtype != np.float32:  # a cast: one rounding of the same value, bit for bit
-            np.testing.assert_array_equal(got.view(np.uint8), exact.view(np.uint8))
-            continue
-        n = _accumulated(op, shapes, attrs)
-        rtol = 1e-5 + (n * EPS32 if op == "softmax" else 0.0)
-        assert_within(got, exact, rtol, 2 * n * EPS32 * _magnitude(op, arrays, attrs))
-
-
-def assert_within(got, exact, rtol, atol) -> None:
-    """|got - exact| <= rtol·|exact| + atol elementwise (atol may be an array)."""
-    err = np.abs(got.astype(np.float64) - exact)
-    bound = rtol * np.abs(exact.astype(np.float64)) + atol
-    bad = ~(err <= bound) & ~(np.isnan(got) & np.isnan(exact)) & ~(got == exact)
-    assert not bad.any(), (f"{int(bad.sum())} of {bad.size} elements off; worst error "
-                           f"{float(np.max(np.where(bad, err, 0))):.3g}")
+@pytest.mark.parametrize("op,sample", params(SAMPLES))
+def test_op_compiled_matches_reference(tmp_path, op, sample):
+    check(tmp_path, op, sample)
 
 
 def test_nan_propagates_through_relu_and_max(build_model):
@@ -138,7 +85,7 @@ def test_softmax_is_stable_for_large_inputs(build_model):
     m = build_model("model m {\n input x: f32[2, 3]\n output y = softmax(x)\n}\n")
     x = np.array([[1000.0, 999.0, -1000.0], [-80.0, 88.0, 87.5]], np.float32)
     ref = aotml.interpret(m.source_path, precise=True, x=x)["y"]
-    np.testing.assert_allclose(m(x=x)["y"], ref, rtol=1e-5, atol=1e-30)
+    within(m(x=x)["y"], ref, 1e-5, 1e-30)
     assert np.all(np.isfinite(m(x=x)["y"]))
 
 
@@ -160,4 +107,4 @@ def test_scalar_literals_fold_into_loops(build_model):
     rng = np.random.default_rng(1)
     x = rng.uniform(0.5, 2.0, (3, 7)).astype(np.float32)
     ref = aotml.interpret(m.source_path, precise=True, x=x)["y"]
-    np.testing.assert_allclose(m(x=x)["y"], ref, rtol=1e-5)
+    within(m(x=x)["y"], ref, 1e-5, 0.0)

@@ -117,9 +117,12 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
     attrs = {"target-cpu": target.cpu, "prefer-vector-width": str(target.capabilities.vector_bits)}
     if target.features:
         attrs["target-features"] = target.features
-    kernels = {k.name: _KernelEmitter(module, k, attrs).emit() for k in program.kernels}
 
-    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4), name=ENTRY)
+    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    kernels = {k.name: _KernelEmitter(module, k, attrs, messages).emit() for k in program.kernels}
+
+    # Returns 0, or the 1-based index of the failed run-time check's message.
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR] * 4), name=ENTRY)
     entry.visibility = "hidden"
     entry.attributes = _FunctionAttributes(attrs)
     entry.attributes.add("nounwind")
@@ -138,17 +141,24 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
             address[pl.buffer.name] = b.gep(base, [I64(pl.index)], inbounds=True,
                                             name=pl.buffer.name, source_etype=ir.IntType(8))
     for launch in program.launches:
-        b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args])
-    b.ret_void()
+        status = b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args])
+        failed = entry.append_basic_block(f"{launch.kernel}.failed")
+        ok = entry.append_basic_block(f"{launch.kernel}.ok")
+        b.cbranch(b.icmp_unsigned("!=", status, I32(0)), failed, ok)
+        b.position_at_end(failed)
+        b.ret(status)
+        b.position_at_end(ok)
+    b.ret(I32(0))
     return module
 
 
 class _KernelEmitter:
     """Emits one kernel: loops as bottom-tested blocks (every extent is at least 1)."""
 
-    def __init__(self, module: ir.Module, kernel: L.Kernel, attrs: dict[str, str]):
-        self.module, self.kernel = module, kernel
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(kernel.args)),
+    def __init__(self, module: ir.Module, kernel: L.Kernel, attrs: dict[str, str],
+                 messages: dict[str, int]):
+        self.module, self.kernel, self.messages = module, kernel, messages
+        fn = ir.Function(module, ir.FunctionType(I32, [PTR] * len(kernel.args)),
                          name=kernel.name)
         fn.linkage = "internal"
         fn.attributes = _FunctionAttributes(attrs)
@@ -164,7 +174,7 @@ class _KernelEmitter:
     def emit(self) -> ir.Function:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self._stmts(self.kernel.body)
-        self.b.ret_void()
+        self.b.ret(I32(0))
         return self.fn
 
     # statements
@@ -184,6 +194,13 @@ class _KernelEmitter:
                 self.b.store(self._expr(s.init), slot)
             elif isinstance(s, L.Assign):
                 self.b.store(self._expr(s.value), self.locals[s.var.name])
+            elif isinstance(s, L.Assert):
+                ok = self.fn.append_basic_block("check.ok")
+                failed = self.fn.append_basic_block("check.failed")
+                self.b.cbranch(self._expr(s.cond), ok, failed)
+                self.b.position_at_end(failed)
+                self.b.ret(I32(self.messages[s.message]))
+                self.b.position_at_end(ok)
             else:
                 raise InternalError(f"CPU codegen cannot emit {type(s).__name__}")
 
@@ -304,6 +321,8 @@ class _KernelEmitter:
             return b.call(self._declare(name, x.type, [x.type, x.type]), [x, y])
         if op in ("add", "sub", "mul"):  # wrapping, as numpy's integers
             return {"add": b.add, "sub": b.sub, "mul": b.mul}[op](x, y)
+        if op in ("idiv", "irem"):
+            return b.sdiv(x, y) if op == "idiv" else b.srem(x, y)
         raise InternalError(f"CPU codegen has no binary {op} on {dt}")
 
     def _convert(self, x: ir.Value, src: str, dst: str) -> ir.Value:

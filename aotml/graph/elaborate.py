@@ -261,9 +261,8 @@ class _Elaborator:
               op_span: Span, kw_spans: dict[str, ast.Kwarg] | None = None) -> Value:
         op = ops.REGISTRY[op_name]
         kw_spans = kw_spans or {}
-        if len(args) != op.arity:
-            noun = "argument" if op.arity == 1 else "arguments"
-            raise CompileError(f"'{op_name}' takes {op.arity} tensor {noun}, got {len(args)}",
+        if not op.accepts(len(args)):
+            raise CompileError(f"'{op_name}' takes {op.arity_text()}, got {len(args)}",
                                span, hint=f"signature: {op.signature}")
         evaluated = [self.expr(a) for a in args]
         # A literal takes the dtype of the first tensor operand of an elementwise op (`x * 2`

@@ -26,8 +26,8 @@ def verify(graph: Graph) -> Graph:
         if n.op not in ops.REGISTRY:
             raise InternalError(f"{where}: unknown op")
         op = ops.REGISTRY[n.op]
-        if len(n.inputs) != op.arity:
-            raise InternalError(f"{where}: {len(n.inputs)} inputs, op takes {op.arity}")
+        if not op.accepts(len(n.inputs)):
+            raise InternalError(f"{where}: {len(n.inputs)} inputs, op takes {op.arity_text()}")
         for v in n.inputs:
             if v.uid not in defined:
                 raise InternalError(f"{where}: uses {v.name} before it is defined")

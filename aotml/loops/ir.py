@@ -21,8 +21,12 @@ FLOATS = frozenset({"f32", "f16", "bf16"})
 ARITH = frozenset({"f32", "i32", "i64"})
 FLOAT_UNARY = frozenset({"exp", "log", "sqrt", "rsqrt", "tanh", "erf"})
 UNARY_OPS = FLOAT_UNARY | {"neg", "abs", "not"}
-BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "and", "or"})
+BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "idiv",
+                        "irem"})
 FLOAT_BINARY = frozenset({"div", "pow"})
+# Integer division and remainder truncate toward zero (C semantics), and are for index
+# arithmetic: the divisor must be a positive constant or known nonzero.
+INT_BINARY = frozenset({"idiv", "irem"})
 BOOL_BINARY = frozenset({"and", "or"})
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
 REGIONS = ("input", "output", "param", "workspace")
@@ -111,6 +115,8 @@ def _check_operand(op: str, dtype: str) -> None:
         ok = dtype == "bool"
     elif op in FLOAT_UNARY or op in FLOAT_BINARY:
         ok = dtype == "f32"
+    elif op in INT_BINARY:
+        ok = dtype in ("i32", "i64")
     else:
         ok = dtype in ARITH
     if not ok:
@@ -220,7 +226,37 @@ class Assign:
     value: Expr
 
 
-Stmt = Union[For, Store, Local, Assign]
+@dataclass(frozen=True)
+class Assert:
+    """A run-time check: when `cond` is false the run stops and fails with `message` (lowering
+    adds the op's source location). Loops holding one are not vectorized: use it sparingly."""
+
+    cond: Expr
+    message: str
+
+    def __post_init__(self):
+        if dtype_of(self.cond) != "bool":
+            raise InternalError("assert of a non-bool condition")
+
+
+Stmt = Union[For, Store, Local, Assign, Assert]
+
+
+def assert_messages(program: "Program") -> tuple[str, ...]:
+    """Every distinct Assert message of a program, in order: a failing check returns its
+    1-based position here as the run's status."""
+    found: dict[str, None] = {}
+
+    def walk(stmts):
+        for s in stmts:
+            if isinstance(s, Assert):
+                found.setdefault(s.message)
+            elif isinstance(s, For):
+                walk(s.body)
+
+    for k in program.kernels:
+        walk(k.body)
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -314,6 +350,8 @@ def format_stmts(stmts, indent: int) -> list[str]:
             out.append(f"{pad}{s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
         elif isinstance(s, Assign):
             out.append(f"{pad}{s.var.name} = {format_expr(s.value)}")
+        elif isinstance(s, Assert):
+            out.append(f"{pad}assert {format_expr(s.cond)}, {s.message!r}")
         else:
             raise InternalError(f"cannot print {s!r}")
     return out

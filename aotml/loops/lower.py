@@ -12,7 +12,7 @@ from aotml import ops
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, MemoryPlan, plan_memory
 from aotml.loops.build import Names, Operand, const
-from aotml.loops.ir import Buffer, Kernel, Launch, Placement, Program
+from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
 
 
 def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
@@ -63,6 +63,7 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
         body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())
+        body = _locate_asserts(body, f"'{node.op}' at {node.span}" if node.span else node.op)
         args = tuple(dict.fromkeys([o.buffer for o in operands if o.buffer is not None] + [out]))
         origin = node.op + (f" at {node.span}" if node.span is not None else "")
         kernel = Kernel(f"k{i}_{node.op}", args, (out.name,), tuple(body), origin)
@@ -72,3 +73,15 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
                       plan.workspace_bytes, offset)
     return program, plan, weights
+
+
+def _locate_asserts(stmts, where: str) -> list:
+    """Append the op and its source location to every run-time check's message."""
+    out = []
+    for s in stmts:
+        if isinstance(s, Assert):
+            s = Assert(s.cond, f"{s.message} in {where}")
+        elif isinstance(s, For):
+            s = For(s.var, s.extent, tuple(_locate_asserts(s.body, where)))
+        out.append(s)
+    return out

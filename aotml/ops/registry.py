@@ -26,32 +26,57 @@ class OpTypeError(Exception):
         self.message, self.arg, self.attr, self.hint = message, arg, attr, hint
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class Attr:
-    """An attribute: its name, kind ('int', 'float', 'bool', 'str') and default."""
+    """An attribute: its name, kind, default, and for strings the allowed values.
+
+    Kinds: 'int', 'float', 'bool', 'str', 'ints' (a tuple of integers; a single integer is
+    taken as a 1-tuple) and 'floats'. Values reach infer/reference/lower already checked and
+    normalized (floats as float, ints as tuple)."""
 
     name: str
     kind: str
     default: Any = _MISSING
+    choices: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
         return self.default is _MISSING
 
     def check(self, value: Any) -> Any:
+        kind = self.kind
+        if kind in ("ints", "floats") and not isinstance(value, tuple):
+            value = (value,)
         ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
+            "int": _is_int(value),
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
             "str": isinstance(value, str),
-        }[self.kind]
+            "ints": isinstance(value, tuple) and all(_is_int(v) for v in value),
+            "floats": isinstance(value, tuple) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+        }[kind]
         if not ok:
-            raise OpTypeError(f"attribute '{self.name}' must be {_KIND_WORDS[self.kind]}, "
+            raise OpTypeError(f"attribute '{self.name}' must be {_KIND_WORDS[kind]}, "
                               f"got {format_attr(value)}", attr=self.name)
-        return float(value) if self.kind == "float" else value
+        if self.choices and value not in self.choices:
+            raise OpTypeError(f"attribute '{self.name}' must be one of "
+                              + ", ".join(f'"{c}"' for c in self.choices)
+                              + f", got {format_attr(value)}", attr=self.name)
+        if kind == "float":
+            return float(value)
+        if kind == "floats":
+            return tuple(float(v) for v in value)
+        return value
 
 
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a string", "ints": "an integer or a tuple of integers",
+               "floats": "a number or a tuple of numbers"}
 
 Infer = Callable[[Sequence[TensorType], dict], TensorType]
 Reference = Callable[[Sequence[np.ndarray], dict], np.ndarray]
@@ -63,7 +88,7 @@ class OpDef:
     """One op, complete: what the checker, interpreter, lowering and docs need."""
 
     name: str
-    arity: int
+    arity: int | tuple[int, int | None]  # fixed, or (fewest, most); most None: no limit
     kind: str
     attrs: tuple[Attr, ...]
     infer: Infer
@@ -71,6 +96,17 @@ class OpDef:
     lower: Lower
     doc: str
     signature: str
+
+    def accepts(self, n: int) -> bool:
+        lo, hi = (self.arity, self.arity) if isinstance(self.arity, int) else self.arity
+        return n >= lo and (hi is None or n <= hi)
+
+    def arity_text(self) -> str:
+        if isinstance(self.arity, int):
+            return f"{self.arity} tensor argument{'s' if self.arity != 1 else ''}"
+        lo, hi = self.arity
+        return f"at least {lo} tensor arguments" if hi is None else \
+            f"{lo} to {hi} tensor arguments"
 
     def bind_attrs(self, given: dict[str, Any]) -> dict[str, Any]:
         """Checked attributes with defaults filled in; raises OpTypeError naming the culprit."""

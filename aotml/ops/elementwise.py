@@ -1,0 +1,1 @@
+"""Elementwise ops beyond the core arithmetic: math functions, activations, comparisons, where."""

@@ -1,0 +1,1 @@
+"""Contractions, reductions over any axes, and normalizations."""

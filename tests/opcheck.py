@@ -1,0 +1,125 @@
+"""The machinery of the op tests: build one op into a real .so, run it on fresh random inputs,
+compare with the float64 reference.
+
+Each `tests/test_ops*.py` module defines `SAMPLES: dict[op name, list[Sample]]`; a test checks
+that the union covers the whole registry, so an op without samples fails the suite.
+
+The bound is rtol (1e-5 for f32) plus, for ops whose output elements accumulate `terms` values,
+`terms`·eps32 times `magnitude` (the same computation on absolute values, or the largest input
+magnitude when not given). Non-f32 results (integers, bool, casts) are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import aotml
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@dataclass
+class Sample:
+    """One test case of an op: input shapes, attributes, and how to draw and judge it."""
+
+    shapes: tuple
+    attrs: dict = field(default_factory=dict)
+    dtypes: tuple | None = None            # per input; default all f32
+    inputs: Callable | None = None         # rng -> list of arrays, for restricted domains
+    terms: int = 1                         # values accumulated into one output element
+    magnitude: Callable | None = None      # arrays (float64) -> |terms| scale for atol
+    rtol: float = 1e-5
+    id: str = ""
+
+
+def _attr(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_attr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return str(v)
+
+
+def source(op: str, s: Sample) -> str:
+    dtypes = s.dtypes or ("f32",) * len(s.shapes)
+    decls = "\n".join(f"    input x{i}: {dt}[{', '.join(map(str, shape))}]"
+                      for i, (shape, dt) in enumerate(zip(s.shapes, dtypes)))
+    args = [f"x{i}" for i in range(len(s.shapes))]
+    args += [f"{k}={_attr(v)}" for k, v in s.attrs.items()]
+    return f"model m {{\n{decls}\n    output y = {op}({', '.join(args)})\n}}\n"
+
+
+def draw(rng, shape, dtype: str) -> np.ndarray:
+    """Fresh values of a dtype: floats in [-2, 2), integers in [-20, 20), random bools."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype in ("i32", "i64"):
+        return rng.integers(-20, 20, size=shape).astype("int32" if dtype == "i32" else "int64")
+    x = rng.uniform(-2.0, 2.0, size=shape).astype(np.float32)
+    return x.astype({"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype])
+
+
+def case_id(op: str, s: Sample) -> str:
+    if s.id:
+        return f"{op}-{s.id}"
+    dims = "x".join("_".join(map(str, shape)) for shape in s.shapes)
+    return f"{op}-{dims}" + "".join(f"-{k}{_attr(v)}" for k, v in s.attrs.items())
+
+
+def params(samples: dict[str, list[Sample]]) -> list:
+    return [pytest.param(op, s, id=case_id(op, s)) for op, ss in samples.items() for s in ss]
+
+
+def check(tmp_path: Path, op: str, s: Sample, draws: int = 2) -> None:
+    """Build `op` on the sample's shapes and compare with the reference on `draws` inputs."""
+    src = tmp_path / "m.mlg"
+    src.write_text(source(op, s))
+    model = aotml.load(aotml.build(src, tmp_path / "m.so"))
+    rng = np.random.default_rng(abs(hash(case_id(op, s))) % 2**32)
+    dtypes = s.dtypes or ("f32",) * len(s.shapes)
+    for _ in range(draws):
+        arrays = (s.inputs(rng) if s.inputs is not None
+                  else [draw(rng, shape, dt) for shape, dt in zip(s.shapes, dtypes)])
+        named = {f"x{i}": a for i, a in enumerate(arrays)}
+        got = model(**named)["y"]
+        exact = aotml.interpret(src, precise=True, **named)["y"]
+        assert got.shape == exact.shape and got.dtype == exact.dtype
+        if got.dtype != np.float32:
+            np.testing.assert_array_equal(got.view(np.uint8), exact.view(np.uint8))
+            continue
+        wide = [a.astype(np.float64) for a in arrays]
+        if s.magnitude is not None:
+            scale = s.magnitude(wide)
+        else:
+            scale = max((float(np.max(np.abs(a))) for a in wide if a.size), default=0.0)
+        within(got, exact, s.rtol + (s.terms * EPS32 if s.terms > 1 else 0.0),
+               2 * s.terms * EPS32 * scale if s.terms > 1 else 0.0)
+
+
+def within(got, exact, rtol, atol) -> None:
+    """|got - exact| <= rtol·|exact| + atol elementwise (atol may be an array); NaN == NaN."""
+    got64, exact64 = got.astype(np.float64), exact.astype(np.float64)
+    err = np.abs(got64 - exact64)
+    bound = rtol * np.abs(exact64) + atol
+    bad = ~(err <= bound) & ~(np.isnan(got64) & np.isnan(exact64)) & ~(got64 == exact64)
+    assert not bad.any(), (f"{int(bad.sum())} of {bad.size} elements off; worst error "
+                           f"{float(np.max(np.where(bad, err, 0))):.3g}")
+
+
+def all_samples() -> dict[str, list[Sample]]:
+    """The union of SAMPLES over every tests/test_ops*.py module."""
+    merged: dict[str, list[Sample]] = {}
+    for path in sorted(Path(__file__).parent.glob("test_ops*.py")):
+        module = importlib.import_module(path.stem)
+        for op, samples in module.SAMPLES.items():
+            assert op not in merged, f"{op} has samples in two modules"
+            merged[op] = samples
+    return merged

@@ -1,0 +1,5 @@
+"""Samples for the ops of aotml/ops/conv.py; see opcheck.py."""
+
+from opcheck import Sample  # noqa: F401
+
+SAMPLES: dict = {}
