@@ -12,9 +12,9 @@ magnitude when not given). Non-f32 results (integers, bool, casts) are compared 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
