@@ -106,11 +106,12 @@ class ParamDecl:
 
 @dataclass(frozen=True)
 class Let:
-    """`name = expr`."""
+    """`name = expr`, or `a, b = expr` for an op with several results (split)."""
 
     name: str
     value: Expr
     span: Span = _span()
+    more: tuple[tuple[str, Span], ...] = ()  # the names after the first, with their spans
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,18 @@ class Output:
 
 
 Stmt = Union[InputDecl, ParamDecl, Let, Output]
+
+
+@dataclass(frozen=True)
+class FuncDef:
+    """`def name(params) { bindings; return expr }`: inlined at each call."""
+
+    name: str
+    params: tuple[str, ...]
+    body: tuple[Let, ...]
+    result: Expr
+    span: Span = _span()
+    param_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -149,3 +162,4 @@ class Program:
     weights: tuple[WeightsDecl, ...]
     model: Model
     span: Span = _span()
+    functions: tuple[FuncDef, ...] = ()

@@ -22,7 +22,7 @@ _TERMINAL_NAMES = {
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'",
     "SLASH": "'/'", "AT": "'@'", "$END": "end of file",
     "WEIGHTS": "'weights'", "MODEL": "'model'", "INPUT": "'input'", "PARAM": "'param'",
-    "OUTPUT": "'output'",
+    "OUTPUT": "'output'", "DEF": "'def'", "RETURN": "'return'",
 }
 
 
@@ -111,8 +111,23 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def start(self, meta, items):
-        *weights, model = items
-        return ast.Program(tuple(weights), model, self._meta(meta))
+        *decls, model = items
+        weights = tuple(d for d in decls if isinstance(d, ast.WeightsDecl))
+        functions = tuple(d for d in decls if isinstance(d, ast.FuncDef))
+        return ast.Program(weights, model, self._meta(meta), functions)
+
+    @v_args(meta=True)
+    def func_def(self, meta, items):
+        name, *rest = items
+        *params_and_body, result = rest
+        params = [p for p in params_and_body if isinstance(p, Token)]
+        body = tuple(b for b in params_and_body if isinstance(b, ast.Let))
+        return ast.FuncDef(name.value, tuple(p.value for p in params), body, result,
+                           self._tok(name), tuple(self._tok(p) for p in params))
+
+    def return_stmt(self, items):
+        (value,) = items
+        return value
 
     @v_args(meta=True)
     def weights_decl(self, meta, items):
@@ -136,8 +151,9 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def let_stmt(self, meta, items):
-        name, value = items
-        return ast.Let(name.value, value, self._tok(name))
+        name, *more, value = items
+        return ast.Let(name.value, value, self._tok(name),
+                       tuple((m.value, self._tok(m)) for m in more))
 
     @v_args(meta=True)
     def output_stmt(self, meta, items):

@@ -119,9 +119,13 @@ class _Elaborator:
         self.graph = Graph(program.model.name, [], [], [], [])
         self.weights: _Weights | None = None
         self._literals = 0
+        self.functions: dict[str, ast.FuncDef] = {}
+        self.calls: list[str] = []  # the user functions being inlined, outermost first
 
     def run(self) -> Graph:
         model = self.program.model
+        for fn in self.program.functions:
+            self.declare_function(fn)
         for stmt in model.stmts:
             with deep_recursion(stmt.span):
                 self.statement(stmt)
@@ -139,8 +143,7 @@ class _Elaborator:
         elif isinstance(stmt, ast.ParamDecl):
             self.param(stmt)
         elif isinstance(stmt, ast.Let):
-            value = self.value(stmt.value)
-            self.bind(stmt.name, value, stmt.span)
+            self.let(stmt)
         elif isinstance(stmt, ast.Output):
             self.output(stmt)
 
@@ -192,6 +195,122 @@ class _Elaborator:
         self.bind(decl.name, value, decl.span)
         self.graph.params.append(Param(value, np.ascontiguousarray(data), decl.span))
 
+    def let(self, stmt: ast.Let) -> None:
+        names = [(stmt.name, stmt.span), *stmt.more]
+        is_split = isinstance(stmt.value, ast.Call) and stmt.value.func == "split"
+        if is_split:
+            values = self.split(stmt.value, len(names))
+        elif len(names) > 1:
+            raise CompileError(f"only split gives several results; this gives one, but "
+                               f"{len(names)} names are bound", stmt.span)
+        else:
+            values = [self.value(stmt.value)]
+        for (name, span), value in zip(names, values):
+            self.bind(name, value, span)
+
+    # -- user functions -------------------------------------------------------------------
+
+    def declare_function(self, fn: ast.FuncDef) -> None:
+        if fn.name in self.functions:
+            raise CompileError(f"function '{fn.name}' is already defined", fn.span,
+                               notes=[f"first defined at {self.functions[fn.name].span}"])
+        if fn.name in ops.REGISTRY or fn.name == "split":
+            raise CompileError(f"function '{fn.name}' has the name of an op", fn.span,
+                               hint="rename the function")
+        seen: dict[str, Span] = {}
+        for name, span in zip(fn.params, fn.param_spans):
+            if name in seen:
+                raise CompileError(f"parameter '{name}' is listed twice", span)
+            seen[name] = span
+        # Names are checked now, so a function with a typo fails even if it is never called;
+        # types can only be checked at a call, where the arguments' types are known.
+        for let in fn.body:
+            self._check_names(let.value, seen, fn)
+            for name, span in [(let.name, let.span), *let.more]:
+                if name in seen:
+                    raise CompileError(f"'{name}' is already defined", span,
+                                       notes=[f"first defined at {seen[name]}"])
+                seen[name] = span
+        self._check_names(fn.result, seen, fn)
+        self.functions[fn.name] = fn
+
+    def _check_names(self, e: ast.Expr, scope: dict[str, Span], fn: ast.FuncDef) -> None:
+        if isinstance(e, ast.Name) and e.id not in scope:
+            raise CompileError(f"unknown name '{e.id}' in function '{fn.name}'", e.span,
+                               hint=did_you_mean(e.id, scope) or
+                               "a function sees only its parameters and its own bindings")
+        for child in (getattr(e, "lhs", None), getattr(e, "rhs", None),
+                      getattr(e, "operand", None), *getattr(e, "args", ())):
+            if child is not None:
+                self._check_names(child, scope, fn)
+
+    def inline(self, fn: ast.FuncDef, call: ast.Call) -> Value:
+        """Elaborate `fn`'s body with its parameters bound to the call's arguments."""
+        if fn.name in self.calls:
+            raise CompileError(f"function '{fn.name}' calls itself "
+                               f"({' -> '.join([*self.calls, fn.name])})", call.func_span)
+        if call.kwargs:
+            raise CompileError(f"function '{fn.name}' takes no keyword arguments",
+                               call.kwargs[0].span)
+        if len(call.args) != len(fn.params):
+            raise CompileError(f"function '{fn.name}' takes {len(fn.params)} arguments, got "
+                               f"{len(call.args)}", call.span,
+                               hint=f"def {fn.name}({', '.join(fn.params)})")
+        args = [self.value(a) for a in call.args]
+        saved = self.env, self.defined_at
+        self.env = dict(zip(fn.params, args))
+        self.defined_at = dict(zip(fn.params, fn.param_spans))
+        self.calls.append(fn.name)
+        try:
+            for let in fn.body:
+                self.let(let)
+            return self.value(fn.result)
+        except CompileError as e:
+            # the error is in the body; say which call brought us there
+            raise CompileError(e.message, e.span, e.hint,
+                               (*e.notes, f"in the call to '{fn.name}' at {call.span}")) from None
+        finally:
+            self.env, self.defined_at = saved
+            self.calls.pop()
+
+    def split(self, call: ast.Call, parts: int) -> list[Value]:
+        """`a, b, ... = split(x, sizes=(...), axis=0)`: one slice per part. Without sizes the
+        axis is cut into equal parts, one per bound name."""
+        if len(call.args) != 1:
+            raise CompileError(f"'split' takes 1 tensor argument, got {len(call.args)}",
+                               call.span)
+        kw = {k.name: k for k in call.kwargs}
+        for name, k in kw.items():
+            if name not in ("sizes", "axis"):
+                raise CompileError(f"'split' has no attribute '{name}' (it takes: sizes, axis)",
+                                   k.span)
+        x = self.value(call.args[0])
+        axis = kw["axis"].value if "axis" in kw else 0
+        if not isinstance(axis, int) or isinstance(axis, bool) or not -x.type.rank <= axis < \
+                x.type.rank:
+            raise CompileError(f"axis {axis} is not an axis of {x.type}",
+                               kw["axis"].value_span if "axis" in kw else call.span)
+        axis %= x.type.rank
+        dim = x.type.shape[axis]
+        if "sizes" in kw:
+            sizes = kw["sizes"].value
+            sizes = sizes if isinstance(sizes, tuple) else (sizes,)
+            where = kw["sizes"].value_span
+            if len(sizes) != parts or sum(sizes) != dim or min(sizes) < 1:
+                raise CompileError(f"split sizes {sizes} must be {parts} positive numbers "
+                                   f"adding up to {dim} (axis {axis} of {x.type})", where)
+        else:
+            if dim % parts:
+                raise CompileError(f"cannot split axis {axis} of {x.type} into {parts} equal "
+                                   "parts", call.span, hint="give the sizes: sizes=(...)")
+            sizes = (dim // parts,) * parts
+        values, start = [], 0
+        for size in sizes:
+            attrs = {"starts": (start,), "ends": (start + size,), "axes": (axis,)}
+            values.append(self.make_node("slice", (x,), attrs, call.span, call.func_span))
+            start += size
+        return values
+
     def output(self, stmt: ast.Output) -> None:
         if any(name == stmt.name for name, _ in self.graph.outputs):
             raise CompileError(f"output '{stmt.name}' is already defined", stmt.span)
@@ -227,9 +346,14 @@ class _Elaborator:
         if isinstance(e, ast.Binary):
             return self.apply(INFIX[e.op], [e.lhs, e.rhs], {}, e.span, e.op_span)
         if isinstance(e, ast.Call):
+            if e.func in self.functions:
+                return self.inline(self.functions[e.func], e)
+            if e.func == "split":
+                raise CompileError("split gives several results: bind them with "
+                                   "a, b = split(...)", e.span)
             if e.func not in ops.REGISTRY:
                 raise CompileError(f"unknown op '{e.func}'", e.func_span,
-                                   hint=did_you_mean(e.func, ops.REGISTRY))
+                                   hint=did_you_mean(e.func, [*ops.REGISTRY, *self.functions]))
             attrs: dict[str, Any] = {}
             kw_spans: dict[str, ast.Kwarg] = {}
             for kw in e.kwargs:
@@ -260,23 +384,30 @@ class _Elaborator:
     def apply(self, op_name: str, args: list[ast.Expr], attrs: dict[str, Any], span: Span,
               op_span: Span, kw_spans: dict[str, ast.Kwarg] | None = None) -> Value:
         op = ops.REGISTRY[op_name]
-        kw_spans = kw_spans or {}
         if not op.accepts(len(args)):
             raise CompileError(f"'{op_name}' takes {op.arity_text()}, got {len(args)}",
                                span, hint=f"signature: {op.signature}")
         evaluated = [self.expr(a) for a in args]
-        # A literal takes the dtype of the first tensor operand of an elementwise op (`x * 2`
-        # with x: f16 multiplies by an f16 2); elsewhere it is f32.
-        tensors = [v for v in evaluated if isinstance(v, Value)]
+        # A literal takes the dtype of the first non-bool tensor operand of an elementwise op
+        # (`x * 2` with x: f16 multiplies by an f16 2; `where(c, x, 0)` by x's); else f32.
+        tensors = [v for v in evaluated if isinstance(v, Value) and v.type.dtype != "bool"]
         like = tensors[0].type.dtype if tensors and op.kind == "elementwise" else None
         inputs = tuple(self.literal(v, like or ("i64" if v.is_int and not tensors else "f32"))
                        if isinstance(v, _Literal) else v for v in evaluated)
+        return self.make_node(op_name, inputs, attrs, span, op_span, kw_spans, args)
+
+    def make_node(self, op_name: str, inputs: tuple[Value, ...], attrs: dict[str, Any],
+                  span: Span, op_span: Span, kw_spans: dict[str, ast.Kwarg] | None = None,
+                  args: list[ast.Expr] | None = None) -> Value:
+        """Check the op's attributes and type rule, append the node, return its result."""
+        op = ops.REGISTRY[op_name]
+        kw_spans = kw_spans or {}
         try:
             bound = op.bind_attrs(attrs)
             result_type = op.infer(tuple(v.type for v in inputs), bound)
         except ops.OpTypeError as err:
             where = op_span
-            if err.arg is not None:
+            if err.arg is not None and args is not None:
                 where = args[err.arg].span
             elif err.attr is not None and err.attr in kw_spans:
                 kw = kw_spans[err.attr]
