@@ -389,11 +389,17 @@ class _Elaborator:
                                span, hint=f"signature: {op.signature}")
         evaluated = [self.expr(a) for a in args]
         # A literal takes the dtype of the first non-bool tensor operand of an elementwise op
-        # (`x * 2` with x: f16 multiplies by an f16 2; `where(c, x, 0)` by x's); else f32.
+        # (`x * 2` with x: f16 multiplies by an f16 2; `where(c, x, 0)` by x's); elsewhere an
+        # integer literal is i64 (`gather(x, 2)`) and any other number f32.
         tensors = [v for v in evaluated if isinstance(v, Value) and v.type.dtype != "bool"]
-        like = tensors[0].type.dtype if tensors and op.kind == "elementwise" else None
-        inputs = tuple(self.literal(v, like or ("i64" if v.is_int and not tensors else "f32"))
-                       if isinstance(v, _Literal) else v for v in evaluated)
+        elementwise = op.kind == "elementwise"
+        like = tensors[0].type.dtype if tensors and elementwise else None
+
+        def dtype_for(lit: _Literal) -> str:
+            return like or ("i64" if lit.is_int and not elementwise else "f32")
+
+        inputs = tuple(self.literal(v, dtype_for(v)) if isinstance(v, _Literal) else v
+                       for v in evaluated)
         return self.make_node(op_name, inputs, attrs, span, op_span, kw_spans, args)
 
     def make_node(self, op_name: str, inputs: tuple[Value, ...], attrs: dict[str, Any],

@@ -58,4 +58,4 @@ def interpret_graph(graph: Graph, arrays: dict[str, np.ndarray],
         with np.errstate(all="ignore"):
             out = ops.REGISTRY[n.op].reference([env[v.uid] for v in n.inputs], n.attr)
         env[n.result.uid] = settle(np.asarray(out), n.result.type.dtype)
-    return {name: env[v.uid].astype(v.type.np_dtype) for name, v in graph.outputs}
+    return {name: env[v.uid].astype(v.type.np_dtype, order="C") for name, v in graph.outputs}

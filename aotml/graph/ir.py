@@ -137,7 +137,8 @@ class Graph:
 
 def format_attr(value: Any) -> str:
     if isinstance(value, tuple):
-        return "(" + ", ".join(format_attr(v) for v in value) + ")"
+        trailing = "," if len(value) == 1 else ""  # (3,) is a tuple, (3) is not
+        return "(" + ", ".join(format_attr(v) for v in value) + trailing + ")"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -13,7 +13,8 @@ from aotml.graph.ir import TensorType, format_attr
 from aotml.loops.build import Names, Operand
 from aotml.loops.ir import Buffer, Stmt
 
-KINDS = ("elementwise", "reduction", "contraction", "normalization")
+# movement: ops that only move or copy elements (reshape, transpose, slice, gather, pad, ...)
+KINDS = ("elementwise", "reduction", "contraction", "normalization", "movement")
 _MISSING = object()
 
 
