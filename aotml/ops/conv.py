@@ -1,1 +1,593 @@
-"""Convolution, pooling (NCHW) and attention."""
+"""Convolution, pooling (NCHW) and attention.
+
+Spatial attributes follow PyTorch/ONNX: `stride` and `dilation` are one int or a pair (H, W);
+`padding` is one int (every side), a pair (top/bottom, left/right) or four values in ONNX order
+(top, left, bottom, right). Output sizes use floor rounding: (H + top + bottom - ek) // s + 1
+with the effective kernel extent ek = dilation·(k - 1) + 1.
+
+The lowerings never read out of bounds: where a window can reach into the padding (decided
+statically per side), the input coordinate is clamped into range for the load and a Select on
+the unclamped coordinate replaces the value by the padding value (0, or -inf for max pooling).
+Every accumulation happens in an f32 scalar local, whatever the storage dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aotml.graph.ir import TensorType
+from aotml.loops.build import Names, Operand, broadcast_indices, const, idx, loop_nest, store
+from aotml.loops.ir import (
+    Assign,
+    Binary,
+    Buffer,
+    Cast,
+    Compare,
+    Expr,
+    For,
+    Load,
+    Local,
+    Select,
+    Stmt,
+    Unary,
+    Var,
+)
+from aotml.ops.core import broadcast_shapes, same_dtype
+from aotml.ops.registry import Attr, OpDef, OpTypeError, register
+
+# ---------------------------------------------------------------------------------------------
+# Attributes and geometry
+
+
+def _pair(attrs: dict, name: str, op: str, x: TensorType | None = None) -> tuple[int, int]:
+    """A one-int-or-pair attribute as (H, W), each positive; `x` names the input in errors."""
+    value = attrs[name]
+    on = f" (input {x})" if x is not None else ""
+    if len(value) not in (1, 2):
+        raise OpTypeError(f"'{op}' attribute '{name}' takes one integer or a pair (H, W), "
+                          f"got {len(value)} values {value}{on}", attr=name)
+    pair = (value[0], value[0]) if len(value) == 1 else value
+    if min(pair) < 1:
+        raise OpTypeError(f"'{op}' {name} must be positive, got {value}{on}", attr=name)
+    return pair
+
+
+def _padding(attrs: dict, op: str, x: TensorType | None = None) -> tuple[int, int, int, int]:
+    """`padding` as (top, bottom, left, right): one int, a pair, or ONNX's four values."""
+    p = attrs["padding"]
+    on = f" (input {x})" if x is not None else ""
+    if len(p) == 1:
+        out = (p[0],) * 4
+    elif len(p) == 2:
+        out = (p[0], p[0], p[1], p[1])
+    elif len(p) == 4:  # ONNX: (top, left, bottom, right)
+        out = (p[0], p[2], p[1], p[3])
+    else:
+        raise OpTypeError(f"'{op}' attribute 'padding' takes 1, 2 or 4 integers, got {len(p)} "
+                          f"values {p}{on}", attr="padding",
+                          hint="one for every side, (top/bottom, left/right), or "
+                               "(top, left, bottom, right)")
+    if min(out) < 0:
+        raise OpTypeError(f"'{op}' padding must not be negative, got {p}{on}", attr="padding")
+    return out
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis of a sliding window: the input index of output `o` and tap `k` is
+    o·stride + k·dilation - pad_lo."""
+
+    size: int       # input extent
+    kernel: int
+    stride: int
+    dilation: int
+    pad_lo: int
+    pad_hi: int
+
+    @property
+    def extent(self) -> int:  # the effective kernel extent
+        return self.dilation * (self.kernel - 1) + 1
+
+    @property
+    def out(self) -> int:
+        return (self.size + self.pad_lo + self.pad_hi - self.extent) // self.stride + 1
+
+    @property
+    def low_reach(self) -> bool:
+        """Some window reaches above index 0 (into the leading padding)."""
+        return self.pad_lo > 0
+
+    @property
+    def high_reach(self) -> bool:
+        """Some window reaches past the last index (into the trailing padding)."""
+        return (self.out - 1) * self.stride + (self.kernel - 1) * self.dilation \
+            - self.pad_lo >= self.size
+
+    def empty_window(self) -> int | None:
+        """The first output index whose window holds padding only, or None."""
+        for o in range(self.out):
+            if not any(0 <= o * self.stride + k * self.dilation - self.pad_lo < self.size
+                       for k in range(self.kernel)):
+                return o
+        return None
+
+    def taps(self, k: int) -> slice:
+        """The input positions of outputs 0..out-1 at tap `k`, in padded coordinates."""
+        start = k * self.dilation
+        return slice(start, start + self.stride * (self.out - 1) + 1, self.stride)
+
+
+def _axes(x: TensorType | tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+          dilation: tuple[int, int], pads: tuple[int, int, int, int]) -> tuple[_Axis, _Axis]:
+    shape = x.shape if isinstance(x, TensorType) else x
+    return (_Axis(shape[2], kernel[0], stride[0], dilation[0], pads[0], pads[1]),
+            _Axis(shape[3], kernel[1], stride[1], dilation[1], pads[2], pads[3]))
+
+
+def _check_fits(axes: Sequence[_Axis], x: TensorType, window: str, op: str, **where) -> None:
+    """The (effective) kernel must fit into the padded input along both axes."""
+    for name, a in zip("HW", axes):
+        if a.size + a.pad_lo + a.pad_hi < a.extent:
+            raise OpTypeError(
+                f"'{op}': the {window} spans {a.extent} along {name} (kernel {a.kernel}, "
+                f"dilation {a.dilation}) but the input {x} padded by ({a.pad_lo}, {a.pad_hi}) "
+                f"is only {a.size + a.pad_lo + a.pad_hi}", **where)
+
+
+def _check_rank4(types: Sequence[TensorType], op: str) -> None:
+    if types[0].rank != 4:
+        raise OpTypeError(f"'{op}' takes x as [N, C, H, W] (4-D), got {types[0]}", arg=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared lowering pieces
+
+
+def _affine(terms: Sequence[tuple[Expr, int]], offset: int) -> Expr:
+    """Σ var·coef + offset as an i64 index expression, without the trivial parts."""
+    out: Expr | None = None
+    for var, coef in terms:
+        if coef == 0:
+            continue
+        term = var if coef == 1 else Binary("mul", var, idx(coef))
+        out = term if out is None else Binary("add", out, term)
+    if out is None:
+        return idx(offset)
+    if offset > 0:
+        return Binary("add", out, idx(offset))
+    if offset < 0:
+        return Binary("sub", out, idx(-offset))
+    return out
+
+
+def _window_index(a: _Axis, o: Var, k: Var) -> tuple[Expr, Expr | None]:
+    """The input index of output `o`, tap `k` along an axis, clamped into the input, and the
+    bool 'it is not padding' (None where no window reaches into the padding)."""
+    at = _affine([(o, a.stride), (k, a.dilation)], -a.pad_lo)
+    inside, clamped = [], at
+    if a.low_reach:
+        inside.append(Compare("ge", at, idx(0)))
+        clamped = Binary("max", clamped, idx(0))
+    if a.high_reach:
+        inside.append(Compare("lt", at, idx(a.size)))
+        clamped = Binary("min", clamped, idx(a.size - 1))
+    return clamped, _all(inside)
+
+
+def _all(conds: Sequence[Expr | None]) -> Expr | None:
+    out = None
+    for c in conds:
+        if c is not None:
+            out = c if out is None else Binary("and", out, c)
+    return out
+
+
+def _padded(value: Expr, inside: Expr | None, pad_value: float) -> Expr:
+    return value if inside is None else Select(inside, value, const(pad_value, "f32"))
+
+
+def _window_loops(axes: Sequence[_Axis], oh: Var, ow: Var, names: Names,
+                  body: Callable[[tuple[Expr, Expr], Expr | None, tuple[Var, Var]], list[Stmt]]
+                  ) -> list[Stmt]:
+    """Loops over the kernel taps of output (oh, ow); `body(input (h, w), inside, taps)`."""
+    kh, kw = names.var("kh"), names.var("kw")
+    h, inside_h = _window_index(axes[0], oh, kh)
+    w, inside_w = _window_index(axes[1], ow, kw)
+    inner = body((h, w), _all([inside_h, inside_w]), (kh, kw))
+    return [For(kh, axes[0].kernel, (For(kw, axes[1].kernel, tuple(inner)),))]
+
+
+def _accumulate(acc: Var, value: Expr) -> Assign:
+    return Assign(acc, Binary("add", acc, value))
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d
+
+_SPATIAL = (Attr("stride", "ints", (1, 1)), Attr("padding", "ints", (0, 0, 0, 0)),
+            Attr("dilation", "ints", (1, 1)))
+
+
+def _conv_geometry(types: Sequence[TensorType], attrs: dict) -> tuple[_Axis, _Axis]:
+    """Checks every shape and attribute of conv2d; the two spatial axes."""
+    same_dtype(types, "conv2d", "float")
+    _check_rank4(types, "conv2d")
+    x, w = types[0], types[1]
+    if w.rank != 4:
+        raise OpTypeError(f"'conv2d' takes the weight as [M, C/groups, kH, kW] (4-D), got {w}",
+                          arg=1)
+    groups = attrs["groups"]
+    stride = _pair(attrs, "stride", "conv2d", x)
+    dilation = _pair(attrs, "dilation", "conv2d", x)
+    pads = _padding(attrs, "conv2d", x)
+    n_in, m_out = x.shape[1], w.shape[0]
+    if groups < 1:
+        raise OpTypeError(f"'conv2d' groups must be at least 1, got {groups}", attr="groups")
+    if n_in % groups:
+        raise OpTypeError(f"'conv2d': the input's {n_in} channels ({x}) are not divisible by "
+                          f"groups={groups}", attr="groups")
+    if m_out % groups:
+        raise OpTypeError(f"'conv2d': the weight's {m_out} output channels ({w}) are not "
+                          f"divisible by groups={groups}", attr="groups")
+    if w.shape[1] != n_in // groups:
+        raise OpTypeError(f"'conv2d' channel mismatch: input {x} has {n_in} channels, so with "
+                          f"groups={groups} the weight needs {n_in // groups} per group at "
+                          f"dim 1, got weight {w}", arg=1,
+                          hint="the weight is [M, C/groups, kH, kW]")
+    if len(types) == 3:
+        b = types[2]
+        if b.shape != (m_out,):
+            raise OpTypeError(f"'conv2d' bias must be [{m_out}] (one per output channel of "
+                              f"weight {w}), got {b}", arg=2)
+    axes = _axes(x, w.shape[2:], stride, dilation, pads)
+    _check_fits(axes, x, f"weight {w}", "conv2d", arg=1)
+    return axes
+
+
+def _conv_infer(types, attrs):
+    h, w = _conv_geometry(types, attrs)
+    x, weight = types[0], types[1]
+    return TensorType(x.dtype, (x.shape[0], weight.shape[0], h.out, w.out))
+
+
+def _conv_reference(xs, attrs):
+    x, w = xs[0], xs[1]
+    groups = attrs["groups"]
+    ah, aw = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
+                   _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (ah.pad_lo, ah.pad_hi), (aw.pad_lo, aw.pad_hi)))
+    out = np.zeros((n, groups, m // groups, ah.out, aw.out), dtype=x.dtype)
+    wg = w.reshape(groups, m // groups, c // groups, *w.shape[2:])
+    for kh in range(ah.kernel):
+        for kw in range(aw.kernel):
+            patch = xp[:, :, ah.taps(kh), aw.taps(kw)].reshape(n, groups, c // groups,
+                                                               ah.out, aw.out)
+            out += np.einsum("ngchw,gmc->ngmhw", patch, wg[:, :, :, kh, kw])
+    out = out.reshape(n, m, ah.out, aw.out)
+    if len(xs) == 3:
+        out = out + xs[2].reshape(1, m, 1, 1)
+    return out.astype(x.dtype, copy=False)
+
+
+def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    x, w = ins[0], ins[1]
+    axes = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
+                 _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
+    per_group_in = w.shape[1]
+    per_group_out = out.shape[1] // attrs["groups"]
+
+    def body(i):
+        n, m, oh, ow = i
+        acc, c = names.var("acc", "f32"), names.var("c")
+        # input channel of (output channel m, channel c of its group)
+        channel = _affine([(Binary("idiv", m, idx(per_group_out)), per_group_in), (c, 1)], 0) \
+            if attrs["groups"] > 1 else c
+
+        def tap(hw, inside, taps):
+            value = _padded(x.load((n, channel, *hw)), inside, 0.0)
+            return [_accumulate(acc, Binary("mul", value, w.load((m, c, *taps))))]
+
+        init = ins[2].load((m,)) if len(ins) == 3 else const(0, "f32")
+        return [Local(acc, init),
+                For(c, per_group_in, tuple(_window_loops(axes, oh, ow, names, tap))),
+                store(out, i, acc)]
+
+    return loop_nest(out.shape, names, body)
+
+
+register(OpDef(
+    "conv2d", (2, 3), "contraction",
+    (*_SPATIAL, Attr("groups", "int", 1)),
+    _conv_infer, _conv_reference, _conv_lower,
+    "2-D convolution (cross-correlation, NCHW) with optional bias, zero padding, stride, "
+    "dilation and groups (groups = C: depthwise).",
+    "conv2d(x: [N, C, H, W], w: [M, C/groups, kH, kW], b?: [M], stride=1, padding=0, "
+    "dilation=1, groups=1) -> [N, M, OH, OW]"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_geometry(types: Sequence[TensorType], attrs: dict, op: str) -> tuple[_Axis, _Axis]:
+    same_dtype(types, op, "float")
+    _check_rank4(types, op)
+    x = types[0]
+    kernel = _pair(attrs, "kernel", op, x)
+    # stride=() (the default) means the kernel, as in PyTorch and ONNX
+    stride = kernel if attrs["stride"] == () else _pair(attrs, "stride", op, x)
+    dilation = _pair(attrs, "dilation", op, x) if "dilation" in attrs else (1, 1)
+    axes = _axes(x, kernel, stride, dilation, _padding(attrs, op, x))
+    _check_fits(axes, types[0], f"window {kernel}", op, attr="kernel")
+    for name, a in zip("HW", axes):
+        o = a.empty_window()
+        if o is not None:
+            raise OpTypeError(
+                f"'{op}': the window of output {name} index {o} covers padding only (input "
+                f"{types[0]}, kernel {a.kernel}, stride {a.stride}, dilation {a.dilation}, "
+                f"padding ({a.pad_lo}, {a.pad_hi}) along {name})", attr="padding",
+                hint="every window must overlap the input: make the padding smaller than the "
+                     "kernel")
+    return axes
+
+
+def _pool_infer(op: str):
+    def infer(types, attrs):
+        h, w = _pool_geometry(types, attrs, op)
+        x = types[0]
+        return TensorType(x.dtype, (*x.shape[:2], h.out, w.out))
+    return infer
+
+
+def _pool_axes(shape: tuple[int, ...], attrs: dict) -> tuple[_Axis, _Axis]:
+    """The geometry of an already checked pooling op (so no op name is needed for errors)."""
+    kernel = _pair(attrs, "kernel", "")
+    stride = kernel if attrs["stride"] == () else _pair(attrs, "stride", "")
+    dilation = _pair(attrs, "dilation", "") if "dilation" in attrs else (1, 1)
+    return _axes(shape, kernel, stride, dilation, _padding(attrs, ""))
+
+
+def _window_reduce(x: np.ndarray, attrs: dict, pad_value: float, combine) -> np.ndarray:
+    """`combine` over the windows of x padded with `pad_value`."""
+    ah, aw = _pool_axes(x.shape, attrs)
+    xp = np.pad(x, ((0, 0), (0, 0), (ah.pad_lo, ah.pad_hi), (aw.pad_lo, aw.pad_hi)),
+                constant_values=pad_value)
+    out = None
+    for kh in range(ah.kernel):
+        for kw in range(aw.kernel):
+            patch = xp[:, :, ah.taps(kh), aw.taps(kw)]
+            out = patch.copy() if out is None else combine(out, patch)
+    return out
+
+
+def _max_pool_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    (x,) = ins
+    axes = _pool_axes(x.shape, attrs)
+
+    def body(i):
+        n, c, oh, ow = i
+        acc = names.var("acc", "f32")
+
+        def tap(hw, inside, taps):
+            value = _padded(x.load((n, c, *hw)), inside, -math.inf)
+            return [Assign(acc, Binary("max", acc, value))]
+
+        return [Local(acc, const(-math.inf, "f32")), *_window_loops(axes, oh, ow, names, tap),
+                store(out, i, acc)]
+
+    return loop_nest(out.shape, names, body)
+
+
+_POOL = (Attr("kernel", "ints"), Attr("stride", "ints", ()), Attr("padding", "ints", (0, 0, 0, 0)))
+
+register(OpDef(
+    "max_pool2d", 1, "reduction", (*_POOL, Attr("dilation", "ints", (1, 1))),
+    _pool_infer("max_pool2d"),
+    lambda xs, attrs: _window_reduce(xs[0], attrs, -np.inf, np.maximum),
+    _max_pool_lower,
+    "Maximum over each kH×kW window (NCHW); padding never wins; NaN propagates.",
+    "max_pool2d(x: [N, C, H, W], kernel, stride=kernel, padding=0, dilation=1) "
+    "-> [N, C, OH, OW]"))
+
+
+def _avg_pool_reference(xs, attrs):
+    x = xs[0]
+    total = _window_reduce(x, attrs, 0.0, np.add)
+    if attrs["count_include_pad"]:
+        count = np.prod(_pair(attrs, "kernel", ""))
+    else:
+        count = _window_reduce(np.ones((1, 1, *x.shape[2:]), x.dtype), attrs, 0.0, np.add)
+    return (total / count).astype(x.dtype, copy=False)
+
+
+def _in_bounds_count(a: _Axis, o: Var) -> Expr:
+    """How many taps of output `o` lie inside the input (dilation 1): the window [lo, lo + k)
+    clipped to [0, size)."""
+    lo = _affine([(o, a.stride)], -a.pad_lo)
+    hi = _affine([(o, a.stride)], a.kernel - a.pad_lo)
+    if a.high_reach:
+        hi = Binary("min", hi, idx(a.size))
+    if a.low_reach:
+        lo = Binary("max", lo, idx(0))
+    return Binary("sub", hi, lo)
+
+
+def _avg_pool_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    (x,) = ins
+    axes = _pool_axes(x.shape, attrs)
+    padded = any(a.low_reach or a.high_reach for a in axes)
+
+    def body(i):
+        n, c, oh, ow = i
+        acc = names.var("acc", "f32")
+
+        def tap(hw, inside, taps):
+            return [_accumulate(acc, _padded(x.load((n, c, *hw)), inside, 0.0))]
+
+        if attrs["count_include_pad"] or not padded:
+            count: Expr = const(axes[0].kernel * axes[1].kernel, "f32")
+        else:  # never zero: every window overlaps the input (checked by infer)
+            count = Cast("f32", Binary("mul", _in_bounds_count(axes[0], oh),
+                                       _in_bounds_count(axes[1], ow)))
+        return [Local(acc, const(0, "f32")), *_window_loops(axes, oh, ow, names, tap),
+                store(out, i, Binary("div", acc, count))]
+
+    return loop_nest(out.shape, names, body)
+
+
+register(OpDef(
+    "avg_pool2d", 1, "reduction", (*_POOL, Attr("count_include_pad", "bool", False)),
+    _pool_infer("avg_pool2d"), _avg_pool_reference, _avg_pool_lower,
+    "Mean over each kH×kW window (NCHW); padding counts toward the divisor only with "
+    "count_include_pad=true.",
+    "avg_pool2d(x: [N, C, H, W], kernel, stride=kernel, padding=0, count_include_pad=false) "
+    "-> [N, C, OH, OW]"))
+
+
+def _global_avg_infer(types, attrs):
+    same_dtype(types, "global_avg_pool", "float")
+    _check_rank4(types, "global_avg_pool")
+    x = types[0]
+    return TensorType(x.dtype, (*x.shape[:2], 1, 1))
+
+
+def _global_avg_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    (x,) = ins
+    height, width = x.shape[2:]
+
+    def body(i):
+        acc, h, w = names.var("acc", "f32"), names.var("h"), names.var("w")
+        add = _accumulate(acc, x.load((i[0], i[1], h, w)))
+        return [Local(acc, const(0, "f32")), For(h, height, (For(w, width, (add,)),)),
+                store(out, i, Binary("div", acc, const(height * width, "f32")))]
+
+    return loop_nest(out.shape, names, body)
+
+
+register(OpDef(
+    "global_avg_pool", 1, "reduction", (), _global_avg_infer,
+    lambda xs, attrs: np.mean(xs[0], axis=(2, 3), keepdims=True),
+    _global_avg_lower,
+    "Mean over the whole H×W plane of each channel (NCHW).",
+    "global_avg_pool(x: [N, C, H, W]) -> [N, C, 1, 1]"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def _attention_infer(types, attrs):
+    dtype = same_dtype(types, "attention", "float")
+    for i, (t, dims) in enumerate(zip(types, ("Sq, D", "Sk, D", "Sk, Dv"))):
+        if t.rank < 2:
+            raise OpTypeError(f"'attention' takes {'qkv'[i]} as [..., {dims}] (at least 2-D), "
+                              f"got {t}", arg=i)
+    q, k, v = types
+    if k.shape[-1] != q.shape[-1]:
+        raise OpTypeError(f"'attention' head sizes differ: q {q} and k {k} "
+                          f"({q.shape[-1]} != {k.shape[-1]})", arg=1)
+    if v.shape[-2] != k.shape[-2]:
+        raise OpTypeError(f"'attention' key counts differ: k {k} and v {v} "
+                          f"({k.shape[-2]} != {v.shape[-2]})", arg=2)
+    lead = q.shape[:-2]
+    for i, t in ((1, k), (2, v)):
+        both = broadcast_shapes(lead, t.shape[:-2])
+        if both is None:
+            raise OpTypeError(f"'attention' cannot broadcast the leading dims of q {q}, k {k} "
+                              f"and v {v}", arg=i,
+                              hint="leading dims align on the right; each must be equal or 1")
+        lead = both
+    return TensorType(dtype, (*lead, q.shape[-2], v.shape[-1]))
+
+
+def _scale(attrs: dict, head: int) -> float:
+    """scale=0 (the default) stands for 1/sqrt(D)."""
+    return attrs["scale"] if attrs["scale"] != 0.0 else 1.0 / math.sqrt(head)
+
+
+def _attention_reference(xs, attrs):
+    q, k, v = xs
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * _scale(attrs, q.shape[-1])
+    if attrs["causal"]:
+        sq, sk = scores.shape[-2:]
+        scores = np.where(np.tril(np.ones((sq, sk), bool)), scores, -np.inf)
+    e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
+    p = e / np.sum(e, axis=-1, keepdims=True)
+    return np.matmul(p, v).astype(q.dtype, copy=False)
+
+
+def _attention_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    # Per query row: a pass for the row max, one for the softmax denominator, one for the
+    # weighted sum of values. There is no scratch buffer for the scores, so each pass recomputes
+    # them (a D-term dot product). With an f32 output the weighted sum accumulates in the output
+    # row; a narrow output cannot hold partial sums, so there each output element accumulates
+    # in a local and the scores are recomputed per element.
+    q, k, v = ins
+    head, keys = q.shape[-1], k.shape[-2]
+    lead_shape = out.shape[:-2]
+    scale = const(_scale(attrs, head), "f32")
+
+    def at(operand: Operand, lead, row, col) -> tuple:
+        return (*broadcast_indices(lead, operand.shape[:-2], lead_shape), row, col)
+
+    def body(i):
+        lead, row = i[:-2], i[-2]
+
+        def score(j: Var) -> tuple[list[Stmt], Expr]:
+            dot, d = names.var("dot", "f32"), names.var("d")
+            stmts = [Local(dot, const(0, "f32")),
+                     For(d, head, (_accumulate(dot, Binary("mul", q.load(at(q, lead, row, d)),
+                                                            k.load(at(k, lead, j, d)))),))]
+            value: Expr = Binary("mul", dot, scale)
+            if attrs["causal"]:  # key j is visible to query `row` when j <= row
+                value = Select(Compare("le", j, row), value, const(-math.inf, "f32"))
+            return stmts, value
+
+        m, total, inv = names.var("m", "f32"), names.var("l", "f32"), names.var("inv", "f32")
+        j1, j2, j3 = names.var("j"), names.var("j"), names.var("j")
+        s1, v1 = score(j1)
+        s2, v2 = score(j2)
+        s3, v3 = score(j3)
+        weight = Unary("exp", Binary("sub", v3, m))
+        e1, e2 = names.var("e"), names.var("e")
+        here = lambda e: (*lead, row, e)  # noqa: E731
+        if out.dtype == "f32":
+            p = names.var("p", "f32")
+            weighted = (
+                For(e1, out.shape[-1], (store(out, here(e1), const(0, "f32")),)),
+                For(j3, keys, (*s3, Local(p, Binary("mul", weight, inv)),
+                               For(e2, out.shape[-1], (store(out, here(e2), Binary(
+                                   "add", Load(out, here(e2)),
+                                   Binary("mul", p, v.load(at(v, lead, j3, e2))))),)))))
+        else:
+            acc = names.var("acc", "f32")
+            weighted = (For(e1, out.shape[-1], (
+                Local(acc, const(0, "f32")),
+                For(j3, keys, (*s3, _accumulate(acc, Binary("mul", weight,
+                                                            v.load(at(v, lead, j3, e1)))))),
+                store(out, here(e1), Binary("mul", acc, inv)))),)
+        return [Local(m, const(-math.inf, "f32")),
+                For(j1, keys, (*s1, Assign(m, Binary("max", m, v1)))),
+                Local(total, const(0, "f32")),
+                For(j2, keys, (*s2, _accumulate(total, Unary("exp", Binary("sub", v2, m))))),
+                Local(inv, Binary("div", const(1, "f32"), total)),
+                *weighted]
+
+    # The loop of extent 1 over the value dim keeps `i` shaped like the output.
+    return loop_nest((*out.shape[:-1], 1), names, lambda i: body(list(i)))
+
+
+register(OpDef(
+    "attention", 3, "contraction",
+    (Attr("causal", "bool", False), Attr("scale", "float", 0.0)),
+    _attention_infer, _attention_reference, _attention_lower,
+    "Scaled dot-product attention softmax(q·kᵀ·scale + mask)·v over the last two dims; "
+    "scale=0 means 1/sqrt(D); causal hides key j from query i < j (top-left aligned).",
+    "attention(q: [..., Sq, D], k: [..., Sk, D], v: [..., Sk, Dv], causal=false, scale=0) "
+    "-> [..., Sq, Dv]"))
