@@ -95,7 +95,8 @@ def check(tmp_path: Path, op: str, s: Sample, draws: int = 2) -> None:
         exact = aotml.interpret(src, precise=True, **named)["y"]
         assert got.shape == exact.shape and got.dtype == exact.dtype
         if got.dtype != np.float32:
-            np.testing.assert_array_equal(got.view(np.uint8), exact.view(np.uint8))
+            np.testing.assert_array_equal(np.atleast_1d(got).view(np.uint8),
+                                          np.atleast_1d(exact).view(np.uint8))
             continue
         wide = [a.astype(np.float64) for a in arrays]
         if s.magnitude is not None:

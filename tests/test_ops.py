@@ -1,6 +1,6 @@
-"""The core ops (elementwise arithmetic, matmul, sum/max, softmax, copy, cast) against their
-references; see opcheck.py for how cases are built and judged. A test here checks that every
-registered op has samples in some tests/test_ops*.py module."""
+"""The core ops (elementwise arithmetic, copy, cast) against their references; see opcheck.py
+for how cases are built and judged. A test here checks that every registered op has samples in
+some tests/test_ops*.py module."""
 
 from __future__ import annotations
 
@@ -29,32 +29,10 @@ def _divisor(shapes):
     return inputs
 
 
-def _matmul(m, k, n):
-    return Sample(((m, k), (k, n)), terms=k, magnitude=lambda xs: np.abs(xs[0]) @ np.abs(xs[1]))
-
-
-def _reduce(op, shape, axis, keepdims=False):
-    attrs = {"axis": axis} | ({"keepdims": True} if keepdims else {})
-    if op == "max":
-        return Sample((shape,), attrs)
-    return Sample((shape,), attrs, terms=shape[axis],
-                  magnitude=lambda xs: np.sum(np.abs(xs[0]), axis=axis, keepdims=keepdims))
-
-
-REDUCE_CASES = [((7,), 0), ((3, 7), 1), ((3, 7), 0), ((3, 7), -1, True), ((2, 33, 5), 1),
-                ((2, 33, 5), 1, True), ((1, 257), -1)]
-
 SAMPLES: dict[str, list[Sample]] = {
     **{op: [Sample(s) for s in BINARY_SHAPES] for op in ("add", "sub", "mul")},
     "div": [Sample(s, inputs=_divisor(s)) for s in BINARY_SHAPES],
     **{op: _unary() for op in ("neg", "exp", "tanh", "relu", "sigmoid", "copy")},
-    "matmul": [_matmul(1, 1, 1), _matmul(3, 7, 33), _matmul(33, 257, 3), _matmul(1, 784, 10),
-               _matmul(7, 1, 5)],
-    **{op: [_reduce(op, *c) for c in REDUCE_CASES] for op in ("sum", "max")},
-    "softmax": [Sample((shape,), attrs, terms=n, magnitude=lambda xs: 0.0)  # relative only
-                for shape, attrs, n in [((1,), {}, 1), ((3, 7), {}, 7), ((3, 7), {"axis": 0}, 3),
-                                        ((2, 33, 5), {"axis": 1}, 33),
-                                        ((1, 257), {"axis": -1}, 257)]],
     "cast": [Sample(((3, 7),), {"dtype": "f16"}), Sample(((33,),), {"dtype": "bf16"}),
              Sample(((1,),), {"dtype": "i32"}), Sample(((5,),), {"dtype": "f32"}, ("i64",))],
 }
@@ -78,15 +56,6 @@ def test_nan_propagates_through_relu_and_max(build_model):
     out = m(x=x)
     assert np.isnan(out["r"][1]) and out["r"][2] == 0 and out["r"][3] == 3.0
     assert np.isnan(out["s"])
-
-
-def test_softmax_is_stable_for_large_inputs(build_model):
-    """softmax subtracts the row max, so inputs near float32's range do not overflow."""
-    m = build_model("model m {\n input x: f32[2, 3]\n output y = softmax(x)\n}\n")
-    x = np.array([[1000.0, 999.0, -1000.0], [-80.0, 88.0, 87.5]], np.float32)
-    ref = aotml.interpret(m.source_path, precise=True, x=x)["y"]
-    within(m(x=x)["y"], ref, 1e-5, 1e-30)
-    assert np.all(np.isfinite(m(x=x)["y"]))
 
 
 def test_sigmoid_and_exp_saturate_like_ieee(build_model):

@@ -69,7 +69,8 @@ def test_pipeline_output_is_verified_after_every_pass():
     seen = []
     g = graph_of("input x: f32[2, 3]\noutput y = softmax(x * 2, axis=0)\n")
     run_pipeline(g, check=True, on_pass=lambda name, _: seen.append(name))
-    assert seen == ["eliminate_dead_code", "materialize_outputs"]
+    assert seen == ["fold_constants", "simplify", "eliminate_common_subexpressions",
+                    "eliminate_dead_code", "materialize_outputs"]
 
 
 def test_verifier_rejects_a_wrong_result_type():

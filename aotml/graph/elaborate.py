@@ -193,7 +193,8 @@ class _Elaborator:
                 f"weight '{decl.name}' has shape {tuple(data.shape)}, declared {ty}", decl.span)
         value = Value(decl.name, ty)
         self.bind(decl.name, value, decl.span)
-        self.graph.params.append(Param(value, np.ascontiguousarray(data), decl.span))
+        # order="C", not ascontiguousarray, which would turn a rank-0 weight into shape (1,)
+        self.graph.params.append(Param(value, np.asarray(data, order="C"), decl.span))
 
     def let(self, stmt: ast.Let) -> None:
         names = [(stmt.name, stmt.span), *stmt.more]

@@ -151,15 +151,25 @@ def format_attr(value: Any) -> str:
 def print_graph(g: Graph) -> str:
     """The stable text form used by `--dump graph` and the pass tests."""
     names: dict[int, str] = {}
+    taken: set[str] = set()
+
+    def name(v: Value) -> str:
+        # two values may share a name (an input `c0` and the literal `c0`): keep them apart
+        text, k = f"%{v.name}", 1
+        while text in taken:
+            text, k = f"%{v.name}.{k}", k + 1
+        taken.add(text)
+        names[v.uid] = text
+        return text
 
     def ref(v: Value) -> str:
         return names[v.uid]
 
     lines = []
     for v in g.inputs:
-        names[v.uid] = f"%{v.name}"
+        name(v)
     for p in g.params:
-        names[p.value.uid] = f"%{p.value.name}"
+        name(p.value)
     sig = ", ".join(f"{ref(v)}: {v.type}" for v in g.inputs)
     lines.append(f"graph {g.name}({sig}) {{")
     for p in g.params:

@@ -1,4 +1,6 @@
-"""The built-in ops: elementwise math with numpy broadcasting, matmul, reductions, softmax."""
+"""The built-in ops: elementwise math with numpy broadcasting, copy and cast, and the helpers
+every op module shares (same_dtype, normalize_axis, broadcast_shapes). Contractions, reductions
+and normalizations are in nn.py."""
 
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ from aotml.loops.build import (
     Names,
     Operand,
     broadcast_indices,
-    compute_dtype,
     const,
     loop_nest,
     store,
-    with_axis,
 )
-from aotml.loops.ir import Assign, Binary, Buffer, For, Load, Local, Unary, dtype_of
+from aotml.loops.ir import Binary, Buffer, Unary, dtype_of
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
 _CLASSES = {"float": FLOATS, "numeric": FLOATS | INTS, "any": FLOATS | INTS | {"bool"}}
@@ -122,150 +122,6 @@ _unary("relu", "max(x, 0); NaN stays NaN.", lambda x: np.maximum(x, 0).astype(x.
 _unary("sigmoid", "1 / (1 + exp(-x)).", lambda x: 1 / (1 + np.exp(-x)),
        lambda v: Binary("div", const(1, "f32"),
                         Binary("add", const(1, "f32"), Unary("exp", Unary("neg", v)))))
-
-
-# ---------------------------------------------------------------------------------------------
-# Contraction
-
-
-def _matmul_infer(types, attrs):
-    dtype = same_dtype(types, "matmul", "numeric")
-    a, b = types
-    for i, t in enumerate(types):
-        if t.rank != 2:
-            raise OpTypeError(f"'@' takes 2-D operands, got {t}", arg=i)
-    if a.shape[1] != b.shape[0]:
-        raise OpTypeError(f"'@' inner dimensions differ: {a} @ {b} "
-                          f"({a.shape[1]} != {b.shape[0]})")
-    return TensorType(dtype, (a.shape[0], b.shape[1]))
-
-
-def _matmul_lower(out: Buffer, ins, attrs, names: Names):
-    a, b = ins
-    m, k = a.shape
-    i, j, r = names.var("i"), names.var("j"), names.var("k")
-    if compute_dtype(out.dtype) == out.dtype:
-        # i-k-j order: the innermost loop walks b and the output contiguously, so it vectorizes;
-        # the output itself is the accumulator.
-        zero = For(j, out.shape[1], (store(out, (i, j), const(0, out.dtype)),))
-        update = For(j, out.shape[1], (store(out, (i, j), Binary(
-            "add", Load(out, (i, j)), Binary("mul", a.load((i, r)), b.load((r, j))))),))
-        return [For(i, m, (zero, For(r, k, (update,))))]
-    # A narrow output cannot hold partial sums: accumulate each element in f32.
-    acc = names.var("acc", compute_dtype(out.dtype))
-    dot = For(r, k, (Assign(acc, Binary("add", acc, Binary("mul", a.load((i, r)),
-                                                             b.load((r, j))))),))
-    return [For(i, m, (For(j, out.shape[1], (Local(acc, const(0, out.dtype)), dot,
-                                             store(out, (i, j), acc))),))]
-
-
-register(OpDef(
-    "matmul", 2, "contraction", (), _matmul_infer,
-    lambda xs, attrs: np.matmul(xs[0], xs[1]),
-    _matmul_lower,
-    "Matrix product of two 2-D tensors; infix `a @ b`.",
-    "matmul(a: [M, K], b: [K, N]) -> [M, N]; infix a @ b"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reductions and softmax
-
-_AXIS_ATTRS = (Attr("axis", "int"), Attr("keepdims", "bool", False))
-
-
-def _reduce(name: str, doc: str, np_fn, combine: str, init: float) -> OpDef:
-    def infer(types, attrs):
-        (x,) = types
-        dtype = same_dtype(types, name, "numeric")
-        axis = normalize_axis(attrs["axis"], x.rank)
-        if attrs["keepdims"]:
-            shape = x.shape[:axis] + (1,) + x.shape[axis + 1:]
-        else:
-            shape = x.shape[:axis] + x.shape[axis + 1:]
-        return TensorType(dtype, shape)
-
-    def reference(xs, attrs):
-        return np_fn(xs[0], axis=attrs["axis"], keepdims=attrs["keepdims"]).astype(xs[0].dtype)
-
-    def lower(out: Buffer, ins, attrs, names: Names):
-        (x,) = ins
-        axis = attrs["axis"] % len(x.shape)
-        start = init if x.dtype in FLOATS else _int_init(init, x.dtype)
-
-        def body(i):
-            acc, r = names.var("acc", compute_dtype(out.dtype)), names.var("r")
-            element = x.load(with_axis(i, axis, r, attrs["keepdims"]))
-            return [Local(acc, const(start, out.dtype)),
-                    For(r, x.shape[axis], (Assign(acc, Binary(combine, acc, element)),)),
-                    store(out, i, acc)]
-
-        return loop_nest(out.shape, names, body)
-
-    return register(OpDef(name, 1, "reduction", _AXIS_ATTRS, infer, reference, lower, doc,
-                          f"{name}(x, axis: int, keepdims=false) -> x without (or with 1 at) axis"))
-
-
-def _int_init(init: float, dtype: str) -> int:
-    if init == -np.inf:
-        return int(np.iinfo(dtype.replace("i", "int")).min)
-    return int(init)
-
-
-_reduce("sum", "Sum along one axis; integers wrap.", np.sum, "add", 0.0)
-_reduce("max", "Maximum along one axis; NaN propagates.", np.max, "max", -np.inf)
-
-
-def _softmax_infer(types, attrs):
-    (x,) = types
-    normalize_axis(attrs["axis"], x.rank)
-    return TensorType(same_dtype(types, "softmax"), x.shape)
-
-
-def _softmax_reference(xs, attrs):
-    x = xs[0]
-    e = np.exp(x - np.max(x, axis=attrs["axis"], keepdims=True))
-    return (e / np.sum(e, axis=attrs["axis"], keepdims=True)).astype(x.dtype, copy=False)
-
-
-def _softmax_lower(out: Buffer, ins, attrs, names: Names):
-    # Three passes over the row: the max (for range safety), exp and its sum, then the scale.
-    # The middle pass keeps exp(x - m) in the output; a narrow output would round it twice, so
-    # there it is recomputed in the last pass instead.
-    (x,) = ins
-    axis = attrs["axis"] % len(x.shape)
-    n = x.shape[axis]
-    wide = compute_dtype(out.dtype) == out.dtype
-
-    def body(i):
-        m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
-        r1, r2, r3 = names.var("r"), names.var("r"), names.var("r")
-        at = lambda r: with_axis(i, axis, r, keepdims=True)  # noqa: E731
-        e = lambda r: Unary("exp", Binary("sub", x.load(at(r)), m))  # noqa: E731
-        if wide:
-            middle = (store(out, at(r2), e(r2)), Assign(s, Binary("add", s, Load(out, at(r2)))))
-            last = Binary("mul", Load(out, at(r3)), inv)
-        else:
-            middle = (Assign(s, Binary("add", s, e(r2))),)
-            last = Binary("mul", e(r3), inv)
-        return [
-            Local(m, const(-np.inf, "f32")),
-            For(r1, n, (Assign(m, Binary("max", m, x.load(at(r1)))),)),
-            Local(s, const(0, "f32")),
-            For(r2, n, middle),
-            Local(inv, Binary("div", const(1, "f32"), s)),
-            For(r3, n, (store(out, at(r3), last),)),
-        ]
-
-    outer_loops = x.shape[:axis] + (1,) + x.shape[axis + 1:]
-    # The loop of extent 1 at `axis` keeps the index arithmetic uniform; LLVM removes it.
-    return loop_nest(outer_loops, names, lambda i: body(list(i)))
-
-
-register(OpDef(
-    "softmax", 1, "normalization", (Attr("axis", "int", -1),), _softmax_infer,
-    _softmax_reference, _softmax_lower,
-    "exp(x - max) / sum(exp(x - max)) along one axis.",
-    "softmax(x, axis=-1) -> same shape"))
 
 
 # ---------------------------------------------------------------------------------------------

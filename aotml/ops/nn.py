@@ -1,1 +1,584 @@
-"""Contractions, reductions over any axes, and normalizations."""
+"""Contractions, reductions over any axes, and normalizations.
+
+Contractions (`matmul`, `linear`) and the sums inside reductions and normalizations accumulate in
+the compute dtype: f32 for f32/f16/bf16, the integer type itself (wrapping, as numpy) for
+integers. A narrow float output never holds partial sums; it is rounded once, at the end.
+Normalizations compute their statistics in f32 in separate passes (the mean first, then the
+variance around it), which costs a pass over the data and buys accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from aotml.graph.ir import FLOATS, TensorType, format_attr
+from aotml.loops.build import (
+    Names,
+    Operand,
+    broadcast_indices,
+    compute_dtype,
+    const,
+    loop_nest,
+    store,
+    with_axis,
+)
+from aotml.loops.ir import (
+    Assign,
+    Binary,
+    Buffer,
+    Compare,
+    Const,
+    Expr,
+    For,
+    Load,
+    Local,
+    Select,
+    Unary,
+)
+from aotml.ops.core import broadcast_shapes, normalize_axis, same_dtype
+from aotml.ops.registry import Attr, OpDef, OpTypeError, register
+
+
+def _one_axis(name: str, x: TensorType, axis: int) -> int:
+    """normalize_axis, with a plainer message for a scalar, which has no axis to pick."""
+    if x.rank == 0:
+        raise OpTypeError(f"'{name}' works along an axis: it takes a tensor of rank 1 or more, "
+                          f"got {x}", arg=0)
+    return normalize_axis(axis, x.rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contractions
+
+
+def _matmul_infer(types, attrs):
+    dtype = same_dtype(types, "matmul", "numeric")
+    a, b = types
+    for i, t in enumerate(types):
+        if t.rank < 2:
+            raise OpTypeError(f"'@' takes operands of rank 2 or more (matrices, or stacks of "
+                              f"them), got {t}", arg=i,
+                              hint="reshape a vector to [1, K] or [K, 1]: reshape(v, shape=(1, K))")
+    if a.shape[-1] != b.shape[-2]:
+        raise OpTypeError(f"'@' inner dimensions differ: {a} @ {b} "
+                          f"({a.shape[-1]} != {b.shape[-2]})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if batch is None:
+        raise OpTypeError(f"'@' batch dimensions do not broadcast: {a} @ {b} "
+                          f"({list(a.shape[:-2])} vs {list(b.shape[:-2])})",
+                          hint="the dims before the last two are aligned on the right; each "
+                               "pair must be equal or one of them 1")
+    return TensorType(dtype, batch + (a.shape[-2], b.shape[-1]))
+
+
+def _matmul_lower(out: Buffer, ins, attrs, names: Names):
+    a, b = ins
+    batch = out.shape[:-2]
+    m, n = out.shape[-2:]
+    k = a.shape[-1]
+
+    def matrix(at: tuple):
+        # `at` indexes the batch dims of the output; each operand reads its broadcast slice
+        ai, bi = broadcast_indices(at, a.shape[:-2], batch), broadcast_indices(at, b.shape[:-2],
+                                                                              batch)
+        i, j, r = names.var("i"), names.var("j"), names.var("k")
+        o = tuple(at) + (i, j)
+        product = Binary("mul", a.load(ai + (i, r)), b.load(bi + (r, j)))
+        if compute_dtype(out.dtype) == out.dtype:
+            # i-k-j order: the innermost loop walks b and the output contiguously, so it
+            # vectorizes; the output itself is the accumulator.
+            zero = For(j, n, (store(out, o, const(0, out.dtype)),))
+            update = For(j, n, (store(out, o, Binary("add", Load(out, o), product)),))
+            return [For(i, m, (zero, For(r, k, (update,))))]
+        # A narrow output cannot hold partial sums: accumulate each element in f32.
+        acc = names.var("acc", compute_dtype(out.dtype))
+        dot = For(r, k, (Assign(acc, Binary("add", acc, product)),))
+        return [For(i, m, (For(j, n, (Local(acc, const(0, out.dtype)), dot,
+                                      store(out, o, acc))),))]
+
+    return loop_nest(batch, names, matrix, prefix="b")
+
+
+register(OpDef(
+    "matmul", 2, "contraction", (), _matmul_infer,
+    lambda xs, attrs: np.matmul(xs[0], xs[1]),
+    _matmul_lower,
+    "Matrix product with numpy's batching: the dims before the last two broadcast; infix "
+    "`a @ b`. Operands of rank 1 are rejected.",
+    "matmul(a: [..., M, K], b: [..., K, N]) -> [..., M, N]; infix a @ b"))
+
+
+def _linear_infer(types, attrs):
+    dtype = same_dtype(types, "linear", "numeric")
+    x, w = types[:2]
+    if x.rank < 1:
+        raise OpTypeError(f"'linear' takes an input of rank 1 or more, got {x}", arg=0)
+    if w.rank != 2:
+        raise OpTypeError(f"'linear' takes a weight of shape [out, in], got {w}", arg=1)
+    if x.shape[-1] != w.shape[1]:
+        raise OpTypeError(f"'linear' input features differ: x is {x}, so w must be "
+                          f"[out, {x.shape[-1]}], got {w}", arg=1,
+                          hint="w is [out_features, in_features] as in PyTorch's nn.Linear; "
+                               "for a weight stored [in, out], write x @ w + b")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise OpTypeError(f"'linear' bias must be [{w.shape[0]}] for a weight {w}, "
+                          f"got {types[2]}", arg=2)
+    return TensorType(dtype, x.shape[:-1] + (w.shape[0],))
+
+
+def _linear_reference(xs, attrs):
+    y = np.matmul(xs[0], xs[1].T)
+    return y + xs[2] if len(xs) == 3 else y
+
+
+def _linear_lower(out: Buffer, ins, attrs, names: Names):
+    x, w = ins[:2]
+
+    def body(i):
+        acc, r = names.var("acc", compute_dtype(out.dtype)), names.var("k")
+        lead, o = tuple(i[:-1]), i[-1]
+        term = Binary("mul", x.load(lead + (r,)), w.load((o, r)))
+        result = acc if len(ins) == 2 else Binary("add", acc, ins[2].load((o,)))
+        return [Local(acc, const(0, out.dtype)),
+                For(r, x.shape[-1], (Assign(acc, Binary("add", acc, term)),)),
+                store(out, i, result)]
+
+    return loop_nest(out.shape, names, body)
+
+
+register(OpDef(
+    "linear", (2, 3), "contraction", (), _linear_infer, _linear_reference, _linear_lower,
+    "x @ wᵀ + b with w: [out, in] and b: [out], as PyTorch's nn.Linear; b may be left out.",
+    "linear(x: [..., IN], w: [OUT, IN], b: [OUT] optional) -> [..., OUT]"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions
+
+
+def normalize_axes(axes: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """The axes as sorted non-negative dims; `()` means every axis. Errors point at `axis`."""
+    if not axes:
+        return tuple(range(rank))
+    dims: list[int] = []
+    for a in axes:
+        d = normalize_axis(a, rank)
+        if d in dims:
+            raise OpTypeError(f"axis={format_attr(axes)} names dimension {d} twice "
+                              f"(tensor of rank {rank})", attr="axis")
+        dims.append(d)
+    return tuple(sorted(dims))
+
+
+def _reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool):
+    if keepdims:
+        return tuple(1 if d in axes else n for d, n in enumerate(shape))
+    return tuple(n for d, n in enumerate(shape) if d not in axes)
+
+
+def _input_index(outer: Sequence[Expr], reduced: Sequence[Expr], axes: tuple[int, ...],
+                 rank: int, keepdims: bool) -> tuple[Expr, ...]:
+    """The input's index from the output's (`outer`) and the reduction loops' (`reduced`)."""
+    outer, reduced = list(outer), list(reduced)
+    index = []
+    for d in range(rank):
+        if d in axes:
+            index.append(reduced.pop(0))
+            if keepdims:
+                outer.pop(0)  # the output's placeholder 0 at a kept dim
+        else:
+            index.append(outer.pop(0))
+    return tuple(index)
+
+
+def _extreme(dtype: str, largest: bool):
+    """The largest (or smallest) value of a dtype: the identity of min (or max)."""
+    if dtype in FLOATS:
+        return np.inf if largest else -np.inf
+    if dtype == "bool":
+        return largest
+    info = np.iinfo({"i32": np.int32, "i64": np.int64}[dtype])
+    return int(info.max if largest else info.min)
+
+
+# name: (dtype class, numpy function, loop-IR combine op, identity (None: the dtype's extreme),
+# doc)
+_REDUCTIONS = {
+    "sum": ("numeric", np.sum, "add", 0, "Sum over the axes; integers wrap."),
+    "mean": ("float", np.mean, "add", 0, "Arithmetic mean over the axes (floats only), "
+             "accumulated in f32."),
+    "prod": ("numeric", np.prod, "mul", 1, "Product over the axes; integers wrap."),
+    "max": ("any", np.max, "max", None, "Maximum over the axes; NaN propagates; on bool, any."),
+    "min": ("any", np.min, "min", None, "Minimum over the axes; NaN propagates; on bool, all."),
+}
+
+
+def _reduce(name: str) -> OpDef:
+    allowed, np_fn, combine, identity, doc = _REDUCTIONS[name]
+
+    def infer(types, attrs):
+        (x,) = types
+        dtype = same_dtype(types, name, allowed)
+        axes = normalize_axes(attrs["axis"], x.rank)
+        return TensorType(dtype, _reduced_shape(x.shape, axes, attrs["keepdims"]))
+
+    def reference(xs, attrs):
+        x = xs[0]
+        axes = normalize_axes(attrs["axis"], x.ndim)
+        return np.asarray(np_fn(x, axis=axes, keepdims=attrs["keepdims"])).astype(x.dtype)
+
+    def lower(out: Buffer, ins, attrs, names: Names):
+        (x,) = ins
+        rank, keep = len(x.shape), attrs["keepdims"]
+        axes = normalize_axes(attrs["axis"], rank)
+        count = int(np.prod([x.shape[a] for a in axes]))
+        dtype = compute_dtype(x.dtype)
+        op = {("max", "bool"): "or", ("min", "bool"): "and"}.get((combine, dtype), combine)
+        start = identity if identity is not None else _extreme(dtype, largest=combine == "min")
+
+        def body(i):
+            acc = names.var("acc", dtype)
+            rs = [names.var("r") for _ in axes]
+            element = x.load(_input_index(i, rs, axes, rank, keep))
+            loops = [Assign(acc, Binary(op, acc, element))]
+            for r, a in reversed(list(zip(rs, axes))):
+                loops = [For(r, x.shape[a], tuple(loops))]
+            result = Binary("div", acc, const(count, "f32")) if name == "mean" else acc
+            return [Local(acc, const(start, dtype)), *loops, store(out, i, result)]
+
+        return loop_nest(out.shape, names, body)
+
+    return register(OpDef(
+        name, 1, "reduction", (Attr("axis", "ints", ()), Attr("keepdims", "bool", False)),
+        infer, reference, lower,
+        doc + " axis: one int or a tuple; () (the default) means every axis.",
+        f"{name}(x, axis=(), keepdims=false) -> x without (or with 1 at) the axes"))
+
+
+for _name in _REDUCTIONS:
+    _reduce(_name)
+
+
+def _arg_extreme(name: str, largest: bool) -> OpDef:
+    np_fn = np.argmax if largest else np.argmin
+
+    def infer(types, attrs):
+        (x,) = types
+        same_dtype(types, name, "any")
+        axis = _one_axis(name, x, attrs["axis"])
+        return TensorType("i64", _reduced_shape(x.shape, (axis,), attrs["keepdims"]))
+
+    def reference(xs, attrs):
+        x = xs[0]
+        return np_fn(x, axis=attrs["axis"], keepdims=attrs["keepdims"]).astype(np.int64)
+
+    def lower(out: Buffer, ins, attrs, names: Names):
+        (x,) = ins
+        axis = normalize_axis(attrs["axis"], len(x.shape))
+        dtype = compute_dtype(x.dtype)
+
+        def body(i):
+            best, pos, r = names.var("best", dtype), names.var("pos", "i64"), names.var("r")
+            v, take = names.var("v", dtype), names.var("take", "bool")
+            # strictly better keeps the first occurrence of the extreme value
+            better = Compare("gt" if largest else "lt", v, best)
+            if dtype == "f32":
+                # numpy: the first NaN wins, and nothing replaces it
+                first_nan = Binary("and", Compare("ne", v, v), Compare("eq", best, best))
+                better = Binary("or", better, first_nan)
+            step = (Local(v, x.load(with_axis(i, axis, r, attrs["keepdims"]))),
+                    Local(take, better),
+                    Assign(pos, Select(take, r, pos)),
+                    Assign(best, Select(take, v, best)))
+            return [Local(best, const(_extreme(dtype, not largest), dtype)),
+                    Local(pos, Const(0, "i64")),
+                    For(r, x.shape[axis], step),
+                    store(out, i, pos)]
+
+        return loop_nest(out.shape, names, body)
+
+    what = "maximum" if largest else "minimum"
+    return register(OpDef(
+        name, 1, "reduction", (Attr("axis", "int", -1), Attr("keepdims", "bool", False)),
+        infer, reference, lower,
+        f"Index (i64) of the first {what} along one axis; a NaN counts as the {what} (numpy).",
+        f"{name}(x, axis=-1, keepdims=false) -> i64, x without (or with 1 at) axis"))
+
+
+_arg_extreme("argmax", largest=True)
+_arg_extreme("argmin", largest=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax
+
+
+def _softmax_infer(name: str):
+    def infer(types, attrs):
+        (x,) = types
+        _one_axis(name, x, attrs["axis"])
+        return TensorType(same_dtype(types, name), x.shape)
+    return infer
+
+
+def _softmax_reference(xs, attrs):
+    x = xs[0]
+    e = np.exp(x - np.max(x, axis=attrs["axis"], keepdims=True))
+    return (e / np.sum(e, axis=attrs["axis"], keepdims=True)).astype(x.dtype, copy=False)
+
+
+def _rows(x: Operand, axis: int, names: Names, body) -> list:
+    """A loop nest over every row of `x` along `axis`; body(at) gets at(r), the index of the
+    row's element r. The loop of extent 1 at `axis` keeps the index arithmetic uniform; LLVM
+    removes it."""
+    outer = x.shape[:axis] + (1,) + x.shape[axis + 1:]
+    return loop_nest(outer, names,
+                     lambda i: body(lambda r: with_axis(list(i), axis, r, keepdims=True)))
+
+
+def _max_and_sum_exp(x: Operand, at, n: int, names: Names, m, s,
+                     keep: Buffer | None = None) -> list:
+    """m = the row's max (for range safety), then s = the sum of exp(x - m); with `keep` (an
+    f32 buffer shaped like x), each exp(x - m) is also stored there."""
+    r1, r2 = names.var("r"), names.var("r")
+    e = Unary("exp", Binary("sub", x.load(at(r2)), m))
+    if keep is None:
+        middle = (Assign(s, Binary("add", s, e)),)
+    else:
+        middle = (store(keep, at(r2), e), Assign(s, Binary("add", s, Load(keep, at(r2)))))
+    return [Local(m, const(-np.inf, "f32")),
+            For(r1, n, (Assign(m, Binary("max", m, x.load(at(r1)))),)),
+            Local(s, const(0, "f32")),
+            For(r2, n, middle)]
+
+
+def _softmax_lower(out: Buffer, ins, attrs, names: Names):
+    # Three passes over the row: the max, exp and its sum, then the scale. The middle pass
+    # keeps exp(x - m) in the output; a narrow output would round it twice, so there it is
+    # recomputed in the last pass instead.
+    (x,) = ins
+    axis = attrs["axis"] % len(x.shape)
+    n = x.shape[axis]
+    wide = compute_dtype(out.dtype) == out.dtype
+
+    def body(at):
+        m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
+        first = _max_and_sum_exp(x, at, n, names, m, s, out if wide else None)
+        r = names.var("r")
+        e = Load(out, at(r)) if wide else Unary("exp", Binary("sub", x.load(at(r)), m))
+        return [*first,
+                Local(inv, Binary("div", const(1, "f32"), s)),
+                For(r, n, (store(out, at(r), Binary("mul", e, inv)),))]
+
+    return _rows(x, axis, names, body)
+
+
+register(OpDef(
+    "softmax", 1, "normalization", (Attr("axis", "int", -1),), _softmax_infer("softmax"),
+    _softmax_reference, _softmax_lower,
+    "exp(x - max) / sum(exp(x - max)) along one axis.",
+    "softmax(x, axis=-1) -> same shape"))
+
+
+def _log_softmax_reference(xs, attrs):
+    x, axis = xs[0], attrs["axis"]
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return (shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))).astype(
+        x.dtype, copy=False)
+
+
+def _log_softmax_lower(out: Buffer, ins, attrs, names: Names):
+    (x,) = ins
+    axis = attrs["axis"] % len(x.shape)
+    n = x.shape[axis]
+
+    def body(at):
+        m, s, ls = names.var("m", "f32"), names.var("s", "f32"), names.var("ls", "f32")
+        first = _max_and_sum_exp(x, at, n, names, m, s)
+        r = names.var("r")
+        # (x - m) - log(s) rather than x - (m + log(s)): x - m is exact-ish and never
+        # cancels against the log term, which is >= 0
+        value = Binary("sub", Binary("sub", x.load(at(r)), m), ls)
+        return [*first,
+                Local(ls, Unary("log", s)),
+                For(r, n, (store(out, at(r), value),))]
+
+    return _rows(x, axis, names, body)
+
+
+register(OpDef(
+    "log_softmax", 1, "normalization", (Attr("axis", "int", -1),),
+    _softmax_infer("log_softmax"), _log_softmax_reference, _log_softmax_lower,
+    "x - max - log(sum(exp(x - max))) along one axis: log(softmax(x)) without its underflow.",
+    "log_softmax(x, axis=-1) -> same shape"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalizations over trailing axes
+
+
+def _trailing_infer(name: str, n_params: int):
+    """x, then `n_params` tensors of shape x.shape[axis:], all of one float dtype."""
+    def infer(types, attrs):
+        dtype = same_dtype(types, name)
+        x = types[0]
+        axis = _one_axis(name, x, attrs["axis"])
+        want = x.shape[axis:]
+        for i, t in enumerate(types[1:n_params + 1], 1):
+            if t.shape != want:
+                raise OpTypeError(f"'{name}' over axes {axis}..{x.rank - 1} of {x} needs "
+                                  f"parameters of shape {list(want)}, got {t}", arg=i)
+        return TensorType(dtype, x.shape)
+    return infer
+
+
+def _trailing_loops(x: Operand, axis: int, names: Names, body) -> list:
+    """Loops over x.shape[:axis] around body(inner_loops), where inner_loops(fn) makes a loop
+    nest over x.shape[axis:] whose body is fn(index into x, index into the parameters)."""
+    inner = x.shape[axis:]
+
+    def outer_body(o):
+        def inner_loops(fn):
+            return loop_nest(inner, names, lambda r: fn(tuple(o) + tuple(r), tuple(r)),
+                             prefix="r")
+        return body(inner_loops)
+
+    return loop_nest(x.shape[:axis], names, outer_body)
+
+
+def _layer_norm_reference(xs, attrs):
+    x, scale, bias = xs
+    axes = tuple(range(attrs["axis"] % x.ndim, x.ndim))
+    d = x - np.mean(x, axis=axes, keepdims=True)
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    return (d / np.sqrt(var + attrs["eps"]) * scale + bias).astype(x.dtype, copy=False)
+
+
+def _layer_norm_lower(out: Buffer, ins, attrs, names: Names):
+    x, scale, bias = ins
+    axis = attrs["axis"] % len(x.shape)
+    n = int(np.prod(x.shape[axis:]))
+
+    def body(inner_loops):
+        s, mean = names.var("s", "f32"), names.var("mean", "f32")
+        q, inv = names.var("q", "f32"), names.var("inv", "f32")
+
+        def centered(i):
+            return Binary("sub", x.load(i), mean)
+
+        def square(i, p):
+            return [Assign(q, Binary("add", q, Binary("mul", centered(i), centered(i))))]
+
+        def normalized(i, p):
+            value = Binary("mul", Binary("mul", centered(i), inv), scale.load(p))
+            return [store(out, i, Binary("add", value, bias.load(p)))]
+
+        variance = Binary("div", q, const(n, "f32"))
+        return [Local(s, const(0, "f32")),
+                *inner_loops(lambda i, p: [Assign(s, Binary("add", s, x.load(i)))]),
+                Local(mean, Binary("div", s, const(n, "f32"))),
+                Local(q, const(0, "f32")),
+                *inner_loops(square),
+                Local(inv, Unary("rsqrt", Binary("add", variance, const(attrs["eps"], "f32")))),
+                *inner_loops(normalized)]
+
+    return _trailing_loops(x, axis, names, body)
+
+
+register(OpDef(
+    "layer_norm", 3, "normalization", (Attr("axis", "int", -1), Attr("eps", "float", 1e-5)),
+    _trailing_infer("layer_norm", 2), _layer_norm_reference, _layer_norm_lower,
+    "(x - mean) / sqrt(var + eps) * scale + bias, the statistics over the axes from axis to the "
+    "end (ONNX LayerNormalization), computed in f32 in two passes.",
+    "layer_norm(x, scale: x.shape[axis:], bias: x.shape[axis:], axis=-1, eps=1e-5) "
+    "-> same shape"))
+
+
+def _rms_norm_reference(xs, attrs):
+    x, scale = xs
+    axes = tuple(range(attrs["axis"] % x.ndim, x.ndim))
+    ms = np.mean(x * x, axis=axes, keepdims=True)
+    return (x / np.sqrt(ms + attrs["eps"]) * scale).astype(x.dtype, copy=False)
+
+
+def _rms_norm_lower(out: Buffer, ins, attrs, names: Names):
+    x, scale = ins
+    axis = attrs["axis"] % len(x.shape)
+    n = int(np.prod(x.shape[axis:]))
+
+    def body(inner_loops):
+        q, inv = names.var("q", "f32"), names.var("inv", "f32")
+
+        def square(i, p):
+            return [Assign(q, Binary("add", q, Binary("mul", x.load(i), x.load(i))))]
+
+        def scaled(i, p):
+            return [store(out, i, Binary("mul", Binary("mul", x.load(i), inv), scale.load(p)))]
+
+        mean_square = Binary("div", q, const(n, "f32"))
+        return [Local(q, const(0, "f32")),
+                *inner_loops(square),
+                Local(inv, Unary("rsqrt", Binary("add", mean_square, const(attrs["eps"], "f32")))),
+                *inner_loops(scaled)]
+
+    return _trailing_loops(x, axis, names, body)
+
+
+register(OpDef(
+    "rms_norm", 2, "normalization", (Attr("axis", "int", -1), Attr("eps", "float", 1e-6)),
+    _trailing_infer("rms_norm", 1), _rms_norm_reference, _rms_norm_lower,
+    "x / sqrt(mean(x²) + eps) * scale, the mean over the axes from axis to the end, in f32.",
+    "rms_norm(x, scale: x.shape[axis:], axis=-1, eps=1e-6) -> same shape"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalization (inference)
+
+
+def _batch_norm_infer(types, attrs):
+    dtype = same_dtype(types, "batch_norm")
+    x = types[0]
+    if x.rank < 2:
+        raise OpTypeError(f"'batch_norm' takes an input [N, C, ...] of rank 2 or more, got {x}",
+                          arg=0)
+    for i, (t, what) in enumerate(zip(types[1:], ("scale", "bias", "mean", "var")), 1):
+        if t.shape != (x.shape[1],):
+            raise OpTypeError(f"'batch_norm' {what} must be [{x.shape[1]}] (the channels, "
+                              f"axis 1 of {x}), got {t}", arg=i)
+    return TensorType(dtype, x.shape)
+
+
+def _batch_norm_reference(xs, attrs):
+    x = xs[0]
+    scale, bias, mean, var = (p.reshape((-1,) + (1,) * (x.ndim - 2)) for p in xs[1:])
+    return ((x - mean) / np.sqrt(var + attrs["eps"]) * scale + bias).astype(x.dtype, copy=False)
+
+
+def _batch_norm_lower(out: Buffer, ins, attrs, names: Names):
+    x, scale, bias, mean, var = ins
+
+    def channel(nc):
+        # one 1/sqrt(var + eps) per (sample, channel), applied over the spatial dims
+        c, inv = (nc[1],), names.var("inv", "f32")
+
+        def element(s):
+            i = tuple(nc) + tuple(s)
+            value = Binary("mul", Binary("mul", Binary("sub", x.load(i), mean.load(c)), inv),
+                           scale.load(c))
+            return [store(out, i, Binary("add", value, bias.load(c)))]
+
+        return [Local(inv, Unary("rsqrt", Binary("add", var.load(c), const(attrs["eps"], "f32")))),
+                *loop_nest(x.shape[2:], names, element, prefix="s")]
+
+    return loop_nest(x.shape[:2], names, channel)
+
+
+register(OpDef(
+    "batch_norm", 5, "normalization", (Attr("eps", "float", 1e-5),), _batch_norm_infer,
+    _batch_norm_reference, _batch_norm_lower,
+    "Inference batch normalization over channel axis 1: (x - mean) / sqrt(var + eps) * scale "
+    "+ bias, the four parameters of shape [C].",
+    "batch_norm(x: [N, C, ...], scale: [C], bias: [C], mean: [C], var: [C], eps=1e-5) "
+    "-> same shape"))

@@ -50,6 +50,7 @@ class Attr:
 
     def check(self, value: Any) -> Any:
         kind = self.kind
+        written = value  # for the message: as the user wrote it
         if kind in ("ints", "floats") and not isinstance(value, tuple):
             value = (value,)
         ok = {
@@ -63,7 +64,7 @@ class Attr:
         }[kind]
         if not ok:
             raise OpTypeError(f"attribute '{self.name}' must be {_KIND_WORDS[kind]}, "
-                              f"got {format_attr(value)}", attr=self.name)
+                              f"got {format_attr(written)}", attr=self.name)
         if self.choices and value not in self.choices:
             raise OpTypeError(f"attribute '{self.name}' must be one of "
                               + ", ".join(f'"{c}"' for c in self.choices)
