@@ -2,7 +2,7 @@
 # Build examples/mlp.mlg, run it from Python and from C, and check both print the same class.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python examples/make_mlp_weights.py
+python examples/make_weights.py
 aotml build examples/mlp.mlg -o build/mlp.so
 python examples/mlp_run.py build/mlp.so | tee build/python.txt
 cc -O2 -std=c11 -Ibuild examples/mlp_app.c build/mlp.so -Wl,-rpath,'$ORIGIN' -o build/mlp_app
