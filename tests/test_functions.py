@@ -98,3 +98,32 @@ def test_mutual_recursion_is_reported(tmp_path):
             "model m {\n    input x: f32[2]\n    output y = f(x)\n}\n")
     e = _error(tmp_path, text)
     assert e.message == "function 'f' calls itself (f -> g -> f)"
+
+
+def test_split_binds_one_slice_per_name(build_model):
+    m = build_model("model m {\n    input x: f32[3, 9]\n"
+                    "    a, b, c = split(x, sizes=(2, 3, 4), axis=1)\n"
+                    "    p, q, r = split(x, axis=-1)\n"
+                    "    output y = a\n    output z = c\n    output w = q\n}\n")
+    x = np.random.default_rng(3).uniform(-1, 1, (3, 9)).astype(np.float32)
+    out = m(x=x)
+    np.testing.assert_array_equal(out["y"], x[:, :2])
+    np.testing.assert_array_equal(out["z"], x[:, 5:])
+    np.testing.assert_array_equal(out["w"], x[:, 3:6])
+
+
+@pytest.mark.parametrize("line,message,col", [
+    ("a, b = split(x, sizes=(2, 2), axis=1)",
+     "split sizes (2, 2) must be 2 positive numbers adding up to 9 (axis 1 of f32[3, 9])", 27),
+    ("a, b = split(x, axis=1)", "cannot split axis 1 of f32[3, 9] into 2 equal parts", 12),
+    ("a, b = split(x, axis=2)", "axis 2 is not an axis of f32[3, 9]", 26),
+    ("a, b = split(x, parts=2)", "'split' has no attribute 'parts' (it takes: sizes, axis)", 21),
+    ("a, b = exp(x)", "only split gives several results; this gives one, but 2 names are bound",
+     5),
+    ("a = exp(split(x, axis=0))",
+     "split gives several results: bind them with a, b = split(...)", 13),
+])
+def test_split_diagnostics(tmp_path, line, message, col):
+    e = _error(tmp_path, f"model m {{\n    input x: f32[3, 9]\n    {line}\n    output y = x\n}}\n")
+    assert e.message == message
+    assert (e.span.line, e.span.col) == (3, col)
