@@ -22,8 +22,10 @@ class SourceFile:
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else ""
+        # Lines end at "\n" only, as the parser counts them (str.splitlines would also break at
+        # form feeds, vertical tabs and other separators, and quote the wrong line).
+        lines = self.text.split("\n")
+        return lines[number - 1].rstrip("\r") if 0 < number <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ class CompileError(AotmlError):
         else:
             s = self.span
             head = f"{s}: error: {self.message}"
-            text = s.source.line(s.line)
+            text, col = _window(s.source.line(s.line), s.col - 1)
             width = (s.end_col - s.col) if s.end_line == s.line and s.end_col > s.col else 1
-            body = [f"    {text}", "    " + _caret_pad(text, s.col - 1) + "^" + "~" * (width - 1)]
+            width = max(1, min(width, len(text) - col))
+            body = [f"    {text}", "    " + _caret_pad(text, col) + "^" + "~" * (width - 1)]
         tail = [f"note: {n}" for n in self.notes]
         if self.hint:
             tail.append(f"hint: {self.hint}")
@@ -72,6 +75,21 @@ class CompileError(AotmlError):
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _window(text: str, col: int, width: int = 100) -> tuple[str, int]:
+    """At most `width` characters of a long line around 0-based `col`, and col within them."""
+    if len(text) <= width:
+        return text, col
+    start = max(0, min(col - width // 2, len(text) - width))
+    piece = text[start:start + width]
+    if start > 0:
+        piece, col = "..." + piece[3:], col - start
+    else:
+        col = col - start
+    if start + width < len(text):
+        piece = piece[:-3] + "..."
+    return piece, col
 
 
 def _caret_pad(text: str, n: int) -> str:

@@ -86,7 +86,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: SourceFile) -> Com
     if isinstance(e, lark.exceptions.UnexpectedToken):
         tok = e.token
         if tok.type == "$END":
-            lines = source.text.splitlines() or [""]
+            lines = source.text.rstrip("\n").split("\n")
             line, col = len(lines), len(lines[-1]) + 1
             span = Span(source, line, col, line, col + 1)
         else:
@@ -194,7 +194,13 @@ class _ToAst(Transformer):
 
     def number(self, items):
         (tok,) = items
-        return ast.Number(*_number(tok.value), self._tok(tok))
+        return ast.Number(*self._number(tok), self._tok(tok))
+
+    def _number(self, tok: Token) -> tuple[float, bool]:
+        # Python refuses int() of more than 4300 digits; no dimension or value needs 40
+        if len(tok.value) > 40 and tok.value.isdigit():
+            raise CompileError(f"the number {tok.value[:20]}... is too long", self._tok(tok))
+        return _number(tok.value)
 
     @v_args(meta=True)
     def call(self, meta, items):
@@ -217,12 +223,12 @@ class _ToAst(Transformer):
 
     def attr_number(self, items):
         (tok,) = items
-        value, is_int = _number(tok.value)
+        value, is_int = self._number(tok)
         return (int(value) if is_int else value, self._tok(tok))
 
     def attr_neg_number(self, items):
         minus, tok = items
-        value, is_int = _number(tok.value)
+        value, is_int = self._number(tok)
         span = Span(self.source, minus.line, minus.column, tok.end_line, tok.end_column)
         return (-int(value) if is_int else -value, span)
 

@@ -16,7 +16,7 @@ import numpy as np
 from aotml import ops
 from aotml.errors import CompileError, Span, deep_recursion, did_you_mean
 from aotml.frontend import ast
-from aotml.graph.ir import DTYPES, INTS, Graph, Node, Param, TensorType, Value
+from aotml.graph.ir import DTYPES, FLOATS, INTS, Graph, Node, Param, TensorType, Value, format_attr
 
 INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 
@@ -168,6 +168,8 @@ class _Elaborator:
         for d, span in zip(t.dims, t.dim_spans):
             if not d.lstrip("-").isdigit():
                 raise CompileError(f"dimension '{d}' must be a positive integer", span)
+            if len(d) > 40:  # (int() of a huge digit string is slow, or refused)
+                raise CompileError(f"dimension {d[:20]}... is too large", span)
             if int(d) < 1:
                 raise CompileError(f"dimension {d} must be at least 1", span)
             if int(d) > MAX_TENSOR_BYTES:
@@ -297,6 +299,9 @@ class _Elaborator:
             sizes = kw["sizes"].value
             sizes = sizes if isinstance(sizes, tuple) else (sizes,)
             where = kw["sizes"].value_span
+            if not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+                raise CompileError(f"split sizes must be integers, got {format_attr(sizes)}",
+                                   where)
             if len(sizes) != parts or sum(sizes) != dim or min(sizes) < 1:
                 raise CompileError(f"split sizes {sizes} must be {parts} positive numbers "
                                    f"adding up to {dim} (axis {axis} of {x.type})", where)
@@ -376,9 +381,14 @@ class _Elaborator:
             info = np.iinfo(DTYPES[dtype])
             if not info.min <= lit.value <= info.max:
                 raise CompileError(f"{lit.value} does not fit in {dtype}", lit.span)
+        try:
+            with np.errstate(over="raise"):
+                data = np.asarray(float(lit.value) if dtype in FLOATS else lit.value,
+                                  dtype=DTYPES[dtype])
+        except (OverflowError, FloatingPointError):
+            raise CompileError(f"{lit.value} is too large for {dtype}", lit.span) from None
         value = Value(f"c{self._literals}", TensorType(dtype, ()))
         self._literals += 1
-        data = np.asarray(lit.value, dtype=DTYPES[dtype])
         self.graph.params.append(Param(value, data, lit.span))
         return value
 

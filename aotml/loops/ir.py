@@ -272,11 +272,14 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a buffer lives: `index` is the argument position (input/output) or byte offset."""
+    """Where a buffer lives: `index` is the argument position (input/output) or byte offset.
+    Inputs and outputs also keep their name at the ABI, which may differ from the buffer's
+    (an output may share its name with an input; buffer names are unique)."""
 
     buffer: Buffer
     region: str
     index: int
+    abi_name: str = ""
 
     def __post_init__(self):
         if self.region not in REGIONS:

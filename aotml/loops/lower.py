@@ -33,11 +33,11 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
 
     for i, v in enumerate(graph.inputs):
         buffers[v.uid] = buffer_for(v)
-        placements.append(Placement(buffers[v.uid], "input", i))
+        placements.append(Placement(buffers[v.uid], "input", i, v.name))
     output_ids = {v.uid: i for i, (_, v) in enumerate(graph.outputs)}
     for i, (name, v) in enumerate(graph.outputs):
         buffers[v.uid] = buffer_for(v, name)
-        placements.append(Placement(buffers[v.uid], "output", i))
+        placements.append(Placement(buffers[v.uid], "output", i, name))
 
     weights, offset = [], 0
     for p in graph.params:

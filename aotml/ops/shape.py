@@ -174,7 +174,7 @@ def _transpose_lower(out: Buffer, ins, attrs, names: Names):
 register(OpDef(
     "transpose", 1, "movement", (Attr("perm", "ints", ()),), _transpose_infer,
     # contiguous copies: the interpreter's results keep a view's memory order otherwise
-    lambda xs, attrs: np.ascontiguousarray(np.transpose(xs[0], _perm(xs[0].ndim, attrs["perm"]))),
+    lambda xs, attrs: np.array(np.transpose(xs[0], _perm(xs[0].ndim, attrs["perm"])), order="C"),
     _transpose_lower,
     "Permute the axes: output axis k is input axis perm[k]; without perm, reverse them.",
     "transpose(x, perm=(p0, p1, ...)) -> [x.shape[p0], x.shape[p1], ...]"))
@@ -309,7 +309,7 @@ def _slice_reference(xs, attrs):
     for axis, start, end, step in zip(axes, attrs["starts"], attrs["ends"],
                                       attrs["steps"] or (1,) * n):
         index[axis] = slice(start, end, step)
-    return np.ascontiguousarray(x[tuple(index)])
+    return np.array(x[tuple(index)], order="C")  # (not ascontiguousarray: it makes 0-d 1-d)
 
 
 def _slice_lower(out: Buffer, ins, attrs, names: Names):
@@ -441,6 +441,8 @@ def _pad_reference(xs, attrs):
     x = xs[0]
     rank, pads, mode = x.ndim, attrs["pads"], attrs["mode"]
     widths = [(pads[k], pads[rank + k]) for k in range(rank)]
+    if rank == 0:  # nothing to pad (np.pad rejects an empty pad_width)
+        return x.copy()
     if mode != "constant":
         return np.pad(x, widths, mode=mode)
     value = attrs["value"]

@@ -65,7 +65,7 @@ class Manifest:
 def manifest_of(program: Program, build_hash: str, version: str, source_name: str) -> Manifest:
     def specs(region: str) -> tuple[TensorSpec, ...]:
         pls = sorted((p for p in program.placements if p.region == region), key=lambda p: p.index)
-        return tuple(TensorSpec(p.buffer.name, p.buffer.dtype, p.buffer.shape,
+        return tuple(TensorSpec(p.abi_name, p.buffer.dtype, p.buffer.shape,
                                 _nbytes(p.buffer.dtype, p.buffer.shape)) for p in pls)
 
     return Manifest(program.name, specs("input"), specs("output"), program.workspace_bytes,
@@ -207,10 +207,11 @@ def generate_header(m: Manifest) -> str:
         "/* Scratch bytes a call needs; the caller provides them (64-byte aligned is best). */",
         f"#define {upper}_WORKSPACE_BYTES {m.workspace_bytes}u",
     ]
-    # the tensor part keeps its case: inputs `a` and `A` are different tensors
-    for t in (*m.inputs, *m.outputs):
+    # named as the typed entry's parameters: legal, unique (an output may be named like an
+    # input), and keeping their case (inputs `a` and `A` are different tensors)
+    for t, name in zip((*m.inputs, *m.outputs), prototype_names(m)):
         n = t.nbytes // ITEMSIZE[t.dtype]
-        lines.append(f"#define {upper}_{t.name}_ELEMENTS {n}u  /* {describe(t)} */")
+        lines.append(f"#define {upper}_{name}_ELEMENTS {n}u  /* {describe(t)} */")
     lines += [
         "",
         "/* Runs the model on dense row-major buffers. Returns AOTML_OK or an aotml_status;",
