@@ -2,9 +2,11 @@
 reference interpreter (the generator and runner are in fuzz_graphs.py), and the replay of every
 saved reproducer in tests/fuzz_regressions/.
 
-The hypothesis test is derandomized, so CI runs the same graphs every time; a failure is shrunk
-(fewer steps, simpler seeds) and the smallest failing graph is saved to tests/fuzz_regressions/,
-from where `test_saved_reproducer` replays it on every run. For a long run:
+The hypothesis test (200 graphs) is derandomized, so CI runs the same graphs every time; a
+failure is shrunk (fewer steps, simpler seeds, then fewer outputs) and the smallest failing graph
+is saved to tests/fuzz_regressions/, from where `test_saved_reproducer` replays it on every run.
+One more graph per registered op is drawn around that op, so every op is checked on every run.
+For a long run:
 
     python tests/fuzz_graphs.py --graphs 5000 [--seed N] [--jobs 2]
 """
