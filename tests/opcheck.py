@@ -117,6 +117,19 @@ def within(got, exact, rtol, atol) -> None:
                            f"{float(np.max(np.where(bad, err, 0))):.3g}")
 
 
+def check_error(tmp_path: Path, inputs: str, call: str, message: str) -> None:
+    """`call` (with a ^ before the construct at fault) over the declared `inputs` is rejected
+    with `message`, located at the ^."""
+    prefix = "  output y = "
+    src = tmp_path / "e.mlg"
+    src.write_text(f"model m {{\n{inputs}{prefix}{call.replace('^', '')}\n}}\n")
+    with pytest.raises(aotml.CompileError) as e:
+        aotml.build(src, tmp_path / "e.so")
+    line = inputs.count("\n") + 2
+    assert message in e.value.message
+    assert (e.value.span.line, e.value.span.col) == (line, len(prefix) + call.index("^") + 1)
+
+
 def all_samples() -> dict[str, list[Sample]]:
     """The union of SAMPLES over every tests/test_ops*.py module."""
     merged: dict[str, list[Sample]] = {}

@@ -8,7 +8,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from opcheck import EPS32, Sample, check, params, within
+from opcheck import EPS32, Sample, check, check_error, params, within
 
 import aotml
 
@@ -392,11 +392,5 @@ ERRORS = [
 
 @pytest.mark.parametrize("call,message", ERRORS, ids=[e[0] for e in ERRORS])
 def test_errors_name_the_types_and_point_at_the_culprit(tmp_path, call, message):
-    prefix = "  output y = "
-    src = tmp_path / "e.mlg"
-    src.write_text("model m {\n  input x: f32[3, 7]\n  input k: i32[7]\n  input b: bool[3, 7]\n"
-                   f"  input h: f16[7]\n  input r: f32[4]\n{prefix}{call.replace('^', '')}\n}}\n")
-    with pytest.raises(aotml.CompileError) as e:
-        aotml.build(src, tmp_path / "e.so")
-    assert message in e.value.message
-    assert (e.value.span.line, e.value.span.col) == (7, len(prefix) + call.index("^") + 1)
+    check_error(tmp_path, "  input x: f32[3, 7]\n  input k: i32[7]\n  input b: bool[3, 7]\n"
+                "  input h: f16[7]\n  input r: f32[4]\n", call, message)

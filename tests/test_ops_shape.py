@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from opcheck import Sample, check, draw, params
+from opcheck import Sample, check, check_error, draw, params
 
 import aotml
 
@@ -245,11 +245,5 @@ ERRORS = [
 
 @pytest.mark.parametrize("call,message", ERRORS, ids=[e[0] for e in ERRORS])
 def test_errors_name_shapes_and_point_at_the_culprit(tmp_path, call, message):
-    prefix = "  output y = "
-    src = tmp_path / "e.mlg"
-    src.write_text("model m {\n  input x: f32[3, 7]\n  input w: f32[7, 3]\n  input k: i32[7]\n"
-                   f"  input b: bool[2]\n  input h: f16[2]\n{prefix}{call.replace('^', '')}\n}}\n")
-    with pytest.raises(aotml.CompileError) as e:
-        aotml.build(src, tmp_path / "e.so")
-    assert message in e.value.message
-    assert (e.value.span.line, e.value.span.col) == (7, len(prefix) + call.index("^") + 1)
+    check_error(tmp_path, "  input x: f32[3, 7]\n  input w: f32[7, 3]\n  input k: i32[7]\n"
+                "  input b: bool[2]\n  input h: f16[2]\n", call, message)

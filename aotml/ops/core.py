@@ -77,6 +77,22 @@ def _unary(name: str, doc: str, np_fn, scalar_fn, allowed: str = "float") -> OpD
                           f"{name}(x) -> same shape"))
 
 
+def broadcast_lowering(combine):
+    """The lowering of a broadcasting binary op whose element is `combine(a, b)`."""
+
+    def lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+        a, b = ins
+
+        def body(i):
+            va = a.load(broadcast_indices(i, a.shape, out.shape))
+            vb = b.load(broadcast_indices(i, b.shape, out.shape))
+            return [store(out, i, combine(va, vb))]
+
+        return loop_nest(out.shape, names, body)
+
+    return lower
+
+
 def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str,
             allowed: str = "numeric") -> OpDef:
     def infer(types, attrs):
@@ -93,16 +109,7 @@ def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str,
         with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
             return np_fn(xs[0], xs[1]).astype(np.result_type(xs[0], xs[1]), copy=False)
 
-    def lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
-        a, b = ins
-
-        def body(i):
-            va = a.load(broadcast_indices(i, a.shape, out.shape))
-            vb = b.load(broadcast_indices(i, b.shape, out.shape))
-            return [store(out, i, Binary(loop_op, va, vb))]
-
-        return loop_nest(out.shape, names, body)
-
+    lower = broadcast_lowering(lambda va, vb: Binary(loop_op, va, vb))
     sig = f"{name}(a, b) -> broadcast(a, b)" + (f"; infix a {symbol} b" if symbol else "")
     return register(OpDef(name, 2, "elementwise", (), infer, reference, lower, doc, sig))
 

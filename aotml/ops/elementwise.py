@@ -14,7 +14,7 @@ import numpy as np
 from aotml.graph.ir import INTS, TensorType
 from aotml.loops.build import Names, Operand, broadcast_indices, const, loop_nest, store
 from aotml.loops.ir import Binary, Buffer, Compare, Expr, Select, Unary
-from aotml.ops.core import _binary, _unary, broadcast_shapes, same_dtype
+from aotml.ops.core import _binary, _unary, broadcast_lowering, broadcast_shapes, same_dtype
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
 # numpy has no erf; math's are exact to within an ulp of float64
@@ -256,16 +256,7 @@ def _comparison(name: str, doc: str, np_fn) -> OpDef:
             raise OpTypeError(f"cannot broadcast {a} and {b} for '{name}'", hint=_BROADCAST_HINT)
         return TensorType("bool", shape)
 
-    def lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
-        a, b = ins
-
-        def body(i):
-            va = a.load(broadcast_indices(i, a.shape, out.shape))
-            vb = b.load(broadcast_indices(i, b.shape, out.shape))
-            return [store(out, i, Compare(name, va, vb))]
-
-        return loop_nest(out.shape, names, body)
-
+    lower = broadcast_lowering(lambda va, vb: Compare(name, va, vb))
     return register(OpDef(name, 2, "elementwise", (), infer, lambda xs, attrs: np_fn(*xs),
                           lower, doc, f"{name}(a, b) -> bool broadcast(a, b)"))
 
