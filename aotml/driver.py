@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -110,6 +109,3 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
                           out_so: linked.read_bytes()})
     return BuildResult(out_so, header_path, program, dumps)
 
-
-def eprint(*args) -> None:
-    print(*args, file=sys.stderr)

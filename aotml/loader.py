@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cffi
-import ml_dtypes  # noqa: F401  (registers the bfloat16 dtype name with numpy)
 import numpy as np
 
+from aotml.dtypes import TABLE  # (importing it registers numpy's name 'bfloat16')
 from aotml.errors import LoadError, RunError
 from aotml.package.artifact import ABI_VERSION
 
@@ -31,7 +31,7 @@ typedef struct aotml_model {
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
 """
-_DTYPES = {1: "float32", 2: "float16", 3: "bfloat16", 4: "int32", 5: "int64", 6: "bool"}
+_DTYPES = {d.abi_code: str(d.numpy) for d in TABLE.values()}  # ABI code -> numpy dtype name
 _ffi = cffi.FFI()
 _ffi.cdef(_CDEF)
 

@@ -87,3 +87,15 @@ def test_wheel_install_builds_the_example(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "aotml", "check", "mlp.mlg"], cwd=work, env=env,
                          capture_output=True, text=True)
     assert cli.stdout.strip() == "model mlp(x: f32[1, 784]) -> (probs: f32[1, 10])", cli.stderr
+
+
+def test_abi_dtype_enum_matches_the_dtype_table():
+    """runtime/aotml.h's aotml_dtype values are the ones aotml/dtypes.py gives each dtype."""
+    import re
+
+    from aotml.dtypes import TABLE
+
+    header = (REPO / "runtime" / "aotml.h").read_text()
+    body = header.split("typedef enum aotml_dtype {", 1)[1].split("}", 1)[0]
+    enum = dict(re.findall(r"(AOTML_[A-Z0-9]+) = (\d+)", body))
+    assert enum == {d.abi_enum: str(d.abi_code) for d in TABLE.values()}

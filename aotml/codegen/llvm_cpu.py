@@ -43,8 +43,6 @@ def _init_llvm(all_targets: bool) -> None:
 class _FunctionAttributes(ir.values.FunctionAttributes):
     # llvmlite knows only the classic enum attributes; string attributes such as
     # "prefer-vector-width" are written out as given.
-    _known = ir.values.FunctionAttributes._known | {"__string__"}
-
     def __init__(self, strings: dict[str, str]):
         super().__init__()
         self.strings = strings

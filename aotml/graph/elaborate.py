@@ -139,7 +139,6 @@ class _Elaborator:
             value = Value(stmt.name, self.tensor_type(stmt.type))
             self.bind(stmt.name, value, stmt.span)
             self.graph.inputs.append(value)
-            self.graph.input_spans[stmt.name] = stmt.span
         elif isinstance(stmt, ast.ParamDecl):
             self.param(stmt)
         elif isinstance(stmt, ast.Let):

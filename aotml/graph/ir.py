@@ -10,35 +10,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from aotml.dtypes import FLOATS, INTS, TABLE  # noqa: F401  (re-exported)
 from aotml.errors import InternalError, Span
 
-# dtype name in the language -> numpy dtype. One table, so adding a dtype is one line here plus
-# its handling in codegen. numpy has no bfloat16: ml_dtypes provides it.
-DTYPES = {
-    "f32": np.dtype(np.float32),
-    "f16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "i32": np.dtype(np.int32),
-    "i64": np.dtype(np.int64),
-    "bool": np.dtype(np.bool_),
-}
-FLOATS = frozenset({"f32", "f16", "bf16"})
-INTS = frozenset({"i32", "i64"})
-# Narrow floats are stored narrow and computed in f32.
-COMPUTE = {"f16": "f32", "bf16": "f32"}
-
-
-def compute_dtype(dtype: str) -> str:
-    return COMPUTE.get(dtype, dtype)
-
-
-def dtype_name(np_dtype) -> str | None:
-    """The language's name for a numpy dtype, or None."""
-    np_dtype = np.dtype(np_dtype)
-    return next((k for k, v in DTYPES.items() if v == np_dtype), None)
+# dtype name in the language -> numpy dtype (derived from the one table in aotml/dtypes.py)
+DTYPES = {name: d.numpy for name, d in TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -122,17 +100,9 @@ class Graph:
     params: list[Param]
     nodes: list[Node]
     outputs: list[tuple[str, Value]]
-    input_spans: dict[str, Span] = field(default_factory=dict, repr=False)
 
     def producers(self) -> dict[int, Node]:
         return {n.result.uid: n for n in self.nodes}
-
-    def users(self) -> dict[int, list[Node]]:
-        out: dict[int, list[Node]] = {}
-        for n in self.nodes:
-            for v in n.inputs:
-                out.setdefault(v.uid, []).append(n)
-        return out
 
 
 def format_attr(value: Any) -> str:

@@ -10,13 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aotml.dtypes import compute_dtype
 from aotml.loops.ir import INDEX, Buffer, Cast, Const, Expr, For, Load, Stmt, Store, Var, dtype_of
-
-_COMPUTE = {"f16": "f32", "bf16": "f32"}
-
-
-def compute_dtype(dtype: str) -> str:
-    return _COMPUTE.get(dtype, dtype)
 
 
 def cast(value: Expr, dtype: str) -> Expr:

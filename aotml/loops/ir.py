@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from aotml.dtypes import FLOATS, TABLE
 from aotml.errors import InternalError
 
 INDEX = "i64"
-DTYPES = frozenset({"f32", "f16", "bf16", "i32", "i64", "bool"})
-FLOATS = frozenset({"f32", "f16", "bf16"})
+DTYPES = frozenset(TABLE)
 # Arithmetic happens in these; f16/bf16 values only pass through Load, Store and Cast.
-ARITH = frozenset({"f32", "i32", "i64"})
+ARITH = frozenset(d.compute for d in TABLE.values()) - {"bool"}
 FLOAT_UNARY = frozenset({"exp", "log", "sqrt", "rsqrt", "tanh", "erf"})
 UNARY_OPS = FLOAT_UNARY | {"neg", "abs", "not"}
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "idiv",

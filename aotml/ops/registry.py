@@ -141,6 +141,3 @@ def register(op: OpDef) -> OpDef:
     REGISTRY[op.name] = op
     return op
 
-
-def get(name: str) -> OpDef:
-    return REGISTRY[name]

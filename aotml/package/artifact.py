@@ -16,21 +16,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from aotml.dtypes import TABLE
 from aotml.errors import CompileError
 from aotml.loops.ir import Program, assert_messages
 from aotml.resources import runtime_dir
 
 ABI_VERSION = 1
-# dtype -> (ABI enum, C element type of the typed entry). Half-width floats travel as their bits.
-DTYPE_CODES = {
-    "f32": ("AOTML_F32", "float"),
-    "f16": ("AOTML_F16", "uint16_t"),
-    "bf16": ("AOTML_BF16", "uint16_t"),
-    "i32": ("AOTML_I32", "int32_t"),
-    "i64": ("AOTML_I64", "int64_t"),
-    "bool": ("AOTML_BOOL", "uint8_t"),
-}
-ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "bool": 1}
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
@@ -74,7 +65,7 @@ def manifest_of(program: Program, build_hash: str, version: str, source_name: st
 
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    n = ITEMSIZE[dtype]
+    n = TABLE[dtype].itemsize
     for d in shape:
         n *= d
     return n
@@ -122,7 +113,7 @@ def generate_glue(m: Manifest) -> str:
         for i, t in enumerate(specs):
             dims = ", ".join(str(d) for d in t.shape) or "0"
             lines.append(f"static const int64_t {kind}_{i}_shape[] = {{{dims}}};")
-        rows = [f"    {{{_c_string(t.name)}, {DTYPE_CODES[t.dtype][0]}, {len(t.shape)}, "
+        rows = [f"    {{{_c_string(t.name)}, {TABLE[t.dtype].abi_enum}, {len(t.shape)}, "
                 f"{kind}_{i}_shape, {t.nbytes}u}}," for i, t in enumerate(specs)]
         lines.append(f"static const aotml_tensor_info {kind}s[] = {{")
         lines += rows or ['    {"", 0, 0, 0, 0},']
@@ -174,7 +165,7 @@ def _typed_signature(m: Manifest, positional: bool = False) -> str:
     names = ([f"a{i}" for i in range(len(m.inputs) + len(m.outputs))] if positional
              else prototype_names(m))
     tensors = (*m.inputs, *m.outputs)
-    params = [f"{'const ' if k < len(m.inputs) else ''}{DTYPE_CODES[t.dtype][1]} *{name}"
+    params = [f"{'const ' if k < len(m.inputs) else ''}{TABLE[t.dtype].c_type} *{name}"
               for k, (t, name) in enumerate(zip(tensors, names))]
     params.append("void *ws" if positional else "void *workspace")
     return f"int {c_name(m.name)}_run({', '.join(params)})"
@@ -210,7 +201,7 @@ def generate_header(m: Manifest) -> str:
     # named as the typed entry's parameters: legal, unique (an output may be named like an
     # input), and keeping their case (inputs `a` and `A` are different tensors)
     for t, name in zip((*m.inputs, *m.outputs), prototype_names(m)):
-        n = t.nbytes // ITEMSIZE[t.dtype]
+        n = t.nbytes // TABLE[t.dtype].itemsize
         lines.append(f"#define {upper}_{name}_ELEMENTS {n}u  /* {describe(t)} */")
     lines += [
         "",
