@@ -15,6 +15,20 @@ os.environ.setdefault("AOTML_VERIFY", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The model the C-ABI and Python-API tests call: two inputs, a weight, two outputs, and
+# intermediates (`h`, `x @ w`) so it needs a workspace. x: 84 bytes, y: 28, s: 84, t: 28.
+ABI_MODEL_SOURCE = """weights "weights.npz"
+
+model m {
+    input x: f32[3, 7]
+    input y: f32[7]
+    param w: f32[7, 7]
+    h = relu(x @ w * 2 + y)
+    output s = softmax(h, axis=-1)
+    output t = sum(h, axis=0)
+}
+"""
+
 
 @pytest.fixture
 def build_model(tmp_path):

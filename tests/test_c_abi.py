@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import aotml
-from conftest import rand
+from conftest import ABI_MODEL_SOURCE, rand
 
 CC = shutil.which("cc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler 'cc' on PATH")
@@ -25,19 +25,7 @@ pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler 'cc' on PATH")
 RTOL = 1e-5
 ATOL = 1e-6
 
-# x: 3*7 floats = 84 bytes, y: 28, s: 84, t: 28. `h` and `x @ w` are intermediates, so the model
-# needs a workspace.
-SOURCE_M = """weights "weights.npz"
-
-model m {
-    input x: f32[3, 7]
-    input y: f32[7]
-    param w: f32[7, 7]
-    h = relu(x @ w * 2 + y)
-    output s = softmax(h, axis=-1)
-    output t = sum(h, axis=0)
-}
-"""
+SOURCE_M = ABI_MODEL_SOURCE  # see conftest.py: its byte sizes and workspace
 
 # Shared by the C programs: reading and writing raw float32 files, a fatal exit.
 C_IO = r"""
@@ -179,13 +167,7 @@ def test_typed_entry_matches_interpreter(model_m, tmp_path):
     """`m_run` from C on fresh random inputs gives the reference interpreter's outputs."""
     exe = _compile(tmp_path, TYPED_PROGRAM, [model_m])
     for seed in (7, 8, 9):
-        rng = np.random.default_rng(seed)
-        inputs = {"x": rand(rng, (3, 7)), "y": rand(rng, (7,))}
-        for name, a in inputs.items():
-            a.tofile(tmp_path / f"{name}.bin")
-        _run(exe, *(tmp_path / f for f in ("x.bin", "y.bin", "s.bin", "t.bin")))
-        got = {"s": _read_f32(tmp_path / "s.bin", (3, 7)), "t": _read_f32(tmp_path / "t.bin", (7,))}
-        _check_against_reference(model_m.src, inputs, got)
+        _run_and_check(exe, model_m, tmp_path, seed)
 
 
 MISALIGNED_PROGRAM = C_IO + r"""
@@ -218,7 +200,12 @@ int main(int argc, char **argv) {
 def test_typed_entry_with_misaligned_buffers(model_m, tmp_path):
     """Inputs, outputs and workspace off any vector alignment still give correct results."""
     exe = _compile(tmp_path, MISALIGNED_PROGRAM, [model_m])
-    rng = np.random.default_rng(21)
+    _run_and_check(exe, model_m, tmp_path, seed=21)
+
+
+def _run_and_check(exe, model_m, tmp_path, seed: int) -> None:
+    """Run a program taking x.bin y.bin s.bin t.bin on fresh inputs; check s and t."""
+    rng = np.random.default_rng(seed)
     inputs = {"x": rand(rng, (3, 7)), "y": rand(rng, (7,))}
     for name, a in inputs.items():
         a.tofile(tmp_path / f"{name}.bin")

@@ -14,22 +14,12 @@ import numpy as np
 import pytest
 
 import aotml
-from conftest import rand
+from conftest import ABI_MODEL_SOURCE, rand
 
 RTOL = 1e-5
 ATOL = 1e-6
 
-SOURCE = """weights "weights.npz"
-
-model m {
-    input x: f32[3, 7]
-    input y: f32[7]
-    param w: f32[7, 7]
-    h = relu(x @ w * 2 + y)
-    output s = softmax(h, axis=-1)
-    output t = sum(h, axis=0)
-}
-"""
+SOURCE = ABI_MODEL_SOURCE
 
 
 @pytest.fixture(scope="module")
