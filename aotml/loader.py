@@ -18,15 +18,21 @@ from aotml.package.artifact import ABI_VERSION
 _CDEF = """
 typedef struct aotml_tensor_info {
     const char *name; int32_t dtype; int32_t rank; const int64_t *shape; uint64_t bytes;
+    const char *const *dims;
 } aotml_tensor_info;
+typedef struct aotml_symbol { const char *name; int64_t max; } aotml_symbol;
 typedef struct aotml_model {
     uint32_t abi_version; const char *aotml_version; const char *name; const char *build_hash;
     uint32_t n_inputs; const aotml_tensor_info *inputs;
     uint32_t n_outputs; const aotml_tensor_info *outputs;
+    uint32_t n_symbols; const aotml_symbol *symbols;
     uint64_t workspace_bytes; uint64_t weights_bytes;
-    int (*run)(const void *const *inputs, const uint64_t *input_bytes, uint32_t n_inputs,
-               void *const *outputs, const uint64_t *output_bytes, uint32_t n_outputs,
-               void *workspace, uint64_t workspace_bytes);
+    int (*bind)(const int64_t *const *input_shapes, int64_t *symbols);
+    int (*shape)(const int64_t *symbols, uint32_t index, int64_t *shape, uint64_t *bytes);
+    int (*workspace_size)(const int64_t *symbols, uint64_t *bytes);
+    int (*run)(const int64_t *symbols, const void *const *inputs, const uint64_t *input_bytes,
+               uint32_t n_inputs, void *const *outputs, const uint64_t *output_bytes,
+               uint32_t n_outputs, void *workspace, uint64_t workspace_bytes);
     const char *(*last_error)(void);
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
@@ -38,12 +44,20 @@ _ffi.cdef(_CDEF)
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A model input or output: name, numpy dtype string, shape."""
+    """A model input or output: name, numpy dtype string, shape. A symbolic dim is its name
+    (or expression) as a string: ("N", 784)."""
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
+    shape: tuple[int | str, ...]
+    nbytes: int | None  # None when it depends on a symbol
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def text(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
 class Model:
@@ -70,24 +84,49 @@ class Model:
         self.name = _ffi.string(m.name).decode()
         self.build_hash = _ffi.string(m.build_hash).decode()
         self.aotml_version = _ffi.string(m.aotml_version).decode()
-        self.workspace_bytes = int(m.workspace_bytes)
         self.inputs = tuple(_info(m.inputs[i]) for i in range(m.n_inputs))
         self.outputs = tuple(_info(m.outputs[i]) for i in range(m.n_outputs))
-        self._in_bytes = _ffi.new("uint64_t[]", [t.nbytes for t in self.inputs] or [0])
-        self._out_bytes = _ffi.new("uint64_t[]", [t.nbytes for t in self.outputs] or [0])
+        # symbol name -> upper bound (None: unbounded)
+        self.symbols = {_ffi.string(m.symbols[k].name).decode(): int(m.symbols[k].max) or None
+                        for k in range(m.n_symbols)}
+        # for symbols within their bounds (None when an unbounded one changes it)
+        self.workspace_bytes = int(m.workspace_bytes) if m.workspace_bytes or \
+            all(b is not None for b in self.symbols.values()) else None
         self._local = threading.local()
 
     def __repr__(self) -> str:
         def sig(ts):
-            return ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in ts)
+            return ", ".join(f"{t.name}: {t.text()}" for t in ts)
         return f"<aotml.Model {self.name}({sig(self.inputs)}) -> ({sig(self.outputs)})>"
 
-    def _workspace(self) -> np.ndarray:
-        # one workspace per thread, so concurrent calls never share scratch memory
+    def _workspace(self, nbytes: int) -> np.ndarray:
+        # one workspace per thread, so concurrent calls never share scratch memory; it grows
+        # to the largest a call has needed
         ws = getattr(self._local, "ws", None)
-        if ws is None:
-            ws = self._local.ws = np.empty(max(self.workspace_bytes, 1), np.uint8)
+        if ws is None or ws.nbytes < nbytes:
+            ws = self._local.ws = np.empty(max(nbytes, 1), np.uint8)
         return ws
+
+    def _fail(self) -> RunError:
+        return RunError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
+
+    def bind(self, shapes: list[tuple[int, ...]]):
+        """The symbols' values (a cffi int64 array) for these input shapes; checked in C."""
+        m = self._model
+        keep = [_ffi.new("int64_t[]", list(s) or [0]) for s in shapes]
+        table = _ffi.new("int64_t *[]", keep or [_ffi.NULL])
+        symbols = _ffi.new("int64_t[]", max(len(self.symbols), 1))
+        if m.bind(table, symbols) != 0:
+            raise self._fail()
+        return symbols
+
+    def shape_of(self, symbols, index: int) -> tuple[int, ...]:
+        """The shape of tensor `index` (inputs, then outputs) for these symbol values."""
+        rank = (self.inputs + self.outputs)[index].rank
+        dims, nbytes = _ffi.new("int64_t[]", max(rank, 1)), _ffi.new("uint64_t *")
+        if self._model.shape(symbols, index, dims, nbytes) != 0:
+            raise self._fail()
+        return tuple(int(dims[k]) for k in range(rank))
 
     def __call__(self, /, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """model(x=..., out={...}): `out` optionally maps output names to arrays to write into
@@ -105,21 +144,30 @@ class Model:
             raise RunError(f"{self.name}: unknown input(s) {', '.join(unknown)}; it takes "
                            f"{', '.join(t.name for t in self.inputs) or 'no inputs'}")
         ins = [_check(self.name, "input", t, arrays.get(t.name)) for t in self.inputs]
+        symbols = self.bind([a.shape for a in ins])
         out = dict(out or {})
         unknown = sorted(set(out) - {t.name for t in self.outputs})
         if unknown:
             raise RunError(f"{self.name}: unknown output(s) {', '.join(unknown)} in out=")
-        outs = [_check(self.name, "output", t, out[t.name]) if t.name in out
-                else np.empty(t.shape, t.dtype) for t in self.outputs]
+        outs = []
+        for k, t in enumerate(self.outputs):
+            shape = self.shape_of(symbols, len(self.inputs) + k)
+            outs.append(_check(self.name, "output", t, out[t.name], shape) if t.name in out
+                        else np.empty(shape, t.dtype))
         in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
         out_ptrs = _ffi.new("void *[]",
                             [_ffi.from_buffer(a, require_writable=True) for a in outs]
                             or [_ffi.NULL])
-        ws = self._workspace()
-        rc = self._model.run(in_ptrs, self._in_bytes, len(ins), out_ptrs, self._out_bytes,
+        in_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in ins] or [0])
+        out_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in outs] or [0])
+        needed = _ffi.new("uint64_t *")
+        if self._model.workspace_size(symbols, needed) != 0:
+            raise self._fail()
+        ws = self._workspace(int(needed[0]))
+        rc = self._model.run(symbols, in_ptrs, in_bytes, len(ins), out_ptrs, out_bytes,
                              len(outs), _ffi.from_buffer(ws), ws.nbytes)
         if rc != 0:
-            raise RunError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
+            raise self._fail()
         return {t.name: a for t, a in zip(self.outputs, outs)}
 
 
@@ -160,21 +208,28 @@ def elf_problem(path: Path) -> str | None:
 
 
 def _info(t) -> TensorInfo:
-    shape = tuple(int(t.shape[k]) for k in range(t.rank))
+    shape = tuple(int(t.shape[k]) if t.shape[k] >= 0 else _ffi.string(t.dims[k]).decode()
+                  for k in range(t.rank))
     return TensorInfo(_ffi.string(t.name).decode(), _DTYPES.get(t.dtype, f"?{t.dtype}"), shape,
-                      int(t.bytes))
+                      int(t.bytes) if all(isinstance(d, int) for d in shape) else None)
 
 
-def _check(model: str, kind: str, t: TensorInfo, a) -> np.ndarray:
+def _check(model: str, kind: str, t: TensorInfo, a, shape=None) -> np.ndarray:
+    """`a` suits `t`: dtype, layout, and its shape (the one given, or else every static dim;
+    the symbolic dims of inputs are checked when they are bound)."""
     if a is None:
-        raise RunError(f"{model}: missing {kind} '{t.name}' ({t.dtype}{list(t.shape)})")
+        raise RunError(f"{model}: missing {kind} '{t.name}' ({t.text()})")
     if not isinstance(a, np.ndarray):
         raise RunError(f"{model}: {kind} '{t.name}' must be a numpy array, got "
                        f"{type(a).__name__}")
     if a.dtype != np.dtype(t.dtype):
         raise RunError(f"{model}: {kind} '{t.name}' has dtype {a.dtype}, expected {t.dtype}")
-    if a.shape != t.shape:
-        raise RunError(f"{model}: {kind} '{t.name}' has shape {a.shape}, expected {t.shape}")
+    want = shape if shape is not None else t.shape
+    if len(a.shape) != t.rank or any(isinstance(w, int) and g != w
+                                      for g, w in zip(a.shape, want)):
+        expected = tuple(want) if all(isinstance(w, int) for w in want) else \
+            "(" + ", ".join(map(str, want)) + ")"
+        raise RunError(f"{model}: {kind} '{t.name}' has shape {a.shape}, expected {expected}")
     if not a.flags.c_contiguous:
         raise RunError(f"{model}: {kind} '{t.name}' is not C-contiguous; pass "
                        f"np.ascontiguousarray(...)")

@@ -1,9 +1,15 @@
 /* aotml: the ABI shared by every compiled model (.so) and its callers.
  *
- * A model library exports `const aotml_model *aotml_model_v1(void)` (for loaders that dlopen it)
- * and `<name>_model()` (for C programs that link it), plus a typed `<name>_run(...)` declared in
- * the model's own header. Every entry point checks its arguments and returns an aotml_status;
- * the message for the last failure on the calling thread is `model->last_error()`.
+ * A model library exports `const aotml_model *aotml_model_v1(void)` (for loaders that dlopen it;
+ * the name stays across ABI versions, the struct's `abi_version` says which layout it has) and
+ * `<name>_model()` (for C programs that link it), plus a typed `<name>_run(...)` declared in the
+ * model's own header. Every entry point checks its arguments and returns an aotml_status; the
+ * message for the last failure on the calling thread is `model->last_error()`.
+ *
+ * Symbolic dims: a model may declare dims such as N whose values come from the inputs' shapes at
+ * run time. `bind` reads them from the input shapes (checking every dim), `shape` and
+ * `workspace_size` say how large the outputs and the workspace are for those values, and `run`
+ * takes them first. A model without symbols has n_symbols 0 and takes a NULL symbol array.
  * A model holds no mutable state: several threads may run it at once, each with its own
  * workspace.
  */
@@ -17,7 +23,7 @@
 extern "C" {
 #endif
 
-#define AOTML_ABI_VERSION 1
+#define AOTML_ABI_VERSION 2
 
 typedef enum aotml_status {
     AOTML_OK = 0,
@@ -27,8 +33,10 @@ typedef enum aotml_status {
     AOTML_ERR_WORKSPACE = 4,      /* workspace too small */
     AOTML_ERR_OVERLAP = 5,        /* an output overlaps an input, another output or the workspace */
     AOTML_ERR_OUT_OF_MEMORY = 6,  /* the generic entry could not allocate a workspace */
-    AOTML_ERR_RUNTIME = 7         /* a check inside the model failed (e.g. an index out of
+    AOTML_ERR_RUNTIME = 7,        /* a check inside the model failed (e.g. an index out of
                                      range); the outputs are then unspecified */
+    AOTML_ERR_SHAPE = 8           /* an input shape disagrees with the model or with another
+                                     input, or a symbol is out of its range */
 } aotml_status;
 
 typedef enum aotml_dtype {
@@ -44,9 +52,17 @@ typedef struct aotml_tensor_info {
     const char *name;
     int32_t dtype;            /* an aotml_dtype */
     int32_t rank;
-    const int64_t *shape;     /* rank entries */
-    uint64_t bytes;           /* dense row-major size */
+    const int64_t *shape;     /* rank entries; -1 for a dim that depends on a symbol */
+    uint64_t bytes;           /* dense row-major size; 0 when it depends on a symbol */
+    const char *const *dims;  /* rank strings: each dim as the model states it ("N", "784",
+                                 "N*16") */
 } aotml_tensor_info;
+
+typedef struct aotml_symbol {
+    const char *name;
+    int64_t max;              /* the declared upper bound, or 0 when unbounded; every symbol
+                                 is at least 1 */
+} aotml_symbol;
 
 typedef struct aotml_model {
     uint32_t abi_version;     /* AOTML_ABI_VERSION the model was built for */
@@ -57,14 +73,29 @@ typedef struct aotml_model {
     const aotml_tensor_info *inputs;
     uint32_t n_outputs;
     const aotml_tensor_info *outputs;
-    uint64_t workspace_bytes; /* scratch the run needs; 64-byte alignment is best */
+    uint32_t n_symbols;
+    const aotml_symbol *symbols;
+    /* Scratch a run needs, whatever the symbols' values within their bounds; 64-byte alignment
+     * is best. 0 when it depends on an unbounded symbol: ask workspace_size. */
+    uint64_t workspace_bytes;
     uint64_t weights_bytes;
-    /* Runs the model. input_bytes/output_bytes give each buffer's size and are checked against
-     * the manifest. `workspace` may be NULL with workspace_bytes 0: the call then allocates and
-     * frees one itself (the typed entry never allocates). */
-    int (*run)(const void *const *inputs, const uint64_t *input_bytes, uint32_t n_inputs,
-               void *const *outputs, const uint64_t *output_bytes, uint32_t n_outputs,
-               void *workspace, uint64_t workspace_bytes);
+    /* Reads the symbols' values from the inputs' shapes (input_shapes[i] points at
+     * inputs[i].rank dims) into symbols[n_symbols], checking that every static dim matches,
+     * that all inputs agree on each symbol, that each is within its bounds, and that every
+     * size fits in 64 bits. */
+    int (*bind)(const int64_t *const *input_shapes, int64_t *symbols);
+    /* The shape (rank entries) and byte size of tensor `index` (inputs first, then outputs)
+     * for these symbol values. */
+    int (*shape)(const int64_t *symbols, uint32_t index, int64_t *shape, uint64_t *bytes);
+    /* The workspace bytes a run with these symbol values needs. */
+    int (*workspace_size)(const int64_t *symbols, uint64_t *bytes);
+    /* Runs the model for these symbol values. input_bytes/output_bytes give each buffer's size
+     * and are checked against the sizes the symbols give. `workspace` may be NULL with
+     * workspace_bytes 0: the call then allocates and frees one itself (the typed entry never
+     * allocates). */
+    int (*run)(const int64_t *symbols, const void *const *inputs, const uint64_t *input_bytes,
+               uint32_t n_inputs, void *const *outputs, const uint64_t *output_bytes,
+               uint32_t n_outputs, void *workspace, uint64_t workspace_bytes);
     /* The message of the last failed call on this thread ("" if none). */
     const char *(*last_error)(void);
 } aotml_model;

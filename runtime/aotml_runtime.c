@@ -1,10 +1,14 @@
-/* The runtime linked into every model library: argument checks at the ABI boundary, thread-local
+/* The runtime linked into every model library: argument checks at the ABI boundary (counts,
+ * NULLs, byte sizes, overlaps, and the symbols' values and the shapes they imply), thread-local
  * error messages, and the workspace for callers of the generic entry that pass none. */
 #include "aotml_runtime.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+/* No size may exceed this: every index the kernels compute then fits in an int64. */
+#define MAX_BYTES ((uint64_t)1 << 62)
 
 static _Thread_local char last_error[512];
 
@@ -18,51 +22,232 @@ static int fail(int status, const char *fmt, ...) {
 
 AOTML_HIDDEN const char *aotml_rt_last_error(void) { return last_error; }
 
-typedef struct span { uintptr_t lo, hi; const char *what; const char *name; } span;
+/* Evaluates the polynomial at *p and moves *p past it. Returns 0 when the value exceeds
+ * MAX_BYTES (or a step overflows). */
+static int eval_poly(const int64_t **p, const int64_t *symbols, uint64_t *out) {
+    const int64_t *q = *p;
+    int64_t n_terms = *q++;
+    uint64_t total = 0;
+    int ok = 1;
+    for (int64_t t = 0; t < n_terms; t++) {
+        uint64_t term = (uint64_t)*q++;
+        int64_t degree = *q++;
+        for (int64_t k = 0; k < degree; k++)
+            ok &= !__builtin_mul_overflow(term, (uint64_t)symbols[*q++], &term);
+        ok &= !__builtin_add_overflow(total, term, &total);
+    }
+    *p = q;
+    *out = total;
+    return ok && total <= MAX_BYTES;
+}
 
-static int overlaps(const span *a, const span *b) { return a->lo < b->hi && b->lo < a->hi; }
+static const aotml_tensor_info *tensor(const aotml_model *m, uint32_t index, const char **kind) {
+    *kind = index < m->n_inputs ? "input" : "output";
+    return index < m->n_inputs ? &m->inputs[index] : &m->outputs[index - m->n_inputs];
+}
 
-static int check_tensors(const char *kind, const aotml_tensor_info *info, uint32_t expected,
-                         const void *const *ptrs, const uint64_t *bytes, uint32_t given) {
-    if (given != expected)
-        return fail(AOTML_ERR_ARG_COUNT, "expected %u %ss, got %u", expected, kind, given);
-    if (expected == 0) return AOTML_OK;
-    if (!ptrs) return fail(AOTML_ERR_NULL_POINTER, "the %s pointer array is NULL", kind);
-    if (!bytes) return fail(AOTML_ERR_NULL_POINTER, "the %s byte-size array is NULL", kind);
-    for (uint32_t i = 0; i < expected; i++) {
-        if (!ptrs[i])
-            return fail(AOTML_ERR_NULL_POINTER, "%s %u ('%s') is NULL", kind, i, info[i].name);
-        if (bytes[i] != info[i].bytes)
-            return fail(AOTML_ERR_ARG_SIZE, "%s %u ('%s') has %llu bytes, expected %llu",
-                        kind, i, info[i].name, (unsigned long long)bytes[i],
-                        (unsigned long long)info[i].bytes);
+static int describe_symbols(const aotml_model *m, const int64_t *symbols, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (uint32_t s = 0; s < m->n_symbols && used < n; s++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s = %lld", s ? ", " : "",
+                                 m->symbols[s].name, (long long)symbols[s]);
+    return 0;
+}
+
+/* The symbols' values are in range and every size they give fits. */
+static int check_symbols(const aotml_impl *impl, const int64_t *symbols) {
+    const aotml_model *m = impl->model;
+    if (m->n_symbols == 0) return AOTML_OK;
+    if (!symbols) return fail(AOTML_ERR_NULL_POINTER, "the symbol array is NULL");
+    for (uint32_t s = 0; s < m->n_symbols; s++) {
+        if (symbols[s] < 1)
+            return fail(AOTML_ERR_SHAPE, "%s = %lld, but it must be at least 1",
+                        m->symbols[s].name, (long long)symbols[s]);
+        if (m->symbols[s].max && symbols[s] > m->symbols[s].max)
+            return fail(AOTML_ERR_SHAPE, "%s = %lld is above its bound %lld",
+                        m->symbols[s].name, (long long)symbols[s],
+                        (long long)m->symbols[s].max);
+    }
+    char values[256];
+    uint64_t value;
+    for (uint32_t i = 0; i < m->n_inputs + m->n_outputs; i++) {
+        const char *kind;
+        const aotml_tensor_info *t = tensor(m, i, &kind);
+        const int64_t *p = impl->sizes[i];
+        for (int32_t k = 0; k <= t->rank; k++) {
+            if (!eval_poly(&p, symbols, &value)) {
+                describe_symbols(m, symbols, values, sizeof values);
+                return fail(AOTML_ERR_SHAPE, "with %s, %s '%s' would be too large", values,
+                            kind, t->name);
+            }
+        }
+    }
+    const int64_t *p = impl->workspace;
+    if (!eval_poly(&p, symbols, &value)) {
+        describe_symbols(m, symbols, values, sizeof values);
+        return fail(AOTML_ERR_SHAPE, "with %s, the workspace would be too large", values);
     }
     return AOTML_OK;
 }
 
+AOTML_HIDDEN int aotml_rt_bind(const aotml_impl *impl, const int64_t *const *input_shapes,
+                               int64_t *symbols) {
+    const aotml_model *m = impl->model;
+    if (m->n_inputs && !input_shapes)
+        return fail(AOTML_ERR_NULL_POINTER, "the input shape array is NULL");
+    if (m->n_symbols && !symbols) return fail(AOTML_ERR_NULL_POINTER, "the symbol array is NULL");
+    for (uint32_t s = 0; s < m->n_symbols; s++) symbols[s] = 0;
+    for (uint32_t i = 0; i < m->n_inputs; i++) {
+        const aotml_tensor_info *t = &m->inputs[i];
+        if (t->rank && !input_shapes[i])
+            return fail(AOTML_ERR_NULL_POINTER, "the shape of input '%s' is NULL", t->name);
+        const int64_t *p = impl->sizes[i];
+        for (int32_t k = 0; k < t->rank; k++) {
+            int64_t got = input_shapes[i][k];
+            /* an input's dim is a constant (1 term of degree 0) or a bare symbol */
+            if (p[0] == 1 && p[1] == 1 && p[2] == 1) {
+                int64_t s = p[3];
+                const char *name = m->symbols[s].name;
+                p += 4;
+                if (got < 1)
+                    return fail(AOTML_ERR_SHAPE, "input '%s' dim %d is %lld, but %s must be at "
+                                "least 1", t->name, k, (long long)got, name);
+                if (m->symbols[s].max && got > m->symbols[s].max)
+                    return fail(AOTML_ERR_SHAPE, "input '%s' dim %d is %lld, above the bound of "
+                                "%s (%lld)", t->name, k, (long long)got, name,
+                                (long long)m->symbols[s].max);
+                if (symbols[s] == 0) {
+                    symbols[s] = got;
+                } else if (symbols[s] != got) {
+                    /* find where it was bound, to name both sides */
+                    for (uint32_t j = 0; j <= i; j++) {
+                        const int64_t *q = impl->sizes[j];
+                        for (int32_t d = 0; d < m->inputs[j].rank; d++) {
+                            int bare = q[0] == 1 && q[1] == 1 && q[2] == 1;
+                            if (bare && q[3] == s && input_shapes[j][d] == symbols[s])
+                                return fail(AOTML_ERR_SHAPE,
+                                            "inputs disagree on %s: '%s' dim %d is %lld, but "
+                                            "'%s' dim %d is %lld", name, m->inputs[j].name, d,
+                                            (long long)symbols[s], t->name, k, (long long)got);
+                            q += bare ? 4 : 3 + q[2];
+                        }
+                    }
+                    return fail(AOTML_ERR_SHAPE, "inputs disagree on %s", name);
+                }
+            } else {
+                p += 3 + p[2];
+                if (got != t->shape[k])
+                    return fail(AOTML_ERR_SHAPE, "input '%s' dim %d is %lld, expected %lld",
+                                t->name, k, (long long)got, (long long)t->shape[k]);
+            }
+        }
+    }
+    return check_symbols(impl, symbols);
+}
+
+AOTML_HIDDEN int aotml_rt_shape(const aotml_impl *impl, const int64_t *symbols, uint32_t index,
+                                int64_t *shape, uint64_t *bytes) {
+    const aotml_model *m = impl->model;
+    if (index >= m->n_inputs + m->n_outputs)
+        return fail(AOTML_ERR_ARG_COUNT, "no tensor %u (the model has %u inputs and %u outputs)",
+                    index, m->n_inputs, m->n_outputs);
+    int rc = check_symbols(impl, symbols);
+    if (rc) return rc;
+    const char *kind;
+    const aotml_tensor_info *t = tensor(m, index, &kind);
+    if ((t->rank && !shape) || !bytes)
+        return fail(AOTML_ERR_NULL_POINTER, "the shape or bytes pointer is NULL");
+    const int64_t *p = impl->sizes[index];
+    uint64_t value;
+    for (int32_t k = 0; k < t->rank; k++) {
+        eval_poly(&p, symbols, &value);
+        shape[k] = (int64_t)value;
+    }
+    eval_poly(&p, symbols, bytes);
+    return AOTML_OK;
+}
+
+AOTML_HIDDEN int aotml_rt_workspace_size(const aotml_impl *impl, const int64_t *symbols,
+                                         uint64_t *bytes) {
+    int rc = check_symbols(impl, symbols);
+    if (rc) return rc;
+    if (!bytes) return fail(AOTML_ERR_NULL_POINTER, "the bytes pointer is NULL");
+    const int64_t *p = impl->workspace;
+    eval_poly(&p, symbols, bytes);
+    return AOTML_OK;
+}
+
+/* The byte size of tensor `index` for valid symbols. */
+static uint64_t tensor_bytes(const aotml_impl *impl, const int64_t *symbols, uint32_t index) {
+    const char *kind;
+    const aotml_tensor_info *t = tensor(impl->model, index, &kind);
+    if (impl->model->n_symbols == 0) return t->bytes;
+    const int64_t *p = impl->sizes[index];
+    uint64_t value = 0;
+    for (int32_t k = 0; k <= t->rank; k++) eval_poly(&p, symbols, &value);
+    return value;
+}
+
+static int check_tensors(const aotml_impl *impl, const int64_t *symbols, int outputs,
+                         const void *const *ptrs, const uint64_t *bytes, uint32_t given,
+                         int typed) {
+    const aotml_model *m = impl->model;
+    const char *kind = outputs ? "output" : "input";
+    const aotml_tensor_info *info = outputs ? m->outputs : m->inputs;
+    uint32_t expected = outputs ? m->n_outputs : m->n_inputs;
+    if (given != expected)
+        return fail(AOTML_ERR_ARG_COUNT, "expected %u %ss, got %u", expected, kind, given);
+    if (expected == 0) return AOTML_OK;
+    if (!ptrs) return fail(AOTML_ERR_NULL_POINTER, "the %s pointer array is NULL", kind);
+    if (!typed && !bytes)
+        return fail(AOTML_ERR_NULL_POINTER, "the %s byte-size array is NULL", kind);
+    for (uint32_t i = 0; i < expected; i++) {
+        if (!ptrs[i])
+            return fail(AOTML_ERR_NULL_POINTER, "%s %u ('%s') is NULL", kind, i, info[i].name);
+        uint64_t want = tensor_bytes(impl, symbols, (outputs ? m->n_inputs : 0) + i);
+        if (!typed && bytes[i] != want)
+            return fail(AOTML_ERR_ARG_SIZE, "%s %u ('%s') has %llu bytes, expected %llu",
+                        kind, i, info[i].name, (unsigned long long)bytes[i],
+                        (unsigned long long)want);
+    }
+    return AOTML_OK;
+}
+
+typedef struct span { uintptr_t lo, hi; const char *name; } span;
+
+static int overlaps(const span *a, const span *b) { return a->lo < b->hi && b->lo < a->hi; }
+
+static span span_of(const aotml_impl *impl, const int64_t *symbols, uint32_t index,
+                    const void *ptr) {
+    const char *kind;
+    const aotml_tensor_info *t = tensor(impl->model, index, &kind);
+    uintptr_t lo = (uintptr_t)ptr;
+    return (span){lo, lo + tensor_bytes(impl, symbols, index), t->name};
+}
+
 /* Outputs are written while inputs are still read, so no output may share bytes with an input,
  * another output, or the workspace; inputs may alias each other. */
-static int check_overlap(const aotml_model *m, const void *const *inputs,
-                         void *const *outputs, const void *workspace, uint64_t ws_bytes) {
+static int check_overlap(const aotml_impl *impl, const int64_t *symbols,
+                         const void *const *inputs, void *const *outputs,
+                         const void *workspace, uint64_t ws_bytes) {
+    const aotml_model *m = impl->model;
     for (uint32_t o = 0; o < m->n_outputs; o++) {
-        span out = {(uintptr_t)outputs[o], (uintptr_t)outputs[o] + m->outputs[o].bytes,
-                    "output", m->outputs[o].name};
+        span out = span_of(impl, symbols, m->n_inputs + o, outputs[o]);
         for (uint32_t i = 0; i < m->n_inputs; i++) {
-            span in = {(uintptr_t)inputs[i], (uintptr_t)inputs[i] + m->inputs[i].bytes,
-                       "input", m->inputs[i].name};
+            span in = span_of(impl, symbols, i, inputs[i]);
             if (overlaps(&out, &in))
                 return fail(AOTML_ERR_OVERLAP, "output '%s' overlaps input '%s'", out.name,
                             in.name);
         }
         for (uint32_t p = 0; p < o; p++) {
-            span other = {(uintptr_t)outputs[p], (uintptr_t)outputs[p] + m->outputs[p].bytes,
-                          "output", m->outputs[p].name};
+            span other = span_of(impl, symbols, m->n_inputs + p, outputs[p]);
             if (overlaps(&out, &other))
                 return fail(AOTML_ERR_OVERLAP, "output '%s' overlaps output '%s'", out.name,
                             other.name);
         }
         if (workspace && ws_bytes) {
-            span ws = {(uintptr_t)workspace, (uintptr_t)workspace + ws_bytes, "workspace", ""};
+            span ws = {(uintptr_t)workspace, (uintptr_t)workspace + ws_bytes, ""};
             if (overlaps(&out, &ws))
                 return fail(AOTML_ERR_OVERLAP, "output '%s' overlaps the workspace", out.name);
         }
@@ -70,38 +255,42 @@ static int check_overlap(const aotml_model *m, const void *const *inputs,
     return AOTML_OK;
 }
 
-AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const void *const *inputs,
-                              const uint64_t *input_bytes, uint32_t n_inputs,
-                              void *const *outputs, const uint64_t *output_bytes,
-                              uint32_t n_outputs, void *workspace, uint64_t workspace_bytes) {
+static int run(const aotml_impl *impl, const int64_t *symbols, const void *const *inputs,
+               const uint64_t *input_bytes, uint32_t n_inputs, void *const *outputs,
+               const uint64_t *output_bytes, uint32_t n_outputs, void *workspace,
+               uint64_t workspace_bytes, int typed) {
     const aotml_model *m = impl->model;
-    int rc = check_tensors("input", m->inputs, m->n_inputs, inputs, input_bytes, n_inputs);
+    int rc = check_symbols(impl, symbols);
     if (rc) return rc;
-    rc = check_tensors("output", m->outputs, m->n_outputs, (const void *const *)outputs,
-                       output_bytes, n_outputs);
+    rc = check_tensors(impl, symbols, 0, inputs, input_bytes, n_inputs, typed);
     if (rc) return rc;
+    rc = check_tensors(impl, symbols, 1, (const void *const *)outputs, output_bytes, n_outputs,
+                       typed);
+    if (rc) return rc;
+    uint64_t needed;
+    const int64_t *p = impl->workspace;
+    eval_poly(&p, symbols, &needed);
+    if (typed) workspace_bytes = needed;
     void *owned = NULL;
-    if (m->workspace_bytes > 0) {
+    if (needed > 0) {
         if (!workspace && workspace_bytes == 0) {
             /* round up: aligned_alloc wants a multiple of the alignment */
-            size_t size = (size_t)((m->workspace_bytes + 63) / 64 * 64);
-            owned = workspace = aligned_alloc(64, size);
-            workspace_bytes = m->workspace_bytes;
+            owned = workspace = aligned_alloc(64, (size_t)((needed + 63) / 64 * 64));
+            workspace_bytes = needed;
             if (!owned)
                 return fail(AOTML_ERR_OUT_OF_MEMORY, "cannot allocate a workspace of %llu bytes",
-                            (unsigned long long)m->workspace_bytes);
+                            (unsigned long long)needed);
         } else if (!workspace) {
             return fail(AOTML_ERR_NULL_POINTER, "workspace is NULL (it needs %llu bytes)",
-                        (unsigned long long)m->workspace_bytes);
-        } else if (workspace_bytes < m->workspace_bytes) {
+                        (unsigned long long)needed);
+        } else if (workspace_bytes < needed) {
             return fail(AOTML_ERR_WORKSPACE, "workspace has %llu bytes, the model needs %llu",
-                        (unsigned long long)workspace_bytes,
-                        (unsigned long long)m->workspace_bytes);
+                        (unsigned long long)workspace_bytes, (unsigned long long)needed);
         }
     }
-    rc = check_overlap(m, inputs, outputs, workspace, m->workspace_bytes);
+    rc = check_overlap(impl, symbols, inputs, outputs, workspace, needed);
     if (rc == AOTML_OK) {
-        int check = impl->entry(inputs, outputs, workspace, impl->weights);
+        int check = impl->entry(inputs, outputs, workspace, impl->weights, symbols);
         if (check == 0)
             last_error[0] = '\0';
         else if (check > 0 && (uint32_t)check <= impl->n_errors)
@@ -109,6 +298,24 @@ AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const void *const *inputs,
         else
             rc = fail(AOTML_ERR_RUNTIME, "run-time check %d failed", check);
     }
+    (void)m;
     free(owned);
     return rc;
+}
+
+AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const int64_t *symbols,
+                              const void *const *inputs, const uint64_t *input_bytes,
+                              uint32_t n_inputs, void *const *outputs,
+                              const uint64_t *output_bytes, uint32_t n_outputs, void *workspace,
+                              uint64_t workspace_bytes) {
+    return run(impl, symbols, inputs, input_bytes, n_inputs, outputs, output_bytes, n_outputs,
+               workspace, workspace_bytes, 0);
+}
+
+AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbols,
+                                    const void *const *inputs, void *const *outputs,
+                                    void *workspace) {
+    const aotml_model *m = impl->model;
+    return run(impl, symbols, inputs, NULL, m->n_inputs, outputs, NULL, m->n_outputs,
+               workspace, 0, 1);
 }

@@ -29,24 +29,45 @@ EPS32 = float(np.finfo(np.float32).eps)
 class Sample:
     """One test case of an op: input shapes, attributes, and how to draw and judge it."""
 
-    shapes: tuple
+    shapes: tuple                          # a dim may be a symbol's name: ("N", 4)
     attrs: dict = field(default_factory=dict)
     dtypes: tuple | None = None            # per input; default all f32
-    inputs: Callable | None = None         # rng -> list of arrays, for restricted domains
+    # for restricted domains: rng -> arrays; (rng, concrete shapes) -> arrays with symbols
+    inputs: Callable | None = None
     terms: int = 1                         # values accumulated into one output element
     magnitude: Callable | None = None      # arrays (float64) -> |terms| scale for atol
     rtol: float = 1e-5
     id: str = ""
+    # with symbolic dims: the values to run with, one draw each (the model is built once)
+    sizes: tuple[dict, ...] = ({"N": 1, "S": 3}, {"N": 5, "S": 2}, {"N": 2, "S": 7})
+
+    @property
+    def symbols(self) -> list[str]:
+        found = {d: None for shape in self.shapes for d in shape if isinstance(d, str)}
+        return list(found)
+
+    def concrete(self, values: dict) -> list[tuple[int, ...]]:
+        return [tuple(values[d] if isinstance(d, str) else d for d in shape)
+                for shape in self.shapes]
 
 
 def _attr(v) -> str:
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, Dim):
+        return v.name
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, tuple):
         return "(" + ", ".join(_attr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
     return str(v)
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A symbolic dim written into an attribute: `shape=(Dim("N"), 4)` is `shape=(N, 4)`."""
+
+    name: str
 
 
 def source(op: str, s: Sample) -> str:
@@ -87,9 +108,12 @@ def check(tmp_path: Path, op: str, s: Sample, draws: int = 2) -> None:
     # a stable seed per case (str hashes change per process), so a failure reproduces
     rng = np.random.default_rng(zlib.crc32(case_id(op, s).encode()))
     dtypes = s.dtypes or ("f32",) * len(s.shapes)
-    for _ in range(draws):
-        arrays = (s.inputs(rng) if s.inputs is not None
-                  else [draw(rng, shape, dt) for shape, dt in zip(s.shapes, dtypes)])
+    symbols = s.symbols
+    runs = [{k: v[k] for k in symbols} for v in s.sizes] if symbols else [{}] * draws
+    for values in runs:
+        shapes = s.concrete(values)
+        arrays = ((s.inputs(rng, shapes) if symbols else s.inputs(rng)) if s.inputs is not None
+                  else [draw(rng, shape, dt) for shape, dt in zip(shapes, dtypes)])
         named = {f"x{i}": a for i, a in enumerate(arrays)}
         got = model(**named)["y"]
         exact = aotml.interpret(src, precise=True, **named)["y"]

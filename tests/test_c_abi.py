@@ -247,7 +247,7 @@ static void report(const char *label, int rc, const char *typed_error) {
     printf("%s|%d|%s|%d\n", label, rc, err, untouched());
 }
 
-#define GENERIC(label, ...) do { reset(); int rc_ = m->run(__VA_ARGS__); \
+#define GENERIC(label, ...) do { reset(); int rc_ = m->run(NULL, __VA_ARGS__); \
                                  report(label, rc_, m_last_error()); } while (0)
 #define TYPED(label, ...) do { reset(); int rc_ = m_run(__VA_ARGS__); \
                                report(label, rc_, m_last_error()); } while (0)
@@ -317,7 +317,7 @@ int main(void) {
     float *t_after = (float *)(block + wsb);
     void *outs_adjacent[2] = {s, t_after};
     reset();
-    int rc = m->run(ins, in_b, 2, outs_adjacent, out_b, 2, ws, wsb);
+    int rc = m->run(NULL, ins, in_b, 2, outs_adjacent, out_b, 2, ws, wsb);
     printf("adjacent_ok|%d|%s|%d\n", rc, m->last_error(),
            memcmp(s, s_ok, sizeof s) == 0 && memcmp(t_after, t_ok, sizeof t) == 0);
     /* inputs may alias one another: y read through x's first floats */
@@ -473,7 +473,7 @@ def test_manifest_from_c(model_m, tmp_path):
         else:
             rows[key] = rest
     abi, abi_macro = map(int, rows["abi"].split())
-    assert abi == abi_macro == 1
+    assert abi == abi_macro == 2
     assert rows["name"] == "m"
     assert rows["version"] == aotml.__version__
     assert re.fullmatch(r"[0-9a-f]{64}", rows["hash"]), rows["hash"]
@@ -524,7 +524,7 @@ static void *worker(void *arg) {
     void *outs[2] = {s, t};
     uint64_t in_b[2] = {sizeof xs[0], (uint64_t)(100 + j->id)};
     uint64_t out_b[2] = {sizeof s, sizeof t};
-    if (m->run(ins, in_b, 2, outs, out_b, 2, ws, M_WORKSPACE_BYTES) != AOTML_ERR_ARG_SIZE)
+    if (m->run(NULL, ins, in_b, 2, outs, out_b, 2, ws, M_WORKSPACE_BYTES) != AOTML_ERR_ARG_SIZE)
         j->failures++;
     char want[64];
     snprintf(want, sizeof want, "has %d bytes", 100 + j->id);
@@ -540,7 +540,7 @@ static void *worker(void *arg) {
             rc = m_run(xs[k], ys[k], s, t, ws);
         } else {
             const void *ins_k[2] = {xs[k], ys[k]};
-            rc = m->run(ins_k, in_b, 2, outs, out_b, 2, c % 4 ? ws : NULL,
+            rc = m->run(NULL, ins_k, in_b, 2, outs, out_b, 2, c % 4 ? ws : NULL,
                         c % 4 ? M_WORKSPACE_BYTES : 0);
         }
         if (rc != AOTML_OK) j->failures++;

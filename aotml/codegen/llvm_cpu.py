@@ -2,8 +2,10 @@
 
 Each kernel becomes an internal function whose buffer arguments are `noalias` (memory planning
 never lets a kernel's output share bytes with its inputs), so LLVM may vectorize across them.
-`aotml_entry(inputs, outputs, workspace, weights)` resolves every buffer's address from its
-placement and calls the kernels in launch order. Scalar locals are allocas that mem2reg promotes.
+`aotml_entry(inputs, outputs, workspace, weights, symbols)` resolves every buffer's address
+from its placement and calls the kernels in launch order, passing each kernel the values of the
+program's symbolic dims (already checked by the runtime: each at least 1, every size in range)
+as trailing i64 arguments. Scalar locals are allocas that mem2reg promotes.
 Float semantics are IEEE (no fast-math): results match the reference up to rounding order.
 """
 
@@ -16,6 +18,7 @@ import llvmlite.ir as ir
 
 from aotml.codegen.target import Capabilities, Emitted
 from aotml.errors import CompileError, InternalError
+from aotml.graph.symbolic import Sym
 from aotml.loops import ir as L
 
 ENTRY = "aotml_entry"
@@ -117,17 +120,23 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
         attrs["target-features"] = target.features
 
     messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
-    kernels = {k.name: _KernelEmitter(module, k, attrs, messages).emit() for k in program.kernels}
+    symbols = tuple(s for s, _ in program.symbols)
+    kernels = {k.name: _KernelEmitter(module, k, attrs, messages, symbols).emit()
+               for k in program.kernels}
 
     # Returns 0, or the 1-based index of the failed run-time check's message.
-    entry = ir.Function(module, ir.FunctionType(I32, [PTR] * 4), name=ENTRY)
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR] * 5), name=ENTRY)
     entry.visibility = "hidden"
     entry.attributes = _FunctionAttributes(attrs)
     entry.attributes.add("nounwind")
-    inputs, outputs, workspace, weights = entry.args
-    for arg, name in zip(entry.args, ("inputs", "outputs", "workspace", "weights")):
+    inputs, outputs, workspace, weights, table = entry.args
+    for arg, name in zip(entry.args, ("inputs", "outputs", "workspace", "weights", "symbols")):
         arg.name = name
     b = ir.IRBuilder(entry.append_basic_block("entry"))
+    values = {}
+    for k, s in enumerate(symbols):
+        slot = b.gep(table, [I64(k)], inbounds=True, source_etype=I64)
+        values[s] = b.load(slot, name=s, typ=I64)
     address = {}
     for pl in program.placements:
         if pl.region in ("input", "output"):
@@ -136,10 +145,12 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
             address[pl.buffer.name] = b.load(slot, name=pl.buffer.name, typ=PTR)
         else:
             base = weights if pl.region == "param" else workspace
-            address[pl.buffer.name] = b.gep(base, [I64(pl.index)], inbounds=True,
-                                            name=pl.buffer.name, source_etype=ir.IntType(8))
+            address[pl.buffer.name] = b.gep(base, [dim_value(b, pl.index, values)],
+                                            inbounds=True, name=pl.buffer.name,
+                                            source_etype=ir.IntType(8))
     for launch in program.launches:
-        status = b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args])
+        status = b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args]
+                        + [values[s] for s in symbols])
         failed = entry.append_basic_block(f"{launch.kernel}.failed")
         ok = entry.append_basic_block(f"{launch.kernel}.ok")
         b.cbranch(b.icmp_unsigned("!=", status, I32(0)), failed, ok)
@@ -150,20 +161,37 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
     return module
 
 
+def dim_value(b: ir.IRBuilder, d, values: dict[str, ir.Value]) -> ir.Value:
+    """A dim as an i64: a constant, or its polynomial over the symbols' values. The runtime
+    has checked that every size fits, so no step overflows (nsw)."""
+    if not isinstance(d, Sym):
+        return I64(d)
+    total = None
+    for monomial, coef in d.terms:
+        term = I64(coef) if not monomial or coef != 1 else None
+        for s in monomial:
+            term = values[s] if term is None else b.mul(term, values[s], flags=["nsw"])
+        total = term if total is None else b.add(total, term, flags=["nsw"])
+    return total
+
+
 class _KernelEmitter:
     """Emits one kernel: loops as bottom-tested blocks (every extent is at least 1)."""
 
     def __init__(self, module: ir.Module, kernel: L.Kernel, attrs: dict[str, str],
-                 messages: dict[str, int]):
+                 messages: dict[str, int], symbols: tuple[str, ...]):
         self.module, self.kernel, self.messages = module, kernel, messages
-        fn = ir.Function(module, ir.FunctionType(I32, [PTR] * len(kernel.args)),
-                         name=kernel.name)
+        fn = ir.Function(module, ir.FunctionType(I32, [PTR] * len(kernel.args)
+                                                 + [I64] * len(symbols)), name=kernel.name)
         fn.linkage = "internal"
         fn.attributes = _FunctionAttributes(attrs)
         fn.attributes.add("nounwind")
         for arg, buf in zip(fn.args, kernel.args):
             arg.name = buf.name
             arg.add_attribute("noalias")
+        self.symbols = dict(zip(symbols, fn.args[len(kernel.args):]))
+        for s, arg in self.symbols.items():
+            arg.name = s
         self.fn = fn
         self.base = {buf.name: arg for buf, arg in zip(kernel.args, fn.args)}
         self.vars: dict[str, ir.Value] = {}
@@ -219,7 +247,8 @@ class _KernelEmitter:
         nxt = self.b.add(i, I64(1), name=f"{s.var.name}.next", flags=["nuw", "nsw"])
         i.add_incoming(nxt, self.b.block)
         done = self.fn.append_basic_block(f"{s.var.name}.done")
-        self.b.cbranch(self.b.icmp_signed("<", nxt, I64(s.extent)), header, done)
+        extent = dim_value(self.b, s.extent, self.symbols)
+        self.b.cbranch(self.b.icmp_signed("<", nxt, extent), header, done)
         self.b.position_at_end(done)
         del self.vars[s.var.name]
 
@@ -232,7 +261,8 @@ class _KernelEmitter:
                 continue
             term = self._expr(index)
             if stride != 1:
-                term = self.b.mul(term, I64(stride), flags=["nuw", "nsw"])
+                term = self.b.mul(term, dim_value(self.b, stride, self.symbols),
+                                  flags=["nuw", "nsw"])
             flat = term if flat is None else self.b.add(flat, term, flags=["nuw", "nsw"])
         if flat is None:
             flat = I64(0)
@@ -245,6 +275,8 @@ class _KernelEmitter:
             if e.dtype in ("f16", "bf16"):
                 raise InternalError("narrow-float constants are folded to f32 before codegen")
             return _VALUE[e.dtype](int(e.value) if e.dtype == "bool" else e.value)
+        if isinstance(e, L.Size):
+            return dim_value(b, e.dim, self.symbols)
         if isinstance(e, L.Var):
             if e.name in self.vars:
                 return self.vars[e.name]

@@ -96,6 +96,16 @@ class InputDecl:
 
 
 @dataclass(frozen=True)
+class DimDecl:
+    """`dim N` or `dim N <= 64`: a symbolic dimension and its optional upper bound."""
+
+    name: str
+    bound: int | None
+    span: Span = _span()
+    bound_span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class ParamDecl:
     """`param name: type`, its value looked up by name in the weights file."""
 
@@ -123,7 +133,7 @@ class Output:
     span: Span = _span()
 
 
-Stmt = Union[InputDecl, ParamDecl, Let, Output]
+Stmt = Union[InputDecl, DimDecl, ParamDecl, Let, Output]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ _TERMINAL_NAMES = {
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'",
     "SLASH": "'/'", "AT": "'@'", "$END": "end of file",
     "WEIGHTS": "'weights'", "MODEL": "'model'", "INPUT": "'input'", "PARAM": "'param'",
-    "OUTPUT": "'output'", "DEF": "'def'", "RETURN": "'return'",
+    "OUTPUT": "'output'", "DEF": "'def'", "RETURN": "'return'", "DIM": "'dim'", "LE": "'<='",
 }
 
 
@@ -143,6 +143,15 @@ class _ToAst(Transformer):
     def input_decl(self, meta, items):
         name, ty = items
         return ast.InputDecl(name.value, ty, self._tok(name))
+
+    @v_args(meta=True)
+    def dim_decl(self, meta, items):
+        name, _, bound = items
+        if bound is None:
+            return ast.DimDecl(name.value, None, self._tok(name))
+        value, is_int = self._number(bound)
+        return ast.DimDecl(name.value, value if is_int else bound.value, self._tok(name),
+                           self._tok(bound))
 
     @v_args(meta=True)
     def param_decl(self, meta, items):

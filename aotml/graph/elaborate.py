@@ -17,6 +17,7 @@ from aotml import ops
 from aotml.errors import CompileError, Span, deep_recursion, did_you_mean
 from aotml.frontend import ast
 from aotml.graph.ir import DTYPES, FLOATS, INTS, Graph, Node, Param, TensorType, Value, format_attr
+from aotml.graph.symbolic import Dim, SymbolicError, evaluate, symbol
 
 INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 
@@ -30,9 +31,19 @@ def elaborate(program: ast.Program) -> Graph:
     return _Elaborator(program).run()
 
 
-def _check_size(ty: TensorType, span: Span) -> None:
-    if ty.nbytes > MAX_TENSOR_BYTES:
-        raise CompileError(f"{ty} takes {ty.nbytes} bytes, more than the limit of "
+# The largest bound a symbolic dim may declare.
+MAX_DIM_BOUND = 1 << 40
+
+
+def _check_size(ty: TensorType, span: Span, bounds: dict[str, int | None]) -> None:
+    """Refuse a tensor over the limit: at the symbols' bounds, or with the unbounded ones at 1
+    (their least value)."""
+    values = {s: bounds.get(s) or 1 for s in ty.symbols}
+    nbytes = evaluate(ty.nbytes, values)
+    if nbytes > MAX_TENSOR_BYTES:
+        at = "" if ty.is_static else \
+            " (with " + ", ".join(f"{s} = {v}" for s, v in sorted(values.items())) + ")"
+        raise CompileError(f"{ty} takes {nbytes} bytes{at}, more than the limit of "
                            f"{MAX_TENSOR_BYTES} (1 TiB)", span)
 
 
@@ -126,17 +137,41 @@ class _Elaborator:
         model = self.program.model
         for fn in self.program.functions:
             self.declare_function(fn)
+        self.declare_dims(model)
         for stmt in model.stmts:
             with deep_recursion(stmt.span):
                 self.statement(stmt)
+        self.check_dims_bound()
         if not self.graph.outputs:
             raise CompileError(f"model '{model.name}' has no outputs", model.span,
                                hint="mark a result with: output name = expr")
         return self.graph
 
+    def declare_dims(self, model: ast.Model) -> None:
+        """`dim N <= 64` statements, wherever they stand in the model."""
+        self.dim_decls: dict[str, ast.DimDecl] = {}
+        for stmt in model.stmts:
+            if not isinstance(stmt, ast.DimDecl):
+                continue
+            if stmt.name in self.dim_decls:
+                raise CompileError(f"dim '{stmt.name}' is already declared", stmt.span,
+                                   notes=[f"first declared at {self.dim_decls[stmt.name].span}"])
+            if stmt.bound is not None and (not isinstance(stmt.bound, int)
+                                           or not 1 <= stmt.bound <= MAX_DIM_BOUND):
+                raise CompileError(f"the bound of dim '{stmt.name}' must be an integer from 1 "
+                                   f"to {MAX_DIM_BOUND}, got {stmt.bound}", stmt.bound_span)
+            self.dim_decls[stmt.name] = stmt
+
+    def check_dims_bound(self) -> None:
+        for name, decl in self.dim_decls.items():
+            if name not in self.graph.symbols:
+                raise CompileError(f"dim '{name}' is declared but no input's shape uses it",
+                                   decl.span,
+                                   hint="a symbolic dim takes its value from an input's shape")
+
     def statement(self, stmt: ast.Stmt) -> None:
         if isinstance(stmt, ast.InputDecl):
-            value = Value(stmt.name, self.tensor_type(stmt.type))
+            value = Value(stmt.name, self.tensor_type(stmt.type, symbols_allowed=True))
             self.bind(stmt.name, value, stmt.span)
             self.graph.inputs.append(value)
         elif isinstance(stmt, ast.ParamDecl):
@@ -159,12 +194,22 @@ class _Elaborator:
             value.name = name
             self.named.add(value.uid)
 
-    def tensor_type(self, t: ast.TypeExpr) -> TensorType:
+    def tensor_type(self, t: ast.TypeExpr, symbols_allowed: bool = False) -> TensorType:
         if t.dtype not in DTYPES:
             hint = did_you_mean(t.dtype, DTYPES) or "supported: " + ", ".join(DTYPES)
             raise CompileError(f"unknown dtype '{t.dtype}'", t.span, hint=hint)
-        dims = []
+        dims: list[Dim] = []
         for d, span in zip(t.dims, t.dim_spans):
+            if d[:1].isalpha() or d[:1] == "_":
+                if not symbols_allowed:
+                    raise CompileError(f"the shape of a param must be static, got the symbolic "
+                                       f"dim '{d}'", span,
+                                       hint="only inputs take symbolic dims: their values come "
+                                            "from the inputs' shapes at run time")
+                decl = self.dim_decls.get(d)
+                self.graph.symbols.setdefault(d, decl.bound if decl else None)
+                dims.append(symbol(d))
+                continue
             if not d.lstrip("-").isdigit():
                 raise CompileError(f"dimension '{d}' must be a positive integer", span)
             if len(d) > 40:  # (int() of a huge digit string is slow, or refused)
@@ -175,7 +220,7 @@ class _Elaborator:
                 raise CompileError(f"dimension {d} is too large", span)
             dims.append(int(d))
         ty = TensorType(t.dtype, tuple(dims))
-        _check_size(ty, t.span)
+        _check_size(ty, t.span, self.graph.symbols)
         return ty
 
     def param(self, decl: ast.ParamDecl) -> None:
@@ -305,7 +350,11 @@ class _Elaborator:
                 raise CompileError(f"split sizes {sizes} must be {parts} positive numbers "
                                    f"adding up to {dim} (axis {axis} of {x.type})", where)
         else:
-            if dim % parts:
+            try:
+                uneven = dim % parts
+            except SymbolicError:
+                uneven = True
+            if uneven:
                 raise CompileError(f"cannot split axis {axis} of {x.type} into {parts} equal "
                                    "parts", call.span, hint="give the sizes: sizes=(...)")
             sizes = (dim // parts,) * parts
@@ -412,12 +461,35 @@ class _Elaborator:
                        for v in evaluated)
         return self.make_node(op_name, inputs, attrs, span, op_span, kw_spans, args)
 
+    def symbolic_attrs(self, op, attrs: dict[str, Any],
+                       kw_spans: dict[str, ast.Kwarg]) -> dict[str, Any]:
+        """In a 'dims' attribute a name is a symbolic dim of the model: `shape=(N, 4)`."""
+        out = dict(attrs)
+        for a in op.attrs:
+            value = attrs.get(a.name)
+            if a.kind != "dims" or value is None:
+                continue
+            items = value if isinstance(value, tuple) else (value,)
+            converted = []
+            for v in items:
+                if isinstance(v, str):
+                    if v not in self.graph.symbols:
+                        where = kw_spans[a.name].value_span if a.name in kw_spans else None
+                        raise CompileError(f"unknown dim '{v}' in '{a.name}'", where,
+                                           hint=did_you_mean(v, self.graph.symbols) or
+                                           "a dim name must appear in an input's shape")
+                    v = symbol(v)
+                converted.append(v)
+            out[a.name] = tuple(converted)
+        return out
+
     def make_node(self, op_name: str, inputs: tuple[Value, ...], attrs: dict[str, Any],
                   span: Span, op_span: Span, kw_spans: dict[str, ast.Kwarg] | None = None,
                   args: list[ast.Expr] | None = None) -> Value:
         """Check the op's attributes and type rule, append the node, return its result."""
         op = ops.REGISTRY[op_name]
         kw_spans = kw_spans or {}
+        attrs = self.symbolic_attrs(op, attrs, kw_spans)
         try:
             bound = op.bind_attrs(attrs)
             result_type = op.infer(tuple(v.type for v in inputs), bound)
@@ -430,7 +502,14 @@ class _Elaborator:
                 unknown = err.attr not in {a.name for a in op.attrs}
                 where = kw.span if unknown else kw.value_span
             raise CompileError(err.message, where, hint=err.hint) from None
-        _check_size(result_type, span)
+        except SymbolicError as err:
+            shapes = ", ".join(str(v.type) for v in inputs)
+            raise CompileError(f"'{op_name}' does not support these symbolic dims ({shapes}): "
+                               f"{err}", op_span,
+                               hint="symbolic dims work where the op's result does not depend "
+                                    "on their run-time value; a fixed size works everywhere"
+                               ) from None
+        _check_size(result_type, span, self.graph.symbols)
         result = Value(f"t{len(self.graph.nodes)}", result_type)
         self.graph.nodes.append(Node(op_name, inputs, tuple(sorted(bound.items())), result, span))
         return result

@@ -14,6 +14,7 @@ import numpy as np
 
 from aotml.dtypes import FLOATS, INTS, TABLE  # noqa: F401  (re-exported)
 from aotml.errors import InternalError, Span
+from aotml.graph.symbolic import Dim, Sym, SymbolicError, symbols_of
 
 # dtype name in the language -> numpy dtype (derived from the one table in aotml/dtypes.py)
 DTYPES = {name: d.numpy for name, d in TABLE.items()}
@@ -21,30 +22,44 @@ DTYPES = {name: d.numpy for name, d in TABLE.items()}
 
 @dataclass(frozen=True)
 class TensorType:
-    """A tensor's element type and static shape."""
+    """A tensor's element type and shape; a dim is an int or a symbolic dim (`N`, `N*16`).
+    A symbolic dim must be at least 1 for every value of its symbols: a shape rule that would
+    make `N - 2` raises SymbolicError, which the compiler reports at the op."""
 
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Dim, ...]
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise InternalError(f"unknown dtype {self.dtype!r}")
-        if not all(isinstance(d, int) and d >= 1 for d in self.shape):
-            raise InternalError(f"bad shape {self.shape!r}")
+        for d in self.shape:
+            if isinstance(d, Sym):
+                if not d.always_positive:
+                    raise SymbolicError(f"the dimension {d} could be less than 1")
+            elif not (isinstance(d, int) and not isinstance(d, bool) and d >= 1):
+                raise InternalError(f"bad shape {self.shape!r}")
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        return symbols_of(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return not self.symbols
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
     @property
-    def numel(self) -> int:
+    def numel(self) -> Dim:
         n = 1
         for d in self.shape:
             n *= d
         return n
 
     @property
-    def nbytes(self) -> int:
+    def nbytes(self) -> Dim:
         return self.numel * DTYPES[self.dtype].itemsize
 
     @property
@@ -93,13 +108,17 @@ class Param:
 
 @dataclass
 class Graph:
-    """A model: inputs, parameters, nodes in topological order, and named outputs."""
+    """A model: inputs, parameters, nodes in topological order, and named outputs.
+
+    `symbols` maps each symbolic dim to its upper bound (None: unbounded), in the order the
+    ABI takes them: by first appearance in the inputs' shapes."""
 
     name: str
     inputs: list[Value]
     params: list[Param]
     nodes: list[Node]
     outputs: list[tuple[str, Value]]
+    symbols: dict[str, int | None] = field(default_factory=dict)
 
     def producers(self) -> dict[int, Node]:
         return {n.result.uid: n for n in self.nodes}
@@ -142,6 +161,8 @@ def print_graph(g: Graph) -> str:
         name(p.value)
     sig = ", ".join(f"{ref(v)}: {v.type}" for v in g.inputs)
     lines.append(f"graph {g.name}({sig}) {{")
+    for s, bound in g.symbols.items():
+        lines.append(f"  dim {s}" + (f" <= {bound}" if bound is not None else ""))
     for p in g.params:
         lines.append(f"  param {ref(p.value)}: {p.value.type}")
     for i, n in enumerate(g.nodes):

@@ -11,7 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aotml.dtypes import compute_dtype
-from aotml.loops.ir import INDEX, Buffer, Cast, Const, Expr, For, Load, Stmt, Store, Var, dtype_of
+from aotml.graph.symbolic import Dim, Sym
+from aotml.loops.ir import (
+    INDEX,
+    Buffer,
+    Cast,
+    Const,
+    Expr,
+    For,
+    Load,
+    Size,
+    Stmt,
+    Store,
+    Var,
+    dtype_of,
+)
 
 
 def cast(value: Expr, dtype: str) -> Expr:
@@ -30,6 +44,19 @@ def const(value, dtype: str) -> Const:
     if dtype == "bool":
         return Const(bool(value), dtype)
     return Const(float(value) if dtype == "f32" else int(value), dtype)
+
+
+def as_f32(n: Dim) -> Expr:
+    """A count (an element count to divide by) as an f32 value."""
+    return Cast("f32", Size(n)) if isinstance(n, Sym) else const(n, "f32")
+
+
+def prod(dims) -> Dim:
+    """The product of dims (ints or symbolic)."""
+    out: Dim = 1
+    for d in dims:
+        out = d * out
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,8 +92,9 @@ class Names:
         return Var(f"{prefix}{k}", dtype)
 
 
-def idx(i: int) -> Const:
-    return Const(i, INDEX)
+def idx(i: Dim) -> Expr:
+    """An index constant, or the run-time value of a symbolic one."""
+    return Size(i) if isinstance(i, Sym) else Const(i, INDEX)
 
 
 def loop_nest(shape: Sequence[int], names: Names,

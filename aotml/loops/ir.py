@@ -3,7 +3,9 @@
 A `Program` is a list of kernels and the order to launch them, over buffers placed in four
 regions: the caller's inputs and outputs, the embedded weights, and the workspace arena. A kernel
 is a loop nest over its buffer arguments. Indices are integer expressions (affine in loop
-variables in everything lowered so far); buffers are dense, row-major, statically shaped.
+variables in everything lowered so far); buffers are dense and row-major. A dim, a loop extent
+or a workspace offset is an int or a symbolic dim (`N*16`, see aotml/graph/symbolic.py) whose
+value every kernel receives at run time; `Size` reads one inside an expression.
 Scalar locals (`Local`/`Assign`) hold reduction accumulators.
 """
 
@@ -14,6 +16,7 @@ from typing import Union
 
 from aotml.dtypes import FLOATS, TABLE
 from aotml.errors import InternalError
+from aotml.graph.symbolic import Dim, Sym, symbols_of
 
 INDEX = "i64"
 DTYPES = frozenset(TABLE)
@@ -38,10 +41,10 @@ class Buffer:
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Dim, ...]
 
     @property
-    def strides(self) -> tuple[int, ...]:
+    def strides(self) -> tuple[Dim, ...]:
         out, acc = [], 1
         for d in reversed(self.shape):
             out.append(acc)
@@ -67,6 +70,18 @@ class Var:
 
     name: str
     dtype: str = INDEX
+
+
+@dataclass(frozen=True)
+class Size:
+    """The run-time value of a symbolic dim (or any polynomial of the symbols), as an index."""
+
+    dim: Sym
+    dtype: str = INDEX
+
+    def __post_init__(self):
+        if not isinstance(self.dim, Sym):
+            raise InternalError(f"Size of a static value {self.dim!r}: use a Const")
 
 
 @dataclass(frozen=True)
@@ -163,11 +178,11 @@ class Select:
             raise InternalError("select needs a bool condition and operands of one dtype")
 
 
-Expr = Union[Const, Var, Load, Unary, Binary, Cast, Compare, Select]
+Expr = Union[Const, Var, Size, Load, Unary, Binary, Cast, Compare, Select]
 
 
 def dtype_of(e: Expr) -> str:
-    if isinstance(e, (Const, Var)):
+    if isinstance(e, (Const, Var, Size)):
         return e.dtype
     if isinstance(e, Load):
         return e.buffer.dtype
@@ -184,14 +199,17 @@ def dtype_of(e: Expr) -> str:
 
 @dataclass(frozen=True)
 class For:
-    """`for var in 0..extent` (extent >= 1)."""
+    """`for var in 0..extent` (extent >= 1, for every value of its symbols)."""
 
     var: Var
-    extent: int
+    extent: Dim
     body: tuple["Stmt", ...]
 
     def __post_init__(self):
-        if self.extent < 1:
+        if isinstance(self.extent, Sym):
+            if not self.extent.always_positive:
+                raise InternalError(f"loop {self.var.name} with extent {self.extent}")
+        elif self.extent < 1:
             raise InternalError(f"loop {self.var.name} with extent {self.extent}")
 
 
@@ -272,13 +290,14 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a buffer lives: `index` is the argument position (input/output) or byte offset.
+    """Where a buffer lives: `index` is the argument position (input/output) or byte offset
+    (a polynomial of the symbols for a workspace buffer whose size has an unbounded one).
     Inputs and outputs also keep their name at the ABI, which may differ from the buffer's
     (an output may share its name with an input; buffer names are unique)."""
 
     buffer: Buffer
     region: str
-    index: int
+    index: Dim
     abi_name: str = ""
 
     def __post_init__(self):
@@ -296,14 +315,24 @@ class Launch:
 
 @dataclass(frozen=True)
 class Program:
-    """Everything codegen needs: placed buffers, kernels, launch order, arena sizes."""
+    """Everything codegen needs: placed buffers, kernels, launch order, arena sizes, and the
+    symbols (name, upper bound or None) in the order the ABI passes their values."""
 
     name: str
     placements: tuple[Placement, ...]
     kernels: tuple[Kernel, ...]
     launches: tuple[Launch, ...]
-    workspace_bytes: int
+    workspace_bytes: Dim
     weights_bytes: int
+    symbols: tuple[tuple[str, int | None], ...] = ()
+
+    def __post_init__(self):
+        known = {s for s, _ in self.symbols}
+        used = symbols_of([self.workspace_bytes])
+        for p in self.placements:
+            used |= symbols_of((*p.buffer.shape, p.index))
+        if not used <= known:
+            raise InternalError(f"program uses undeclared symbols {sorted(used - known)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +346,8 @@ def format_expr(e: Expr) -> str:
         return repr(float(e.value)) if e.dtype in FLOATS else str(int(e.value))
     if isinstance(e, Var):
         return e.name
+    if isinstance(e, Size):
+        return f"({e.dim})" if len(e.dim.terms) > 1 else str(e.dim)
     if isinstance(e, Load):
         return f"{e.buffer.name}[{', '.join(format_expr(i) for i in e.indices)}]"
     if isinstance(e, Unary):
@@ -374,6 +405,8 @@ def print_kernel(k: Kernel) -> str:
 def print_program(p: Program) -> str:
     lines = [f"program {p.name} (workspace {p.workspace_bytes} bytes, "
              f"weights {p.weights_bytes} bytes) {{"]
+    for s, bound in p.symbols:
+        lines.append(f"  dim {s}" + (f" <= {bound}" if bound is not None else ""))
     for pl in p.placements:
         where = f"@{pl.index}" if pl.region in ("param", "workspace") else f"#{pl.index}"
         lines.append(f"  buffer {pl.buffer.name}: {_shape(pl.buffer)} {pl.region}{where}")

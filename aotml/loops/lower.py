@@ -9,8 +9,10 @@ Assumes the graph passes have run (outputs are distinct node results).
 from __future__ import annotations
 
 from aotml import ops
+from aotml.errors import CompileError
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, MemoryPlan, plan_memory
+from aotml.graph.symbolic import SymbolicError
 from aotml.loops.build import Names, Operand, const
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
 
@@ -62,7 +64,12 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
                     if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
-        body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())
+        try:
+            body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())
+        except SymbolicError as err:
+            raise CompileError(f"'{node.op}' cannot be compiled for the symbolic shape "
+                               f"{node.result.type}: {err}", node.span,
+                               hint="this op needs that dim fixed at build time") from None
         body = _locate_asserts(body, f"'{node.op}' at {node.span}" if node.span else node.op)
         args = tuple(dict.fromkeys([o.buffer for o in operands if o.buffer is not None] + [out]))
         origin = node.op + (f" at {node.span}" if node.span is not None else "")
@@ -71,7 +78,7 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
         launches.append(Launch(kernel.name, args))
 
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
-                      plan.workspace_bytes, offset)
+                      plan.workspace_bytes, offset, tuple(graph.symbols.items()))
     return program, plan, weights
 
 

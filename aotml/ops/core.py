@@ -50,15 +50,24 @@ def normalize_axis(axis: int, rank: int) -> int:
 # Elementwise
 
 
-def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+def broadcast_shapes(a: tuple, b: tuple) -> tuple | None:
+    """numpy's rule. A symbolic dim broadcasts with 1 and with itself only: `N` against `4`
+    would hold for one value of N, which is not known until run time."""
     out = []
     for k in range(1, max(len(a), len(b)) + 1):
         da = a[-k] if k <= len(a) else 1
         db = b[-k] if k <= len(b) else 1
         if da != db and 1 not in (da, db):
             return None
-        out.append(max(da, db))
+        out.append(db if da == 1 else da)
     return tuple(reversed(out))
+
+
+def broadcast_hint(*types: TensorType) -> str:
+    hint = "shapes are aligned on the right; each pair of dims must be equal or one of them 1"
+    if any(t.symbols for t in types):
+        hint += " (a symbolic dim matches only itself or 1)"
+    return hint
 
 
 def _unary(name: str, doc: str, np_fn, scalar_fn, allowed: str = "float") -> OpDef:
@@ -101,8 +110,7 @@ def _binary(name: str, symbol: str | None, doc: str, np_fn, loop_op: str,
         shape = broadcast_shapes(a.shape, b.shape)
         if shape is None:
             raise OpTypeError(f"cannot broadcast {a} and {b} for '{symbol or name}'",
-                              hint="shapes are aligned on the right; each pair of dims must be "
-                                   "equal or one of them 1")
+                              hint=broadcast_hint(a, b))
         return TensorType(dtype, shape)
 
     def reference(xs, attrs):

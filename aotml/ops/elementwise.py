@@ -14,15 +14,20 @@ import numpy as np
 from aotml.graph.ir import INTS, TensorType
 from aotml.loops.build import Names, Operand, broadcast_indices, const, loop_nest, store
 from aotml.loops.ir import Binary, Buffer, Compare, Expr, Select, Unary
-from aotml.ops.core import _binary, _unary, broadcast_lowering, broadcast_shapes, same_dtype
+from aotml.ops.core import (
+    _binary,
+    _unary,
+    broadcast_hint,
+    broadcast_lowering,
+    broadcast_shapes,
+    same_dtype,
+)
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
 # numpy has no erf; math's are exact to within an ulp of float64
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
-_BROADCAST_HINT = ("shapes are aligned on the right; each pair of dims must be equal or one of "
-                   "them 1")
 
 
 def _mul(a: Expr, b: Expr) -> Expr:
@@ -229,7 +234,7 @@ def _where_infer(types, attrs):
         shape = broadcast_shapes(shape, t.shape)
         if shape is None:
             raise OpTypeError(f"cannot broadcast {cond}, {a} and {b} for 'where'", arg=i,
-                              hint=_BROADCAST_HINT)
+                              hint=broadcast_hint(cond, a, b))
     return TensorType(a.dtype, shape)
 
 
@@ -253,7 +258,8 @@ def _comparison(name: str, doc: str, np_fn) -> OpDef:
         a, b = types
         shape = broadcast_shapes(a.shape, b.shape)
         if shape is None:
-            raise OpTypeError(f"cannot broadcast {a} and {b} for '{name}'", hint=_BROADCAST_HINT)
+            raise OpTypeError(f"cannot broadcast {a} and {b} for '{name}'",
+                              hint=broadcast_hint(a, b))
         return TensorType("bool", shape)
 
     lower = broadcast_lowering(lambda va, vb: Compare(name, va, vb))

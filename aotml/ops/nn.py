@@ -17,10 +17,12 @@ from aotml.graph.ir import FLOATS, TensorType, format_attr
 from aotml.loops.build import (
     Names,
     Operand,
+    as_f32,
     broadcast_indices,
     compute_dtype,
     const,
     loop_nest,
+    prod,
     store,
     with_axis,
 )
@@ -233,7 +235,7 @@ def _reduce(name: str) -> OpDef:
         (x,) = ins
         rank, keep = len(x.shape), attrs["keepdims"]
         axes = normalize_axes(attrs["axis"], rank)
-        count = int(np.prod([x.shape[a] for a in axes]))
+        count = prod(x.shape[a] for a in axes)
         dtype = compute_dtype(x.dtype)
         op = {("max", "bool"): "or", ("min", "bool"): "and"}.get((combine, dtype), combine)
         start = identity if identity is not None else _extreme(dtype, largest=combine == "min")
@@ -245,7 +247,7 @@ def _reduce(name: str) -> OpDef:
             loops = [Assign(acc, Binary(op, acc, element))]
             for r, a in reversed(list(zip(rs, axes))):
                 loops = [For(r, x.shape[a], tuple(loops))]
-            result = Binary("div", acc, const(count, "f32")) if name == "mean" else acc
+            result = Binary("div", acc, as_f32(count)) if name == "mean" else acc
             return [Local(acc, const(start, dtype)), *loops, store(out, i, result)]
 
         return loop_nest(out.shape, names, body)
@@ -459,7 +461,7 @@ def _layer_norm_reference(xs, attrs):
 def _layer_norm_lower(out: Buffer, ins, attrs, names: Names):
     x, scale, bias = ins
     axis = attrs["axis"] % len(x.shape)
-    n = int(np.prod(x.shape[axis:]))
+    n = prod(x.shape[axis:])
 
     def body(inner_loops):
         s, mean = names.var("s", "f32"), names.var("mean", "f32")
@@ -475,10 +477,10 @@ def _layer_norm_lower(out: Buffer, ins, attrs, names: Names):
             value = Binary("mul", Binary("mul", centered(i), inv), scale.load(p))
             return [store(out, i, Binary("add", value, bias.load(p)))]
 
-        variance = Binary("div", q, const(n, "f32"))
+        variance = Binary("div", q, as_f32(n))
         return [Local(s, const(0, "f32")),
                 *inner_loops(lambda i, p: [Assign(s, Binary("add", s, x.load(i)))]),
-                Local(mean, Binary("div", s, const(n, "f32"))),
+                Local(mean, Binary("div", s, as_f32(n))),
                 Local(q, const(0, "f32")),
                 *inner_loops(square),
                 Local(inv, Unary("rsqrt", Binary("add", variance, const(attrs["eps"], "f32")))),
@@ -506,7 +508,7 @@ def _rms_norm_reference(xs, attrs):
 def _rms_norm_lower(out: Buffer, ins, attrs, names: Names):
     x, scale = ins
     axis = attrs["axis"] % len(x.shape)
-    n = int(np.prod(x.shape[axis:]))
+    n = prod(x.shape[axis:])
 
     def body(inner_loops):
         q, inv = names.var("q", "f32"), names.var("inv", "f32")
@@ -517,7 +519,7 @@ def _rms_norm_lower(out: Buffer, ins, attrs, names: Names):
         def scaled(i, p):
             return [store(out, i, Binary("mul", Binary("mul", x.load(i), inv), scale.load(p)))]
 
-        mean_square = Binary("div", q, const(n, "f32"))
+        mean_square = Binary("div", q, as_f32(n))
         return [Local(q, const(0, "f32")),
                 *inner_loops(square),
                 Local(inv, Unary("rsqrt", Binary("add", mean_square, const(attrs["eps"], "f32")))),

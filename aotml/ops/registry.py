@@ -10,6 +10,7 @@ import numpy as np
 
 from aotml.errors import InternalError
 from aotml.graph.ir import TensorType, format_attr
+from aotml.graph.symbolic import Sym
 from aotml.loops.build import Names, Operand
 from aotml.loops.ir import Buffer, Stmt
 
@@ -36,7 +37,8 @@ class Attr:
     """An attribute: its name, kind, default, and for strings the allowed values.
 
     Kinds: 'int', 'float', 'bool', 'str', 'ints' (a tuple of integers; a single integer is
-    taken as a 1-tuple) and 'floats'. Values reach infer/reference/lower already checked and
+    taken as a 1-tuple), 'dims' (like 'ints', and an entry may name a symbolic dim of the
+    model: `shape=(N, 4)`) and 'floats'. Values reach infer/reference/lower already checked and
     normalized (floats as float, ints as tuple)."""
 
     name: str
@@ -51,7 +53,7 @@ class Attr:
     def check(self, value: Any) -> Any:
         kind = self.kind
         written = value  # for the message: as the user wrote it
-        if kind in ("ints", "floats") and not isinstance(value, tuple):
+        if kind in ("ints", "dims", "floats") and not isinstance(value, tuple):
             value = (value,)
         ok = {
             "int": _is_int(value),
@@ -59,6 +61,8 @@ class Attr:
             "bool": isinstance(value, bool),
             "str": isinstance(value, str),
             "ints": isinstance(value, tuple) and all(_is_int(v) for v in value),
+            "dims": isinstance(value, tuple) and all(_is_int(v) or isinstance(v, Sym)
+                                                     for v in value),
             "floats": isinstance(value, tuple) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
         }[kind]
@@ -78,6 +82,7 @@ class Attr:
 
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
                "str": "a string", "ints": "an integer or a tuple of integers",
+               "dims": "a tuple of integers and symbolic dims",
                "floats": "a number or a tuple of numbers"}
 
 Infer = Callable[[Sequence[TensorType], dict], TensorType]

@@ -67,7 +67,7 @@ def _axes(axes: Sequence[int], rank: int, op: str, attr: str = "axes") -> tuple[
 
 def _shape_attr(shape: Sequence[int], op: str) -> None:
     for d in shape:
-        if d < 1:
+        if isinstance(d, int) and d < 1:
             raise OpTypeError(f"'{op}': every dim of shape={format_attr(tuple(shape))} must be "
                               "positive (zero-size tensors are not supported)", attr="shape")
 
@@ -80,7 +80,7 @@ def _reshape_target(x: TensorType, shape: tuple[int, ...]) -> tuple[int, ...]:
     if shape.count(-1) > 1:
         raise OpTypeError(f"'reshape': at most one dim may be -1, got shape={format_attr(shape)}",
                           attr="shape")
-    if any(d == 0 or d < -1 for d in shape):
+    if any(isinstance(d, int) and (d == 0 or d < -1) for d in shape):
         raise OpTypeError(f"'reshape': dims must be positive or -1 (inferred), got "
                           f"shape={format_attr(shape)}", attr="shape",
                           hint="zero-size tensors are not supported; 0 does not mean "
@@ -126,7 +126,7 @@ def _reshape_lower(out: Buffer, ins, attrs, names: Names):
 
 
 register(OpDef(
-    "reshape", 1, "movement", (Attr("shape", "ints"),), _reshape_infer,
+    "reshape", 1, "movement", (Attr("shape", "dims"),), _reshape_infer,
     lambda xs, attrs: np.reshape(xs[0], attrs["shape"]),
     _reshape_lower,
     "The same elements in row-major order under a new shape; one dim may be -1 (inferred).",
@@ -209,7 +209,7 @@ def _broadcast_to_lower(out: Buffer, ins, attrs, names: Names):
 
 
 register(OpDef(
-    "broadcast_to", 1, "movement", (Attr("shape", "ints"),), _broadcast_to_infer,
+    "broadcast_to", 1, "movement", (Attr("shape", "dims"),), _broadcast_to_infer,
     lambda xs, attrs: np.broadcast_to(xs[0], attrs["shape"]).copy(),
     _broadcast_to_lower,
     "Repeat x along its size-1 and new leading dims to `shape` (numpy broadcasting).",

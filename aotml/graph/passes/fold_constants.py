@@ -44,8 +44,8 @@ def fold_constants(graph: Graph, max_bytes: int = DEFAULT_MAX_BYTES) -> Graph:
     nodes = []
     for node in graph.nodes:
         folded = None
-        if (node.op not in _NEVER_FOLDED and node.result.type.nbytes <= max_bytes
-                and all(v.uid in known for v in node.inputs)):
+        if (node.op not in _NEVER_FOLDED and all(v.uid in known for v in node.inputs)
+                and node.result.type.is_static and node.result.type.nbytes <= max_bytes):
             folded = _evaluate(graph.name, node, known)
         if folded is None:
             nodes.append(node)
