@@ -74,7 +74,9 @@ def _check(args) -> int:
     def sig(values):
         return ", ".join(f"{name}: {v.type}" for name, v in values)
 
-    print(f"model {g.name}({sig((v.name, v) for v in g.inputs)}) -> ({sig(g.outputs)})")
+    dims = ", ".join(s if b is None else f"{s} <= {b}" for s, b in g.symbols.items())
+    print(f"model {g.name}({sig((v.name, v) for v in g.inputs)}) -> ({sig(g.outputs)})"
+          + (f" for {dims}" if dims else ""))
     return 0
 
 

@@ -10,23 +10,28 @@
 
 #include "mlp.h"
 
+/* The batch size N is a symbolic dim of the model (at most MLP_N_MAX): it is passed first to
+ * mlp_run, and the _ELEMENTS macros take it. */
+enum { BATCH = 1 };
+
 int main(void) {
-    static float x[MLP_x_ELEMENTS];
-    static float probs[MLP_probs_ELEMENTS];
-    for (unsigned i = 0; i < MLP_x_ELEMENTS; i++)
+    static float x[MLP_x_ELEMENTS(BATCH)];
+    static float probs[MLP_probs_ELEMENTS(BATCH)];
+    for (unsigned i = 0; i < MLP_x_ELEMENTS(BATCH); i++)
         x[i] = (float)((i * 37u) % 101u) / 100.0f;
 
-    /* The caller owns the workspace: the typed entry never allocates. */
+    /* The caller owns the workspace: the typed entry never allocates. With N bounded, its
+     * size is one constant that serves every batch up to MLP_N_MAX. */
     void *workspace = aligned_alloc(64, (MLP_WORKSPACE_BYTES + 63) / 64 * 64);
     if (!workspace) return 1;
-    int rc = mlp_run(x, probs, workspace);
+    int rc = mlp_run(BATCH, x, probs, workspace);
     free(workspace);
     if (rc != AOTML_OK) {
         fprintf(stderr, "mlp_run failed (%d): %s\n", rc, mlp_last_error());
         return 1;
     }
     unsigned best = 0;
-    for (unsigned k = 1; k < MLP_probs_ELEMENTS; k++)
+    for (unsigned k = 1; k < MLP_probs_ELEMENTS(BATCH); k++)
         if (probs[k] > probs[best]) best = k;
     const aotml_model *m = mlp_model();
     printf("c: model %s (aotml %s, workspace %llu bytes)\n", m->name, m->aotml_version,

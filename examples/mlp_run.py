@@ -21,3 +21,12 @@ print(f"python: top class {int(np.argmax(probs))} (p = {probs[0].max():.6f}); "
       f"max relative difference from the interpreter {rel:.2e}")
 if rel > 1e-5:
     sys.exit("python: compiled model disagrees with the interpreter")
+
+# the batch is symbolic (N <= 64): the same library runs any batch size
+batch = np.random.default_rng(0).uniform(0, 1, (5, 784)).astype(np.float32)
+got = model(x=batch)["probs"]
+ref = aotml.interpret(Path(__file__).resolve().parent / "mlp.mlg", x=batch)["probs"]
+print(f"python: batch of {len(batch)}: classes {np.argmax(got, axis=1).tolist()}, max relative "
+      f"difference {float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-30))):.2e}")
+if not np.allclose(got, ref, rtol=1e-5, atol=1e-7):
+    sys.exit("python: compiled batch disagrees with the interpreter")
