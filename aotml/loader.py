@@ -144,26 +144,29 @@ class Model:
             raise RunError(f"{self.name}: unknown input(s) {', '.join(unknown)}; it takes "
                            f"{', '.join(t.name for t in self.inputs) or 'no inputs'}")
         ins = [_check(self.name, "input", t, arrays.get(t.name)) for t in self.inputs]
-        symbols = self.bind([a.shape for a in ins])
         out = dict(out or {})
         unknown = sorted(set(out) - {t.name for t in self.outputs})
         if unknown:
             raise RunError(f"{self.name}: unknown output(s) {', '.join(unknown)} in out=")
-        outs = []
-        for k, t in enumerate(self.outputs):
-            shape = self.shape_of(symbols, len(self.inputs) + k)
-            outs.append(_check(self.name, "output", t, out[t.name], shape) if t.name in out
-                        else np.empty(shape, t.dtype))
+        if self.symbols:
+            symbols = self.bind([a.shape for a in ins])
+            shapes = [self.shape_of(symbols, len(self.inputs) + k)
+                      for k in range(len(self.outputs))]
+            needed = _ffi.new("uint64_t *")
+            if self._model.workspace_size(symbols, needed) != 0:
+                raise self._fail()
+            ws = self._workspace(int(needed[0]))
+        else:  # every shape is in the manifest, and _check has compared the inputs' with it
+            symbols, shapes = _ffi.NULL, [t.shape for t in self.outputs]
+            ws = self._workspace(int(self._model.workspace_bytes))
+        outs = [_check(self.name, "output", t, out[t.name], shape) if t.name in out
+                else np.empty(shape, t.dtype) for t, shape in zip(self.outputs, shapes)]
         in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
         out_ptrs = _ffi.new("void *[]",
                             [_ffi.from_buffer(a, require_writable=True) for a in outs]
                             or [_ffi.NULL])
         in_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in ins] or [0])
         out_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in outs] or [0])
-        needed = _ffi.new("uint64_t *")
-        if self._model.workspace_size(symbols, needed) != 0:
-            raise self._fail()
-        ws = self._workspace(int(needed[0]))
         rc = self._model.run(symbols, in_ptrs, in_bytes, len(ins), out_ptrs, out_bytes,
                              len(outs), _ffi.from_buffer(ws), ws.nbytes)
         if rc != 0:
