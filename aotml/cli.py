@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="parse and type-check a model; print its signature")
-    p.add_argument("file")
+    p.add_argument("file", help="an .mlg or .onnx file")
+    p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
+                   "the model may ask for (default 4 GiB)")
 
     p = sub.add_parser("build", help="compile a model to a shared library and header")
     p.add_argument("file")
@@ -32,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--target-triple", default=None, help="LLVM triple (default: this host)")
     p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
+    p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
+                   "the model may ask for (default 4 GiB)")
+
+    p = sub.add_parser("import", help="convert an ONNX model to .mlg source and weights")
+    p.add_argument("file", help="the .onnx file")
+    p.add_argument("-o", "--output", required=True, help="the .mlg to write (its weights go "
+                   "beside it as .safetensors)")
+    p.add_argument("--max-bytes", type=int, default=None, help="the most bytes the model may "
+                   "ask for (default 4 GiB)")
 
     p = sub.add_parser("run", help="run a compiled model (or interpret an .mlg) on .npy inputs")
     p.add_argument("file", help="a built .so, or an .mlg with --interpret")
@@ -42,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"check": _check, "build": _build, "run": _run}[args.command](args)
+        return {"check": _check, "build": _build, "run": _run,
+                "import": _import}[args.command](args)
     except InternalError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -69,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check(args) -> int:
     from aotml.driver import frontend
 
-    g = frontend(args.file)
+    g = frontend(args.file, max_bytes=args.max_bytes)
 
     def sig(values):
         return ", ".join(f"{name}: {v.type}" for name, v in values)
@@ -84,7 +96,20 @@ def _build(args) -> int:
     from aotml.driver import build
 
     build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
-          opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout)
+          opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout,
+          max_bytes=args.max_bytes)
+    return 0
+
+
+def _import(args) -> int:
+    from aotml.onnx_import import DEFAULT_MAX_BYTES, import_onnx, write_mlg
+
+    if not args.output.endswith(".mlg"):
+        raise CompileError(f"the output of import is .mlg source, got '{args.output}'")
+    graph = import_onnx(args.file, args.max_bytes or DEFAULT_MAX_BYTES,
+                        name=Path(args.output).stem)
+    mlg, weights = write_mlg(graph, args.output, Path(args.file).name)
+    print(f"wrote {mlg}" + (f" and {weights}" if weights else ""))
     return 0
 
 

@@ -37,11 +37,28 @@ def load_source(source: str | os.PathLike) -> tuple:
     return program, program.span.source.text
 
 
+def is_onnx(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and "\n" not in str(source) and \
+        Path(source).suffix.lower() == ".onnx"
+
+
+def source_graph(source: str | os.PathLike,
+                 max_bytes: int | None = None) -> tuple[Graph, str, bytes]:
+    """Source (.mlg text or path, or an .onnx path) to its graph before the passes, with the
+    source's file name and bytes (for the build hash)."""
+    if is_onnx(source):
+        from aotml.onnx_import import DEFAULT_MAX_BYTES, import_onnx
+        graph = import_onnx(source, max_bytes or DEFAULT_MAX_BYTES)
+        return graph, Path(source).name, Path(source).read_bytes()
+    program, text = load_source(source)
+    return elaborate(program), Path(program.span.source.path).name, text.encode()
+
+
 def frontend(source: str | os.PathLike, verify_each_pass: bool = False,
-             on_pass: Callable[[str, Graph], None] | None = None) -> Graph:
+             on_pass: Callable[[str, Graph], None] | None = None,
+             max_bytes: int | None = None) -> Graph:
     """Source to an optimized, verified graph."""
-    program, _ = load_source(source)
-    graph = elaborate(program)
+    graph, _, _ = source_graph(source, max_bytes)
     return run_pipeline(graph, check=verify_each_pass or _debug(), on_pass=on_pass)
 
 
@@ -73,13 +90,15 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
 
 def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
           target_triple: str | None = None, opt_level: int = 3,
-          dump: str | Iterable[str] | None = None, dump_stream=None) -> BuildResult:
-    """Compile `source` into `out_so` and the header beside it (same stem, `.h`)."""
+          dump: str | Iterable[str] | None = None, dump_stream=None,
+          max_bytes: int | None = None) -> BuildResult:
+    """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
+    `.h`). `max_bytes` caps what an ONNX model may ask for."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
-    program_ast, text = load_source(source)
-    graph = run_pipeline(elaborate(program_ast), check=_debug())
+    graph, source_name, source_bytes = source_graph(source, max_bytes)
+    graph = run_pipeline(graph, check=_debug())
     dumps: dict[str, str] = {}
     if "graph" in stages:
         dumps["graph"] = print_graph(graph)
@@ -94,10 +113,10 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
             if stage in dumps:
                 print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
 
-    source_name = Path(program_ast.span.source.path).name
     digest = hashlib.sha256()
-    for part in (__version__, text, target.describe(), f"O{opt_level}"):
-        digest.update(part.encode() + b"\0")
+    for part in (__version__.encode(), source_bytes, target.describe().encode(),
+                 f"O{opt_level}".encode()):
+        digest.update(part + b"\0")
     for p in graph.params:
         digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
     manifest = manifest_of(program, digest.hexdigest(), __version__, source_name)
