@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
+    p.add_argument("--report", action="store_true", help="print each kernel with the ops fused "
+                   "into it, its flops and bytes, what was not fused and why, and the "
+                   "workspace against its liveness lower bound")
 
     p = sub.add_parser("import", help="convert an ONNX model to .mlg source and weights")
     p.add_argument("file", help="the .onnx file")
@@ -97,7 +100,7 @@ def _build(args) -> int:
 
     build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
           opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout,
-          max_bytes=args.max_bytes)
+          max_bytes=args.max_bytes, report=args.report)
     return 0
 
 

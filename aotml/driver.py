@@ -24,6 +24,7 @@ from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
 from aotml.loops.ir import Program, print_program
 from aotml.loops.lower import lower_graph
+from aotml.loops.report import report as build_report
 from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
 DUMP_STAGES = ("graph", "loops", "llvm", "asm")
@@ -91,7 +92,7 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
 def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
           target_triple: str | None = None, opt_level: int = 3,
           dump: str | Iterable[str] | None = None, dump_stream=None,
-          max_bytes: int | None = None) -> BuildResult:
+          max_bytes: int | None = None, report: bool = False) -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
     `.h`). `max_bytes` caps what an ONNX model may ask for."""
     stages = parse_dump(dump)
@@ -102,14 +103,17 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     dumps: dict[str, str] = {}
     if "graph" in stages:
         dumps["graph"] = print_graph(graph)
-    program, _plan, weights = lower_graph(graph)
+    notes: list[str] = []
+    program, plan, weights = lower_graph(graph, notes)
     if "loops" in stages:
         dumps["loops"] = print_program(program)
+    if report:
+        dumps["report"] = build_report(program, plan.lower_bound, notes)
     target = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     emitted = target.emit(program, stages)
     dumps.update(emitted.dumps)
     if dump_stream is not None:
-        for stage in DUMP_STAGES:
+        for stage in (*DUMP_STAGES, "report"):
             if stage in dumps:
                 print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aotml.graph.ir import Graph, Value
-from aotml.graph.symbolic import Dim, Sym, evaluate, round_up_terms
+from aotml.graph.symbolic import Dim, Sym, evaluate, round_up_terms, symbols_of
 
 ALIGN = 64
 
@@ -30,49 +30,67 @@ def _align(n: int) -> int:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Workspace offsets of the temporaries, by value uid."""
+    """Workspace offsets of the temporaries, by key (a value's uid, or a buffer's name)."""
 
-    offsets: dict[int, Dim]
+    offsets: dict[object, Dim]
     workspace_bytes: Dim
     lower_bound: int | None  # None when some size has an unbounded symbol
 
 
+@dataclass(frozen=True)
+class Lifetime:
+    """A tensor to place: its key, byte size, and the steps (inclusive) it is live over."""
+
+    key: object
+    nbytes: Dim
+    start: int
+    end: int
+
+
 def plan_memory(graph: Graph, temps: list[Value]) -> MemoryPlan:
-    bounds = graph.symbols
+    """Offsets for graph values (keyed by uid), live from their node to their last reader."""
+    index = {n.result.uid: i for i, n in enumerate(graph.nodes)}
+    last_use = dict.fromkeys((v.uid for v in temps), -1)
+    for i, n in enumerate(graph.nodes):
+        for v in n.inputs:
+            if v.uid in last_use:
+                last_use[v.uid] = i
+    return plan(
+        [Lifetime(v.uid, v.type.nbytes, index[v.uid], max(index[v.uid], last_use[v.uid]))
+         for v in temps], graph.symbols)
+
+
+def plan(items: list[Lifetime], bounds: dict[str, int | None]) -> MemoryPlan:
+    """Offsets for `items` (keyed by their keys) in one arena."""
     static, dynamic = [], []
-    for v in temps:
-        bounded = all(bounds.get(s) is not None for s in v.type.symbols)
-        (static if bounded else dynamic).append(v)
+    for t in items:
+        bounded = all(bounds.get(s) is not None for s in symbols_of([t.nbytes]))
+        (static if bounded else dynamic).append(t)
 
-    def size_at_bounds(v: Value) -> int:
-        return evaluate(v.type.nbytes, bounds)
-
-    plan = _plan_static(graph, static, size_at_bounds)
+    result = _plan_static(static, lambda t: evaluate(t.nbytes, bounds))
     if not dynamic:
-        return plan
-    offsets: dict[int, Dim] = dict(plan.offsets)
-    live = _lifetimes(graph, dynamic)
+        return result
+    offsets: dict[object, Dim] = dict(result.offsets)
     slots: list[list] = []  # [size, holders' lifetimes]
-    slot_of: dict[int, int] = {}
-    for v in sorted(dynamic, key=lambda v: live[v.uid][0]):
-        size = round_up_terms(v.type.nbytes, ALIGN)
-        start, end = live[v.uid]
+    slot_of: dict[object, int] = {}
+    for t in sorted(dynamic, key=lambda t: t.start):
+        size = round_up_terms(t.nbytes, ALIGN)
         for k, (held, lifetimes) in enumerate(slots):
-            if _same_kind(held, size) and all(e < start or end < s for s, e in lifetimes):
+            if _same_kind(held, size) and all(e < t.start or t.end < s for s, e in lifetimes):
                 slots[k][0] = _merge(held, size)
-                lifetimes.append((start, end))
-                slot_of[v.uid] = k
+                lifetimes.append((t.start, t.end))
+                slot_of[t.key] = k
                 break
         else:
-            slot_of[v.uid] = len(slots)
-            slots.append([size, [(start, end)]])
+            slot_of[t.key] = len(slots)
+            slots.append([size, [(t.start, t.end)]])
     starts: list[Dim] = []
-    at: Dim = plan.workspace_bytes
+    at: Dim = result.workspace_bytes
     for size, _ in slots:
         starts.append(at)
         at = at + size
-    for v in dynamic:
-        offsets[v.uid] = starts[slot_of[v.uid]]
+    for t in dynamic:
+        offsets[t.key] = starts[slot_of[t.key]]
     return MemoryPlan(offsets, at, None)
 
 
@@ -87,34 +105,22 @@ def _merge(a: Sym, b: Sym) -> Dim:
     return Sym._make({m: max(c, coef[m]) for m, c in a.terms})
 
 
-def _lifetimes(graph: Graph, temps: list[Value]) -> dict[int, tuple[int, int]]:
-    index = {n.result.uid: i for i, n in enumerate(graph.nodes)}
-    last_use = dict.fromkeys((v.uid for v in temps), -1)
-    for i, n in enumerate(graph.nodes):
-        for v in n.inputs:
-            if v.uid in last_use:
-                last_use[v.uid] = i
-    return {v.uid: (index[v.uid], max(index[v.uid], last_use[v.uid])) for v in temps}
-
-
-def _plan_static(graph: Graph, temps: list[Value], nbytes) -> MemoryPlan:
+def _plan_static(items: list[Lifetime], nbytes) -> MemoryPlan:
     """First fit, largest first, on sizes known at build time."""
-    index = {n.result.uid: i for i, n in enumerate(graph.nodes)}
-    live = _lifetimes(graph, temps)
     placed: list[tuple[int, int, tuple[int, int]]] = []  # (offset, size, lifetime)
-    offsets: dict[int, int] = {}
-    for v in sorted(temps, key=lambda v: (-nbytes(v), index[v.uid])):
-        start, end = live[v.uid]
-        size = _align(nbytes(v))
-        busy = sorted((off, sz) for off, sz, (s, e) in placed if s <= end and start <= e)
+    offsets: dict[object, int] = {}
+    for t in sorted(items, key=lambda t: (-nbytes(t), t.start)):
+        size = _align(nbytes(t))
+        busy = sorted((off, sz) for off, sz, (s, e) in placed if s <= t.end and t.start <= e)
         offset = 0
         for off, sz in busy:
             if offset + size <= off:
                 break
             offset = max(offset, off + sz)
-        placed.append((offset, size, (start, end)))
-        offsets[v.uid] = offset
+        placed.append((offset, size, (t.start, t.end)))
+        offsets[t.key] = offset
     total = max((off + sz for off, sz, _ in placed), default=0)
-    bound = max((sum(nbytes(v) for v in temps if live[v.uid][0] <= i <= live[v.uid][1])
-                 for i in range(len(graph.nodes))), default=0)
+    steps = max((t.end for t in items), default=-1) + 1
+    bound = max((sum(nbytes(t) for t in items if t.start <= i <= t.end)
+                 for i in range(steps)), default=0)
     return MemoryPlan(offsets, total, bound)

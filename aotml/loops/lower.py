@@ -9,16 +9,19 @@ Assumes the graph passes have run (outputs are distinct node results).
 from __future__ import annotations
 
 from aotml import ops
+from aotml.dtypes import TABLE
 from aotml.errors import CompileError
 from aotml.graph.ir import Graph, Value
-from aotml.graph.memory import ALIGN, MemoryPlan, plan_memory
+from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
 from aotml.graph.symbolic import SymbolicError
 from aotml.loops.build import Names, Operand, const
+from aotml.loops.fuse import fuse
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
 
 
-def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
-    """The program, the memory plan, and the weights: a list of (offset, array)."""
+def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, MemoryPlan, list]:
+    """The program, the memory plan, and the weights: a list of (offset, array). Why kernels
+    were not fused is appended to `notes`."""
     taken: set[str] = set()
 
     def buffer_for(v: Value, base: str | None = None) -> Buffer:
@@ -52,11 +55,9 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
         weights.append((offset, p.data))
         offset += (p.value.type.nbytes + ALIGN - 1) // ALIGN * ALIGN
 
-    temps = [n.result for n in graph.nodes if n.result.uid not in output_ids]
-    plan = plan_memory(graph, temps)
-    for v in temps:
-        buffers[v.uid] = buffer_for(v)
-        placements.append(Placement(buffers[v.uid], "workspace", plan.offsets[v.uid]))
+    temps = [buffer_for(n.result) for n in graph.nodes if n.result.uid not in output_ids]
+    for n, b in zip((n for n in graph.nodes if n.result.uid not in output_ids), temps):
+        buffers[n.result.uid] = b
 
     kernels, launches = [], []
     for i, node in enumerate(graph.nodes):
@@ -77,9 +78,39 @@ def lower_graph(graph: Graph) -> tuple[Program, MemoryPlan, list]:
         kernels.append(kernel)
         launches.append(Launch(kernel.name, args))
 
+    kernels, launches = fuse(kernels, launches, {b.name for b in temps}, notes)
+    plan = _plan(launches, kernels, temps, graph.symbols)
+    live = {b.name for launch in launches for b in launch.args}
+    for b in temps:
+        if b.name in live:  # (a temporary fused away takes no memory)
+            placements.append(Placement(b, "workspace", plan.offsets[b.name]))
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
                       plan.workspace_bytes, offset, tuple(graph.symbols.items()))
     return program, plan, weights
+
+
+def _plan(launches, kernels, temps: list[Buffer], symbols) -> MemoryPlan:
+    """Workspace offsets by liveness over the launches: a temporary lives from the launch that
+    writes it to the last launch that reads it (a kernel's inputs and output never share
+    bytes: both are live at its launch)."""
+    writes = {k.name: set(k.outputs) for k in kernels}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, launch in enumerate(launches):
+        for b in launch.args:
+            if b.name in writes[launch.kernel]:
+                first.setdefault(b.name, i)
+            last[b.name] = i
+    items = [Lifetime(b.name, _nbytes(b), first[b.name], last[b.name])
+             for b in temps if b.name in first]
+    return plan(items, symbols)
+
+
+def _nbytes(b: Buffer):
+    n = TABLE[b.dtype].itemsize
+    for d in b.shape:
+        n = d * n
+    return n
 
 
 def _locate_asserts(stmts, where: str) -> list:

@@ -1,0 +1,233 @@
+"""Loop-level fusion: a pointwise producer is computed inside the kernels that read it.
+
+A kernel is *pointwise* when its body is a perfect loop nest over its output's shape whose only
+statement stores one expression at exactly the loop variables (`t[i, j] = f(x[i, j], b[j])`):
+each element is a function of its index alone. Such a producer's buffer, when it is a
+temporary, can be dropped: every read `t[e0, e1]` in a consumer becomes `f` with `i := e0,
+j := e1` (the producer's own rounding to its dtype kept, as a Cast). Chains collapse one
+producer at a time, in launch order, so `max(x*2+1, 0)*0.5` becomes one loop nest, and a bias
+add or a scale before a softmax or a norm is read through, not stored.
+
+Recomputation is the price: a consumer that reads an element several times (a softmax's
+passes, a broadcast) computes it each time. A producer is inlined when every consumer's loads of its
+buffer run exactly as many times as it has elements (a pointwise consumer, or a reduction
+that reads each element once), or when it is cheap (a few arithmetic operations, no
+transcendental function).
+
+This runs before memory planning, which then sees the fused kernels' real lifetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from aotml.loops.ir import (
+    FLOAT_UNARY,
+    Assign,
+    Binary,
+    Buffer,
+    Cast,
+    Compare,
+    Const,
+    Expr,
+    For,
+    Kernel,
+    Launch,
+    Load,
+    Local,
+    Select,
+    Size,
+    Store,
+    Unary,
+    Var,
+)
+
+CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
+
+
+@dataclass(frozen=True)
+class _Pointwise:
+    buffer: Buffer
+    vars: tuple[Var, ...]
+    value: Expr
+
+
+def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
+         notes: list[str] | None = None) -> tuple[list[Kernel], list[Launch]]:
+    """Kernels and launches with every profitable pointwise temporary inlined. Why a kernel
+    feeding others was kept is appended to `notes`."""
+    notes = notes if notes is not None else []
+    by_name = {k.name: k for k in kernels}
+    order = [launch.kernel for launch in launches]
+    for producer in list(order):
+        k = by_name[producer]
+        at = order.index(producer)
+        out = [b for b in k.args if b.name in k.outputs]
+        consumers = [c for c in order[at + 1:] if any(b in by_name[c].args for b in out)]
+        if not consumers:
+            continue
+        pw = _pointwise(k)
+        if pw is None:
+            notes.append(f"{producer} -> {', '.join(consumers)}: {producer} is not one "
+                         "pointwise loop nest (fusing a consumer into its loops, as an "
+                         "epilogue, is not implemented)")
+            continue
+        if pw.buffer.name not in temps:
+            notes.append(f"{producer} -> {', '.join(consumers)}: {producer} writes the model "
+                         f"output '{pw.buffer.name}', which must be stored anyway")
+            continue
+        costly = [c for c in consumers if not _profitable(pw, by_name[c])]
+        if costly:
+            notes.append(f"{producer} -> {', '.join(costly)}: recomputing {producer} "
+                         f"({_cost(pw.value):g} operations per element) at each read costs "
+                         "more than storing it")
+            continue
+        for c in consumers:
+            by_name[c] = _inline(by_name[c], k, pw)
+        order.remove(producer)
+        del by_name[producer]
+    kept = [by_name[name] for name in order]
+    return kept, [Launch(k.name, k.args) for k in kept]
+
+
+def _pointwise(k: Kernel) -> _Pointwise | None:
+    stmts, loops = k.body, []
+    while len(stmts) == 1 and isinstance(stmts[0], For):
+        loops.append(stmts[0])
+        stmts = stmts[0].body
+    if len(stmts) != 1 or not isinstance(stmts[0], Store):
+        return None
+    store = stmts[0]
+    vars_ = tuple(f.var for f in loops)
+    if store.indices != vars_ or tuple(f.extent for f in loops) != store.buffer.shape:
+        return None
+    if store.buffer.name not in k.outputs or not _closed(store.value, set(vars_), store.buffer):
+        return None
+    return _Pointwise(store.buffer, vars_, store.value)
+
+
+def _closed(e: Expr, vars_: set[Var], out: Buffer) -> bool:
+    """`e` uses no variable but the loop's and does not read the buffer it writes."""
+    if isinstance(e, Var):
+        return e in vars_
+    if isinstance(e, Load):
+        return e.buffer != out and all(_closed(i, vars_, out) for i in e.indices)
+    return all(_closed(c, vars_, out) for c in _children(e))
+
+
+def _children(e: Expr) -> tuple:
+    if isinstance(e, (Unary, Cast)):
+        return (e.operand,)
+    if isinstance(e, (Binary, Compare)):
+        return (e.lhs, e.rhs)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, Load):
+        return e.indices
+    return ()
+
+
+def _cost(e: Expr) -> float:
+    """Scalar operations in `e` (a transcendental function counts as many)."""
+    own = 0
+    if isinstance(e, Unary):
+        own = CHEAP_OPS + 1 if e.op in FLOAT_UNARY else 1
+    elif isinstance(e, Binary):
+        own = CHEAP_OPS + 1 if e.op in ("pow", "div") else 1
+    elif isinstance(e, (Compare, Select)):
+        own = 1
+    return own + sum(_cost(c) for c in _children(e))
+
+
+def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
+    if _cost(pw.value) <= CHEAP_OPS:
+        return True
+    # computed as often as stored: the consumer's loads of the buffer run once per element
+    numel = 1
+    for d in pw.buffer.shape:
+        numel = d * numel
+    return _reads(consumer.body, pw.buffer) == numel
+
+
+def _reads(stmts, buf: Buffer, trips=1):
+    """How many times `stmts` load from `buf` (a polynomial when extents are symbolic)."""
+    total = 0
+    for s in stmts:
+        if isinstance(s, For):
+            total = total + _reads(s.body, buf, trips * s.extent)
+        elif isinstance(s, Store):
+            total = total + trips * (_loads(s.value, buf)
+                                     + sum(_loads(i, buf) for i in s.indices))
+        elif isinstance(s, Local):
+            total = total + trips * _loads(s.init, buf)
+        elif isinstance(s, Assign):
+            total = total + trips * _loads(s.value, buf)
+        else:  # Assert
+            total = total + trips * _loads(s.cond, buf)
+    return total
+
+
+def _loads(e: Expr, buf: Buffer) -> int:
+    own = 1 if isinstance(e, Load) and e.buffer == buf else 0
+    return own + sum(_loads(c, buf) for c in _children(e))
+
+
+def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
+    def expr(e: Expr) -> Expr:
+        if isinstance(e, Load):
+            indices = tuple(expr(i) for i in e.indices)
+            if e.buffer == pw.buffer:
+                return _substitute(pw.value, dict(zip(pw.vars, indices)))
+            return Load(e.buffer, indices)
+        if isinstance(e, Unary):
+            return Unary(e.op, expr(e.operand))
+        if isinstance(e, Cast):
+            return Cast(e.to, expr(e.operand))
+        if isinstance(e, Binary):
+            return Binary(e.op, expr(e.lhs), expr(e.rhs))
+        if isinstance(e, Compare):
+            return Compare(e.op, expr(e.lhs), expr(e.rhs))
+        if isinstance(e, Select):
+            return Select(expr(e.cond), expr(e.a), expr(e.b))
+        return e
+
+    def stmt(s):
+        if isinstance(s, For):
+            return For(s.var, s.extent, tuple(stmt(b) for b in s.body))
+        if isinstance(s, Store):
+            return Store(s.buffer, tuple(expr(i) for i in s.indices), expr(s.value))
+        if isinstance(s, Local):
+            return Local(s.var, expr(s.init))
+        if isinstance(s, Assign):
+            return Assign(s.var, expr(s.value))
+        return replace(s, cond=expr(s.cond))  # Assert
+
+    reads = [b for b in producer.args if b != pw.buffer]
+    args = tuple(dict.fromkeys([*(b for b in consumer.args if b != pw.buffer), *reads]))
+    # keep the consumer's output last, as lowering does
+    args = tuple(b for b in args if b.name not in consumer.outputs) + \
+        tuple(b for b in args if b.name in consumer.outputs)
+    origin = f"{producer.origin}; {consumer.origin}" if producer.origin else consumer.origin
+    return Kernel(consumer.name, args, consumer.outputs, tuple(stmt(s) for s in consumer.body),
+                  origin)
+
+
+def _substitute(e: Expr, values: dict[Var, Expr]) -> Expr:
+    if isinstance(e, Var):
+        return values.get(e, e)
+    if isinstance(e, (Const, Size)):
+        return e
+    if isinstance(e, Load):
+        return Load(e.buffer, tuple(_substitute(i, values) for i in e.indices))
+    if isinstance(e, Unary):
+        return Unary(e.op, _substitute(e.operand, values))
+    if isinstance(e, Cast):
+        return Cast(e.to, _substitute(e.operand, values))
+    if isinstance(e, Binary):
+        return Binary(e.op, _substitute(e.lhs, values), _substitute(e.rhs, values))
+    if isinstance(e, Compare):
+        return Compare(e.op, _substitute(e.lhs, values), _substitute(e.rhs, values))
+    if isinstance(e, Select):
+        return Select(_substitute(e.cond, values), _substitute(e.a, values),
+                      _substitute(e.b, values))
+    return e

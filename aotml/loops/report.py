@@ -1,0 +1,86 @@
+"""The build report (`aotml build --report`): each kernel with the graph ops fused into it, its
+arithmetic and its memory traffic, why neighbouring kernels were not fused, and the workspace
+against the liveness lower bound.
+
+FLOPs count the floating-point operations of the loop bodies times their trip counts (a
+transcendental function counts as one); bytes count each argument buffer once, the traffic of
+a kernel that keeps its working set in cache. Both are polynomials when dims are symbolic.
+"""
+
+from __future__ import annotations
+
+from aotml.dtypes import TABLE
+from aotml.graph.symbolic import Dim
+from aotml.loops.ir import (
+    Assign,
+    Binary,
+    Buffer,
+    Cast,
+    Compare,
+    For,
+    Load,
+    Local,
+    Program,
+    Select,
+    Store,
+    Unary,
+    dtype_of,
+)
+
+
+def flops(stmts, trips: Dim = 1) -> Dim:
+    total: Dim = 0
+    for s in stmts:
+        if isinstance(s, For):
+            total = total + flops(s.body, trips * s.extent)
+        elif isinstance(s, (Store, Assign)):
+            total = total + trips * _ops(s.value)
+        elif isinstance(s, Local):
+            total = total + trips * _ops(s.init)
+    return total
+
+
+def _ops(e) -> int:
+    own = 0
+    if isinstance(e, (Unary, Binary)) and dtype_of(e) == "f32":
+        own = 1
+    if isinstance(e, Load):
+        return 0
+    children = ()
+    if isinstance(e, (Unary, Cast)):
+        children = (e.operand,)
+    elif isinstance(e, (Binary, Compare)):
+        children = (e.lhs, e.rhs)
+    elif isinstance(e, Select):
+        children = (e.cond, e.a, e.b)
+    return own + sum(_ops(c) for c in children)
+
+
+def nbytes(b: Buffer) -> Dim:
+    n: Dim = TABLE[b.dtype].itemsize
+    for d in b.shape:
+        n = d * n
+    return n
+
+
+def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:
+    rows = []
+    for k in program.kernels:
+        traffic: Dim = 0
+        for b in k.args:
+            traffic = traffic + nbytes(b)
+        ops = [part.split(" at ")[0] for part in k.origin.split("; ")] if k.origin else []
+        rows.append((k.name, " + ".join(ops), str(flops(k.body)), str(traffic)))
+    widths = [max(len(r[i]) for r in rows + [("kernel", "ops", "flops", "bytes")])
+              for i in range(4)]
+    lines = [f"report for {program.name}: {len(program.kernels)} kernels"]
+    head = ("kernel", "ops", "flops", "bytes")
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    if notes:
+        lines.append("not fused:")
+        lines += [f"  {n}" for n in notes]
+    bound = "unknown (an unbounded symbol)" if lower_bound is None else f"{lower_bound} bytes"
+    lines.append(f"workspace: {program.workspace_bytes} bytes; liveness lower bound: {bound}")
+    return "\n".join(lines)
