@@ -24,6 +24,14 @@ outputs), saving one reproducer per kind of failure and set of ops:
 
     python tests/fuzz_graphs.py --graphs 5000 [--seed N] [--jobs 2] [--op NAME] [--show SEED]
 
+Symbolic dims: `symbolize` turns the input dims of one size into a run-time symbol N (with or
+without `dim N <= B`), leaving params and attributes as they were. The compiler may refuse the
+result with a CompileError (an op's rule cannot handle the symbol, or a static dim meets it):
+that is counted, by op, not failed. What it accepts is built once and checked at the original
+size, on the graph's own arrays, and at other sizes on fresh ones; where the reference itself
+refuses another size, the compiler accepted a graph that holds at one size only. The command
+line does this for a share of the graphs that pass (`--symbolic P`, default 0.25).
+
 A failure is saved as a self-contained reproducer in tests/fuzz_regressions/ (see the README
 there), which tests/test_fuzz.py replays on every run.
 """
@@ -62,6 +70,8 @@ from aotml.frontend import parse_file  # noqa: E402
 from aotml.graph.elaborate import elaborate  # noqa: E402
 from aotml.graph.interpret import interpret_graph  # noqa: E402
 from aotml.graph.ir import DTYPES, FLOATS, Graph, TensorType, format_attr  # noqa: E402
+from aotml.graph.ir import Node as GraphNode  # noqa: E402
+from aotml.graph.symbolic import evaluate, symbol  # noqa: E402
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
 
@@ -82,6 +92,7 @@ SKIPPED_OPS = frozenset({"copy"})  # inserted by the compiler itself; not part o
 
 MAX_OUTPUTS = 5
 SPECIALS_RATE = 0.1    # graphs whose float data include NaN, ±inf, ±0 (see draw_values)
+SYMBOLIC_RATE = 0.25   # the command line's passing graphs run again symbolized (see symbolize)
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 FLOAT_ATTRS = (0.0, 0.5, -0.5, 1.0, 2.0, -1.0, 0.1, 1e-5)
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
@@ -117,6 +128,10 @@ INDEX_OPERANDS: dict[str, dict[int, IndexBound]] = {
 # (its reproducer then passes, and the strict xfail of its replay says so).
 KnownBug = Callable[[str, Sequence[TensorType], dict], bool]
 KNOWN_BUGS: dict[str, KnownBug] = {}  # none open: pad/slice/transpose_scalar.mlg were fixed
+
+# The same for symbolized graphs (see symbolize), by node of the elaborated symbolic graph: a
+# graph that hits one is counted as such, and not built.
+KNOWN_SYMBOLIC_BUGS: dict[str, Callable[[GraphNode], bool]] = {}
 
 # Ops whose float result jumps (float -> int and float -> bool results are found by dtype).
 # Near a jump, float32 and float64 can land on different sides; see compare_outputs.
@@ -173,10 +188,18 @@ class FuzzGraph:
     data_seed: int = 0
     specials: bool = False  # NaN, ±inf and ±0 among the float inputs and weights
     infer_crash: str | None = None  # an op's infer raised something other than OpTypeError
+    # a symbolized graph (see symbolize): `dim` statements (name -> bound, None: unbounded),
+    # and the symbols' values to run it at, the first being the sizes they replaced
+    dims: dict[str, int | None] = field(default_factory=dict)
+    runs: tuple[dict[str, int], ...] = ()
 
     @property
     def params(self) -> list[Leaf]:
         return [leaf for leaf in self.leaves if leaf.is_param]
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        return frozenset().union(*(leaf.type.symbols for leaf in self.leaves))
 
     def ops(self) -> list[str]:
         return [n.op for n in self.nodes if not n.guard]
@@ -186,6 +209,10 @@ class FuzzGraph:
         if self.params:
             lines.append(f'weights "{weights_file}"')
         lines.append("model fuzz {")
+        used = self.symbols
+        for name, bound in self.dims.items():
+            if name in used:  # (pruning may have dropped every input that used it)
+                lines.append(f"    dim {name}" + (f" <= {bound}" if bound is not None else ""))
         for leaf in self.leaves:
             kind = "param" if leaf.is_param else "input"
             lines.append(f"    {kind} {leaf.name}: {leaf.type}")
@@ -203,16 +230,41 @@ class FuzzGraph:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
-    def _draw(self, rng: np.random.Generator, leaves: list[Leaf]) -> dict[str, np.ndarray]:
-        return {leaf.name: draw_values(rng, leaf.type, leaf.index_bound, self.specials)
+    def _draw(self, rng: np.random.Generator, leaves: list[Leaf], values: dict[str, int],
+              index_bounds: dict[str, int]) -> dict[str, np.ndarray]:
+        return {leaf.name: draw_values(rng, concrete(leaf.type, values),
+                                       index_bounds.get(leaf.name, leaf.index_bound),
+                                       self.specials)
                 for leaf in leaves}
 
     def weights(self) -> dict[str, np.ndarray]:
-        return self._draw(np.random.default_rng([self.data_seed, 1]), self.params)
+        return self._draw(np.random.default_rng([self.data_seed, 1]), self.params, {}, {})
 
-    def inputs(self) -> dict[str, np.ndarray]:
-        return self._draw(np.random.default_rng([self.data_seed, 2]),
-                          [leaf for leaf in self.leaves if not leaf.is_param])
+    def inputs(self, values: dict[str, int] | None = None,
+               index_bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """The input arrays; for a symbolized graph, at these values of its symbols (by default
+        its first run's: then they are the arrays of the graph it was made from), with index
+        operands drawn within `index_bounds` (by input name) where their range changed."""
+        first = self.runs[0] if self.runs else {}
+        values = first if values is None else values
+        seed = [self.data_seed, 2] + ([] if values == first else
+                                      [values[k] for k in sorted(values)])
+        return self._draw(np.random.default_rng(seed),
+                          [leaf for leaf in self.leaves if not leaf.is_param], values,
+                          index_bounds or {})
+
+    def concrete(self) -> FuzzGraph:
+        """A symbolized graph as it was before: its first run's values back in every shape."""
+        first = self.runs[0] if self.runs else {}
+        return replace(self, leaves=[replace(leaf, type=concrete(leaf.type, first))
+                                     for leaf in self.leaves], dims={}, runs=())
+
+
+def concrete(ty: TensorType, values: dict[str, int]) -> TensorType:
+    """`ty` with its symbolic dims evaluated at `values`."""
+    if ty.is_static:
+        return ty
+    return TensorType(ty.dtype, tuple(evaluate(d, values) for d in ty.shape))
 
 
 SPECIAL_VALUES = (np.nan, np.inf, -np.inf, -0.0, 0.0)
@@ -578,16 +630,96 @@ def generate(spec: GraphSpec) -> FuzzGraph:
 
 
 # ---------------------------------------------------------------------------------------------
+# Symbolic dims: a generated graph with some input dims turned into run-time symbols
+
+
+def symbolize(g: FuzzGraph) -> FuzzGraph | None:
+    """`g` with the input dims of one size (a quarter of the time, also those of a second
+    size) made a symbol, N (and S); None when no input has a dim.
+
+    The size is the leading dim of the first input that has one, or any input dim; mostly one
+    that no param's shape has. Mostly every dim of that size in the inputs' shapes becomes the
+    symbol, else a random part of them: shapes that then agree only at that size must be
+    refused. Params stay static (the language requires it) and attributes keep their values,
+    so an op joining the symbol to a param's dim, or an attribute that fits the original size
+    only, must be refused too. A third of the symbols get no `dim` statement, a sixth an
+    unbounded one, the others a bound at or above the size. The graph is run at the original
+    sizes (on the same arrays as `g`) and at up to three others within the bounds: a build
+    costs far more than a run."""
+    if g.infer_crash:
+        return None
+    rng = np.random.default_rng([g.data_seed, 6])
+    inputs = [leaf for leaf in g.leaves if not leaf.is_param and leaf.type.rank]
+    if not inputs:
+        return None
+    dims = [d for leaf in inputs for d in leaf.type.shape]
+    in_params = {d for leaf in g.params for d in leaf.type.shape}
+    if rng.random() < 0.75 and set(dims) - in_params:
+        dims = [d for d in dims if d not in in_params]
+    lead = inputs[0].type.shape[0]
+    sizes = [lead if lead in dims and rng.random() < 0.6 else _pick(rng, dims)]
+    others = sorted(set(dims) - set(sizes))
+    if others and rng.random() < 0.25:
+        sizes.append(_pick(rng, others))
+    names = {size: name for name, size in zip(("N", "S"), sizes)}
+    share = 1.0 if rng.random() < 0.6 else 0.6
+    occurrences = [(leaf.name, k, d) for leaf in inputs for k, d in enumerate(leaf.type.shape)
+                   if d in names]
+    chosen = {(leaf, k) for leaf, k, _ in occurrences if rng.random() < share}
+    for size in names:  # each symbol stands somewhere: its first occurrence at least
+        chosen.add(next((leaf, k) for leaf, k, d in occurrences if d == size))
+    symbolic = {leaf.name for leaf in inputs}
+    leaves = [_symbolized(leaf, chosen, names) if leaf.name in symbolic else leaf
+              for leaf in g.leaves]
+    declared: dict[str, int | None] = {}
+    for size, name in names.items():
+        r = rng.random()
+        if r >= 1 / 3:
+            declared[name] = None if r < 0.5 else int(_pick(rng, (size, size + 1, 2 * size, 64)))
+    first = {name: size for size, name in names.items()}
+    return replace(g, leaves=leaves, dims=declared,
+                   runs=symbol_runs(rng, first, {n: declared.get(n) for n in first}))
+
+
+def _symbolized(leaf: Leaf, chosen: set[tuple[str, int]], names: dict[int, str]) -> Leaf:
+    """`leaf` with its chosen dims (leaf name, axis) replaced by the symbol of their size."""
+    shape = tuple(symbol(names[d]) if (leaf.name, k) in chosen else d
+                  for k, d in enumerate(leaf.type.shape))
+    return replace(leaf, type=TensorType(leaf.type.dtype, shape))
+
+
+def symbol_runs(rng: np.random.Generator, first: dict[str, int],
+                bounds: dict[str, int | None], extra: int = 3) -> tuple[dict[str, int], ...]:
+    """`first`, then up to `extra` other values of the symbols within their bounds: 1, 2, one
+    off the original size, or twice it (small, so that values stay small)."""
+    runs = [dict(first)]
+    for _ in range(extra):
+        run = {}
+        for name, size in first.items():
+            limit = bounds.get(name) or 2 * size
+            choices = sorted({1, 2, size - 1, size + 1, 2 * size} - {size, 0})
+            choices = [c for c in choices if c <= limit] or [size]
+            run[name] = int(_pick(rng, choices))
+        if run not in runs:
+            runs.append(run)
+    return tuple(runs)
+
+
+# ---------------------------------------------------------------------------------------------
 # Running and judging
 
 
 @dataclass
 class Failure:
     """Why a graph failed: `kind` is rejected (a valid graph refused), crash (the compiler
-    raised), run (the compiled model failed), oracle (the interpreter failed) or mismatch."""
+    raised), run (the compiled model failed), oracle (the interpreter failed) or mismatch.
+    A symbolized graph's failure says at which values of its symbols (`at`), on which
+    `inputs`: its reproducer saves those."""
 
     kind: str
     message: str
+    at: dict[str, int] | None = None
+    inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
@@ -700,8 +832,15 @@ def check_model(mlg: Path, inputs: dict[str, np.ndarray], workdir: Path) -> Fail
         return Failure("rejected", f"build: {e.format().splitlines()[0]}")
     except Exception as e:
         return Failure("crash", f"build: {type(e).__name__}: {_first_line(e)}")
+    return check_run(mlg, aotml.load(so), graph, inputs)
+
+
+def check_run(mlg: Path, model: aotml.Model, graph: Graph, inputs: dict[str, np.ndarray],
+              precise: dict[str, np.ndarray] | None = None) -> Failure | None:
+    """Run the built `model` on `inputs` and compare with the interpreter (or with `precise`,
+    its result computed already); None when all is well."""
     try:
-        got = aotml.load(so).run(inputs)
+        got = model.run(inputs)
     except Exception as e:
         return Failure("run", f"{type(e).__name__}: {_first_line(e)}")
     names = [name for name, _ in graph.outputs]
@@ -709,7 +848,8 @@ def check_model(mlg: Path, inputs: dict[str, np.ndarray], workdir: Path) -> Fail
         return Failure("mismatch", f"the compiled model's outputs are named {list(got)}; "
                        f"the source's are {names}")
     try:
-        precise = interpret_graph(graph, inputs, precise=True)
+        if precise is None:
+            precise = interpret_graph(graph, inputs, precise=True)
         bad = compare_outputs(graph, got, inputs, precise)
     except Exception as e:
         return Failure("oracle", f"{type(e).__name__}: {_first_line(e)}")
@@ -762,6 +902,8 @@ def write_graph(g: FuzzGraph, folder: Path, stem: str = "g", header: str = "") -
 
 def run_graph(g: FuzzGraph, workdir: Path) -> Failure | None:
     """Build and check one generated graph in `workdir`."""
+    if g.symbols:
+        return run_symbolic(g, workdir).failure
     if g.infer_crash:
         # elaboration calls the same rule: this is the reproducer, whatever build says
         failure = check_model(write_graph(g, workdir), g.inputs(), workdir)
@@ -778,13 +920,186 @@ def run_spec(spec: GraphSpec, workdir: Path | None = None) -> tuple[FuzzGraph, F
 
 
 # ---------------------------------------------------------------------------------------------
+# Running a symbolized graph
+
+# The compiler's own refusal of a symbolic dim an op's rule cannot handle (at elaboration, and
+# at lowering). A symbolized graph may also meet an op's ordinary type error: a partly
+# symbolized shape against the same size left static, an attribute that fits one size only.
+SYMBOLIC_ERRORS = re.compile(r"^'(\w+)' (does not support these symbolic dims|cannot be "
+                             r"compiled for the symbolic shape)")
+MAX_SYMBOLIC_NUMEL = 8 * MAX_NUMEL  # a run at larger sizes whose values grow past this: skipped
+_STATEMENT = re.compile(r"^\s*(?:output\s+)?(\w+)\s*=")
+
+
+@dataclass
+class Rejection:
+    """A symbolized graph not checked: refused by the compiler with a CompileError (`kind`
+    "symbolic": its symbolic-dims error; "type": an op's ordinary type error), or hitting a
+    known bug ("known bug"); the op at fault, where it can be told."""
+
+    op: str
+    kind: str
+    message: str
+
+
+@dataclass
+class SymbolicOutcome:
+    """How a symbolized graph fared: refused, failed, or compiled and checked at `checked`
+    values of its symbols."""
+
+    rejected: Rejection | None = None
+    failure: Failure | None = None
+    checked: int = 0
+
+
+def rejection(g: FuzzGraph, e: CompileError) -> Rejection:
+    """What refused: the op the symbolic-dims error names, else the node on the error's line."""
+    m = SYMBOLIC_ERRORS.match(e.message)
+    if m:
+        return Rejection(m.group(1), "symbolic", e.message)
+    op = "?"
+    if e.span is not None:
+        line = _STATEMENT.match(e.span.source.line(e.span.line))
+        ops_by_name = {n.name: n.op for n in g.nodes}
+        op = ops_by_name.get(line.group(1), "?") if line else "?"
+    return Rejection(op, "type", e.message)
+
+
+def known_symbolic_bug(graph: Graph) -> Rejection | None:
+    for stem, hits in KNOWN_SYMBOLIC_BUGS.items():
+        node = next((n for n in graph.nodes if hits(n)), None)
+        if node is not None:
+            return Rejection(node.op, "known bug", f"hits the known bug of {stem}")
+    return None
+
+
+def build_symbolic(g: FuzzGraph, mlg: Path, workdir: Path):
+    """Elaborate and build a symbolized graph: (graph, model), or a Rejection, or a Failure.
+    A CompileError is an accepted refusal here; any other exception is a crash."""
+    try:
+        graph = elaborate(parse_file(mlg))
+    except CompileError as e:
+        return rejection(g, e)
+    except Exception as e:
+        return Failure("crash", f"elaboration: {type(e).__name__}: {_first_line(e)}")
+    known = known_symbolic_bug(graph)
+    if known is not None:
+        return known
+    try:
+        so = aotml.build(mlg, workdir / f"{mlg.stem}.so")
+    except CompileError as e:
+        return rejection(g, e)
+    except Exception as e:
+        return Failure("crash", f"build: {type(e).__name__}: {_first_line(e)}")
+    try:
+        return graph, aotml.load(so)
+    except Exception as e:
+        return Failure("run", f"load: {type(e).__name__}: {_first_line(e)}")
+
+
+def index_bounds(graph: Graph, values: dict[str, int]) -> dict[str, int]:
+    """Each index operand's range n (values in [-n, n)) at these values of the symbols, by
+    input or param name: the dim it indexes may be symbolic."""
+    leaves = {v.uid: v.name for v in graph.inputs} | {p.value.uid: p.value.name
+                                                      for p in graph.params}
+    bounds: dict[str, int] = {}
+    for n in graph.nodes:
+        for i, rule in INDEX_OPERANDS.get(n.op, {}).items():
+            name = leaves.get(n.inputs[i].uid)
+            if name is not None:
+                size = rule([concrete(v.type, values) for v in n.inputs], n.attr)
+                bounds[name] = min(size, bounds.get(name, size))
+    return bounds
+
+
+def _runnable(g: FuzzGraph, graph: Graph, values: dict[str, int]) -> bool:
+    """Whether the graph can run at these values: every value stays small, and no param's
+    indices (drawn for the first run's sizes) fall out of a range that shrank."""
+    if any(evaluate(n.result.type.numel, values) > MAX_SYMBOLIC_NUMEL for n in graph.nodes):
+        return False
+    bounds = index_bounds(graph, values)
+    return all(bounds.get(p.name, p.index_bound) >= p.index_bound
+               for p in g.params if p.index_bound is not None)
+
+
+def _at(values: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def run_symbolic(g: FuzzGraph, workdir: Path) -> SymbolicOutcome:
+    """Build a symbolized graph once and check it at each of its runs' sizes: the first on the
+    arrays of the graph it was made from (whose reference must not change either), the others
+    on fresh arrays of their shapes. Refusal with a CompileError is accepted."""
+    mlg = write_graph(g, workdir, "sym")
+    built = build_symbolic(g, mlg, workdir)
+    if isinstance(built, Rejection):
+        return SymbolicOutcome(rejected=built)
+    if isinstance(built, Failure):
+        built.at, built.inputs = g.runs[0], g.inputs()
+        return SymbolicOutcome(failure=built)
+    graph, model = built
+    checked = 0
+    for k, values in enumerate(g.runs):
+        if k and not _runnable(g, graph, values):
+            continue
+        inputs = g.inputs() if k == 0 else g.inputs(values, index_bounds(graph, values))
+        failure = _check_symbolic_run(g, mlg, model, graph, inputs, first=k == 0, workdir=workdir)
+        if failure is not None:
+            failure.message = f"at {_at(values)}: {failure.message}"
+            failure.at, failure.inputs = values, inputs
+            return SymbolicOutcome(failure=failure, checked=checked)
+        checked += 1
+    return SymbolicOutcome(checked=checked)
+
+
+def _check_symbolic_run(g: FuzzGraph, mlg: Path, model: aotml.Model, graph: Graph,
+                        inputs: dict[str, np.ndarray], first: bool,
+                        workdir: Path) -> Failure | None:
+    """One run of a symbolized graph. The reference comes first: where it refuses the sizes,
+    the compiler accepted a graph that does not hold at them (an attribute or a rule that fits
+    the original size only), whatever the compiled code does."""
+    try:
+        precise = interpret_graph(graph, inputs, precise=True)
+    except Exception as e:
+        why = "" if first else ("the compiler accepted the graph, but it does not hold at "
+                                "these sizes: ")
+        return Failure("oracle", f"{why}{type(e).__name__}: {_first_line(e)}")
+    if first:  # the same arrays as the graph it was made from: the same reference
+        static = write_graph(g.concrete(), workdir, "static")
+        try:
+            before = interpret_graph(elaborate(parse_file(static)), inputs, precise=True)
+        except Exception as e:
+            return Failure("oracle", f"the static graph: {type(e).__name__}: {_first_line(e)}")
+        bad = {name: why for name in before
+               if (why := compare(precise[name], before[name], 0.0, 0.0))}
+        if bad:
+            return Failure("oracle", "the symbolic graph's reference differs from the static "
+                           "graph's: " + "; ".join(f"output {n}: {w}" for n, w in bad.items()))
+    return check_run(mlg, model, graph, inputs, precise)
+
+
+def run_symbolic_spec(spec: GraphSpec) -> tuple[FuzzGraph, Failure | None]:
+    """The symbolized graph of a spec and its failure. None as the failure where the graph
+    cannot be symbolized or its static form fails already (a bug that is not about symbols):
+    shrinking a symbolic failure keeps to symbolic failures."""
+    g, failure = run_spec(spec)
+    s = symbolize(g) if failure is None else None
+    if s is None:
+        return g, None
+    with tempfile.TemporaryDirectory(prefix="aotml-fuzz-") as tmp:
+        return s, run_symbolic(s, Path(tmp)).failure
+
+
+# ---------------------------------------------------------------------------------------------
 # Reproducers: tests/fuzz_regressions/STEM.{mlg,json,weights.npz,inputs.npz}
 
 
 def save_reproducer(g: FuzzGraph, failure: Failure, found_by: str,
                     folder: Path = REGRESSIONS) -> Path:
-    """Write a failing graph with its weights, inputs and a JSON record; returns the .mlg."""
-    inputs = g.inputs()
+    """Write a failing graph with its weights, inputs and a JSON record; returns the .mlg.
+    A symbolized graph's inputs are those it failed on: their shapes give the symbols' values,
+    which the record names too."""
+    inputs = failure.inputs if failure.inputs is not None else g.inputs()
     digest = hashlib.sha256(g.source("w").encode())
     for name in sorted(inputs):
         digest.update(name.encode() + inputs[name].tobytes())
@@ -797,6 +1112,9 @@ def save_reproducer(g: FuzzGraph, failure: Failure, found_by: str,
         np.savez(folder / f"{stem}.inputs.npz", **inputs)
     meta = {"kind": "differential", "found_by": found_by, "failure": str(failure),
             "xfail": None}
+    if g.symbols:
+        meta["symbolic"] = failure.at or g.runs[0]
+        meta["shapes"] = {name: list(a.shape) for name, a in inputs.items()}
     (folder / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -916,7 +1234,29 @@ def replay(mlg: Path, workdir: Path) -> str | None:
         except Exception as e:
             return f"build crashed: {type(e).__name__}: {_first_line(e)}"
         return None
+    if meta.get("symbolic"):
+        return _replay_symbolic(mlg, workdir)
     failure = check_model(mlg, load_inputs(mlg), workdir)
+    return str(failure) if failure else None
+
+
+def _replay_symbolic(mlg: Path, workdir: Path) -> str | None:
+    """A symbolized graph on its saved inputs; it passes when it matches the reference, or when
+    the compiler now refuses it with a CompileError (the fix for a graph it should not have
+    accepted)."""
+    try:
+        graph = elaborate(parse_file(mlg))
+        so = aotml.build(mlg, workdir / f"{mlg.stem}.so")
+    except CompileError:
+        return None
+    except Exception as e:
+        return f"crash: {type(e).__name__}: {_first_line(e)}"
+    inputs = _typed_inputs(graph, load_inputs(mlg))
+    try:  # the reference first: the compiled code may not survive sizes it should refuse
+        precise = interpret_graph(graph, inputs, precise=True)
+    except Exception as e:
+        return f"oracle: {type(e).__name__}: {_first_line(e)}"
+    failure = check_run(mlg, aotml.load(so), graph, inputs, precise)
     return str(failure) if failure else None
 
 
@@ -924,14 +1264,17 @@ def replay(mlg: Path, workdir: Path) -> str | None:
 # Shrinking (the command line's; hypothesis shrinks on its own)
 
 
-def shrink(spec: GraphSpec, failure: Failure) -> tuple[GraphSpec, Failure]:
-    """Drop steps while the graph still fails the same way."""
+def shrink(spec: GraphSpec, failure: Failure,
+           runner: Callable[[GraphSpec], tuple[FuzzGraph, Failure | None]] = run_spec
+           ) -> tuple[GraphSpec, Failure]:
+    """Drop steps while the graph still fails the same way (run by `runner`: run_spec, or
+    run_symbolic_spec for a symbolized graph's failure)."""
     changed = True
     while changed and len(spec.steps) > 1:
         changed = False
         for k in range(len(spec.steps)):
             smaller = GraphSpec(spec.seed, spec.steps[:k] + spec.steps[k + 1:], spec.focus)
-            _, f = run_spec(smaller)
+            _, f = runner(smaller)
             if f is not None and f.kind == failure.kind:
                 spec, failure, changed = smaller, f, True
                 break
@@ -971,16 +1314,95 @@ def shrink_outputs(g: FuzzGraph, failure: Failure) -> tuple[FuzzGraph, Failure]:
 # The command line
 
 
-def _one(seed: int, do_shrink: bool,
-         focus: str | None) -> tuple[int, FuzzGraph, list[str], Failure | None, int]:
-    """Run one seed: (seed, the graph (shrunk if it failed), the ops drawn, failure, steps)."""
+@dataclass
+class SeedResult:
+    """One seed's run: its graph (the symbolized one where that failed; shrunk if it failed),
+    the ops drawn, the failure, the steps left, and how its symbolized form fared (None where
+    it was not symbolized; `no_dims`: it was to be, but no input has a dim)."""
+
+    seed: int
+    graph: FuzzGraph
+    ops: list[str]
+    failure: Failure | None
+    steps: int
+    symbolic: SymbolicOutcome | None = None
+    no_dims: bool = False
+
+
+def _one(seed: int, do_shrink: bool, focus: str | None, symbolic_rate: float) -> SeedResult:
+    """Run one seed; when its graph passes, a `symbolic_rate` share of seeds also run it
+    symbolized (see symbolize)."""
     spec = GraphSpec.from_seed(seed, focus)
     g, failure = run_spec(spec)
-    used = g.ops()
-    if failure is not None and do_shrink:
-        spec, failure = shrink(spec, failure)
-        g, failure = shrink_outputs(generate(spec), failure)
-    return seed, g, used, failure, len(spec.steps)
+    result = SeedResult(seed, g, g.ops(), failure, len(spec.steps))
+    if failure is None and np.random.default_rng([seed, 0x5E]).random() < symbolic_rate:
+        s = symbolize(g)
+        if s is None:
+            result.no_dims = True
+        else:
+            with tempfile.TemporaryDirectory(prefix="aotml-fuzz-") as tmp:
+                result.symbolic = run_symbolic(s, Path(tmp))
+            result.graph, result.failure = s, result.symbolic.failure
+    if result.failure is not None and do_shrink:
+        symbolic = bool(result.graph.symbols)
+        spec, failure = shrink(spec, result.failure,
+                               run_symbolic_spec if symbolic else run_spec)
+        g = symbolize(generate(spec)) if symbolic else generate(spec)
+        result.graph, result.failure = shrink_outputs(g, failure)
+        result.steps = len(spec.steps)
+    return result
+
+
+@dataclass
+class SymbolicStats:
+    """The command line's count of symbolized graphs and how they fared."""
+
+    symbolized: int = 0
+    no_dims: int = 0
+    compiled: int = 0
+    sizes: int = 0  # runs checked, over all compiled graphs
+    failed: int = 0
+    rejected: Counter = field(default_factory=Counter)  # (Rejection.kind, op) -> graphs
+    example: dict = field(default_factory=dict)  # (Rejection.kind, op) -> a message
+
+    def add(self, r: SeedResult) -> None:
+        self.no_dims += r.no_dims
+        o = r.symbolic
+        if o is None:
+            return
+        self.symbolized += 1
+        if o.rejected is not None:
+            key = (o.rejected.kind, o.rejected.op)
+            self.rejected[key] += 1
+            self.example.setdefault(key, o.rejected.message)
+        else:
+            self.compiled += 1
+            self.sizes += o.checked
+            self.failed += o.failure is not None
+
+    def _count(self, kind: str) -> Counter:
+        return Counter({op: n for (k, op), n in self.rejected.items() if k == kind})
+
+    def line(self) -> str:
+        refused = sum(self._count("symbolic").values()) + sum(self._count("type").values())
+        return (f"symbolized {self.symbolized}: {self.compiled} compiled, {refused} rejected, "
+                f"{sum(self._count('known bug').values())} known bugs, {self.failed} failing")
+
+    def report(self, why: bool) -> list[str]:
+        lines = [f"symbolized {self.symbolized} graphs ({self.no_dims} more had no input dim "
+                 f"to symbolize): {self.compiled} compiled and were checked at {self.sizes} "
+                 f"sizes; {self.failed} failing"]
+        for kind, title in (("symbolic", "rejected with the compiler's symbolic-dims error"),
+                            ("type", "rejected by an op's type rule (a static param, attribute "
+                                     "or dim against the symbol)"),
+                            ("known bug", "not built: a known bug (KNOWN_SYMBOLIC_BUGS)")):
+            counts = self._count(kind)
+            lines.append(f"  {title}, {sum(counts.values())}: " + (", ".join(
+                f"{op} {n}" for op, n in counts.most_common()) or "none"))
+            if why:
+                lines += [f"    {op}: {self.example[kind, op][:200]}"
+                          for op, _ in counts.most_common()]
+        return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -996,53 +1418,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op", default=None, help="draw this op far more often")
     parser.add_argument("--specials", type=float, default=SPECIALS_RATE, metavar="P",
                         help="the share of graphs given NaN, ±inf and ±0 among their data")
-    parser.add_argument("--show", type=int, metavar="SEED", help="print one seed's graph")
+    parser.add_argument("--symbolic", type=float, default=SYMBOLIC_RATE, metavar="P",
+                        help="the share of passing graphs run again with symbolic input dims "
+                             f"(default {SYMBOLIC_RATE}; 1: all)")
+    parser.add_argument("--why", action="store_true",
+                        help="show a rejection message per op for the symbolized graphs")
+    parser.add_argument("--show", type=int, metavar="SEED",
+                        help="print one seed's graph (and its symbolized form)")
     args = parser.parse_args(argv)
     SPECIALS_RATE = args.specials
 
     if args.show is not None:
-        print(generate(GraphSpec.from_seed(args.show, args.op)).source(), end="")
+        g = generate(GraphSpec.from_seed(args.show, args.op))
+        print(g.source(), end="")
+        s = symbolize(g)
+        if s is not None:
+            runs = "; ".join(_at(values) for values in s.runs)
+            print(s.source(header=f"# symbolized, run at {runs}"), end="")
         return 0
     seeds = range(args.seed, args.seed + args.graphs)
     op_counts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
+    symbolic = SymbolicStats()
     signatures: set[tuple] = set()
     t0, done = time.perf_counter(), 0
+    jobs = [seeds, [not args.no_shrink] * len(seeds), [args.op] * len(seeds),
+            [args.symbolic] * len(seeds)]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         pool = ProcessPoolExecutor(args.jobs)
-        results = pool.map(_one, seeds, [not args.no_shrink] * len(seeds),
-                           [args.op] * len(seeds), chunksize=4)
+        results = pool.map(_one, *jobs, chunksize=4)
     else:
         pool = None
-        results = (_one(s, not args.no_shrink, args.op) for s in seeds)
+        results = map(_one, *jobs)
     try:
-        for seed, g, used, failure, steps in results:
+        for r in results:
             done += 1
-            op_counts.update(used)
-            if failure is not None:
-                kinds[failure.kind] += 1
+            op_counts.update(r.ops)
+            symbolic.add(r)
+            if r.failure is not None:
+                kind = ("symbolic " if r.graph.symbols else "") + r.failure.kind
+                kinds[kind] += 1
                 where = "(not saved)"
-                signature = (failure.kind, tuple(sorted(set(g.ops()))))
+                signature = (kind, tuple(sorted(set(r.graph.ops()))))
                 if not args.no_save and signature not in signatures:
-                    where = str(save_reproducer(g, failure, f"fuzz_graphs.py seed {seed} "
-                                                f"(shrunk to {steps} steps)", args.save_dir))
+                    where = str(save_reproducer(r.graph, r.failure, f"fuzz_graphs.py seed "
+                                                f"{r.seed} (shrunk to {r.steps} steps)",
+                                                args.save_dir))
                 elif signature in signatures:
                     where = "(same kind and ops as one saved already)"
                 signatures.add(signature)
-                print(f"FAIL seed {seed}: {failure}\n    -> {where}", flush=True)
+                print(f"FAIL seed {r.seed}: {kind}: {r.failure.message}\n    -> {where}",
+                      flush=True)
             if done % 100 == 0 or done == len(seeds):
                 rate = done / (time.perf_counter() - t0)
                 print(f"{done} graphs, {sum(kinds.values())} failing "
                       f"({', '.join(f'{k} {n}' for k, n in kinds.items()) or 'none'}), "
-                      f"{rate:.1f} graphs/s, {len(op_counts)} ops used", flush=True)
+                      f"{rate:.1f} graphs/s, {len(op_counts)} ops used; {symbolic.line()}",
+                      flush=True)
     finally:
         if pool is not None:
             pool.shutdown()
     unused = sorted(set(ops.REGISTRY) - set(op_counts) - SKIPPED_OPS)
     print(f"ops never drawn: {', '.join(unused) or 'none'}")
     print("least drawn: " + ", ".join(f"{op} {n}" for op, n in op_counts.most_common()[-8:]))
+    print("\n".join(symbolic.report(args.why)))
+    print(f"{time.perf_counter() - t0:.0f} s")
     return 1 if kinds else 0
 
 

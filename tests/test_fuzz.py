@@ -6,9 +6,12 @@ The hypothesis test (200 graphs) is derandomized, so CI runs the same graphs eve
 failure is shrunk (fewer steps, simpler seeds, then fewer outputs) and the smallest failing graph
 is saved to tests/fuzz_regressions/, from where `test_saved_reproducer` replays it on every run.
 One more graph per registered op is drawn around that op, so every op is checked on every run.
-For a long run:
+Another 50 graphs are symbolized (some input dims become a run-time symbol N; see
+`fuzz_graphs.symbolize`): each is refused with a CompileError, or built once and checked at its
+original sizes and at others. For a long run (a quarter of the graphs symbolized; `--symbolic 1`
+for all):
 
-    python tests/fuzz_graphs.py --graphs 5000 [--seed N] [--jobs 2]
+    python tests/fuzz_graphs.py --graphs 5000 [--seed N] [--jobs 2] [--symbolic P]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from aotml import ops
 
 GRAPHS = 200  # ~0.2 s each on the 2-core CI machine; test_random_graph_around_each_op adds one
 #               graph per op
+SYMBOLIC_GRAPHS = 50  # two thirds compile (~0.45 s each, run at up to 4 sizes), the rest are
+#                       refused at once: ~18 s in all
 
 SEEDS = st.integers(0, 2**32 - 1)
 SPECS = st.builds(fz.GraphSpec, seed=SEEDS,
@@ -67,6 +72,67 @@ def test_random_graph_around_each_op(op, tmp_path):
         g, failure = fz.shrink_outputs(fz.generate(spec), failure)
         saved = fz.save_reproducer(g, failure, f"tests/test_fuzz.py: {spec}")
         raise AssertionError(f"{failure}\n{g.source()}\nsaved as {saved}")
+
+
+@settings(max_examples=SYMBOLIC_GRAPHS, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(spec=SPECS)
+def test_symbolized_graph_matches_interpreter(spec):
+    """A random graph with input dims made symbolic is refused with a CompileError, or builds
+    once and matches the float64 reference at its original sizes and at others."""
+    g = fz.symbolize(fz.generate(spec))
+    if g is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="aotml-fuzz-") as tmp:
+        failure = fz.run_symbolic(g, Path(tmp)).failure
+    if failure is None:
+        return
+    saved = ""
+    if current_build_context().is_final:
+        g, failure = fz.shrink_outputs(g, failure)
+        saved = f"\nsaved as {fz.save_reproducer(g, failure, f'tests/test_fuzz.py: {spec}')}"
+        _, static = fz.run_spec(spec)
+        if static is not None:
+            saved += f"\n(the static graph fails too: {static})"
+    raise AssertionError(f"{failure}\n{g.source()}{saved}")
+
+
+def test_symbolize_is_a_pure_function_of_the_graph():
+    """Same graph, same symbolized source and runs; its first run is the original graph on
+    the original arrays, the others differ in size; params stay static."""
+    made = 0
+    for seed in range(30):
+        g = fz.generate(fz.GraphSpec.from_seed(seed))
+        s = fz.symbolize(g)
+        if s is None:
+            continue
+        made += 1
+        assert fz.symbolize(g).source() == s.source() and fz.symbolize(g).runs == s.runs
+        assert s.concrete().source() == g.source()
+        assert all(leaf.type.is_static for leaf in s.params)
+        a, b = g.inputs(), s.inputs()
+        assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+        assert len(set(map(str, s.runs))) == len(s.runs)
+        assert all(1 <= v <= (s.dims.get(k) or v) for k, v in s.runs[0].items())
+    assert made >= 25
+
+
+def test_symbolic_reproducer_records_its_sizes(tmp_path):
+    """A symbolized graph's reproducer keeps the inputs of the run that failed, and replays
+    them on the symbolic source (here a graph that passes: the replay passes too)."""
+    spec = next(s for s in map(fz.GraphSpec.from_seed, range(100))
+                if (g := fz.symbolize(fz.generate(s))) is not None and len(g.runs) > 1
+                and not any(leaf.index_bound for leaf in g.leaves)
+                and fz.run_symbolic(g, tmp_path).checked == len(g.runs))
+    g = fz.symbolize(fz.generate(spec))
+    at = g.runs[1]
+    failure = fz.Failure("mismatch", "pretend", at=at, inputs=g.inputs(at))
+    mlg = fz.save_reproducer(g, failure, "test", tmp_path / "saved")
+    meta = json.loads(mlg.with_suffix(".json").read_text())
+    assert meta["symbolic"] == at
+    assert {k: tuple(v) for k, v in meta["shapes"].items()} == \
+        {k: a.shape for k, a in g.inputs(at).items()}
+    assert fz.replay(mlg, tmp_path) is None
 
 
 def test_graph_is_a_pure_function_of_its_spec():

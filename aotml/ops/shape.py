@@ -18,6 +18,7 @@ import numpy as np
 
 from aotml.errors import RunError
 from aotml.graph.ir import DTYPES, FLOATS, INTS, TensorType, format_attr
+from aotml.graph.symbolic import Sym, SymbolicError
 from aotml.loops.build import Names, Operand, cast, const, idx, loop_nest, store
 from aotml.loops.ir import INDEX, Assert, Binary, Buffer, Compare, Expr, Local, Select, Unary
 from aotml.ops.core import normalize_axis, same_dtype
@@ -504,6 +505,10 @@ register(OpDef(
 def _squeezed(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
     """The axes squeeze removes (checked by infer); `()` (not given) means every size-1 dim."""
     if not axes:
+        symbolic = [d for d in shape if isinstance(d, Sym)]
+        if symbolic:  # it is removed exactly when it is 1 at run time: the rank would vary
+            raise SymbolicError(f"whether {symbolic[0]} is a size-1 dim to remove is known "
+                                "only at run time (name the axes to squeeze)")
         return tuple(k for k, d in enumerate(shape) if d == 1)
     return tuple(a % len(shape) for a in axes)
 
