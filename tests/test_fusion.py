@@ -64,3 +64,24 @@ def test_report_lists_kernels_flops_bytes_and_workspace(tmp_path):
     assert "report for chain: 3 kernels" in out
     assert "mul + add + maximum + mul  N*256" in out   # 4 flops per element, 64 per row
     assert "workspace: 0 bytes; liveness lower bound: 0 bytes" in out
+
+
+def test_reshape_of_a_buffer_is_a_view(tmp_path):
+    """reshape/squeeze/unsqueeze copy nothing: the consumer reads the source's bytes under the
+    new shape, and the source stays live as long as the view is read."""
+    (tmp_path / "m.mlg").write_text(
+        "model m {\n  input x: f32[N, 6]\n  s = softmax(x)\n  r = reshape(s, shape=(-1, 3))\n"
+        "  u = unsqueeze(softmax(r), axes=(0,))\n  output y = u\n  output z = reshape(x, "
+        "shape=(-1,))\n}\n")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", dump="loops")
+    loops = result.dumps["loops"]
+    assert "buffer r: f32[N*2, 3] view of s" in loops
+    assert "k1_reshape" not in loops                   # no kernel for the view
+    assert "launch k4_reshape(x, z)" in loops          # an output is still written
+    model = aotml.load(result.so_path)
+    for n in (1, 4):
+        x = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)
+        got = model(x=x)
+        want = aotml.interpret(tmp_path / "m.mlg", precise=True, x=x)
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5 * 6, atol=1e-7)
+        np.testing.assert_array_equal(got["z"], want["z"])

@@ -139,6 +139,8 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
         values[s] = b.load(slot, name=s, typ=I64)
     address = {}
     for pl in program.placements:
+        if pl.region == "view":
+            continue
         if pl.region in ("input", "output"):
             table = inputs if pl.region == "input" else outputs
             slot = b.gep(table, [I64(pl.index)], inbounds=True, source_etype=PTR)
@@ -148,6 +150,9 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
             address[pl.buffer.name] = b.gep(base, [dim_value(b, pl.index, values)],
                                             inbounds=True, name=pl.buffer.name,
                                             source_etype=ir.IntType(8))
+    for pl in program.placements:
+        if pl.region == "view":
+            address[pl.buffer.name] = address[pl.of]
     for launch in program.launches:
         status = b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args]
                         + [values[s] for s in symbols])

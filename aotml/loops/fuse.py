@@ -53,18 +53,28 @@ class _Pointwise:
 
 
 def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
-         notes: list[str] | None = None) -> tuple[list[Kernel], list[Launch]]:
+         notes: list[str] | None = None,
+         views: dict[str, str] | None = None) -> tuple[list[Kernel], list[Launch]]:
     """Kernels and launches with every profitable pointwise temporary inlined. Why a kernel
-    feeding others was kept is appended to `notes`."""
+    feeding others was kept is appended to `notes`. `views` maps a view's buffer name to the
+    buffer whose bytes it shows."""
     notes = notes if notes is not None else []
+    views = views or {}
     by_name = {k.name: k for k in kernels}
     order = [launch.kernel for launch in launches]
     for producer in list(order):
         k = by_name[producer]
         at = order.index(producer)
-        out = [b for b in k.args if b.name in k.outputs]
-        consumers = [c for c in order[at + 1:] if any(b in by_name[c].args for b in out)]
+        out = {b.name for b in k.args if b.name in k.outputs}
+        consumers = [c for c in order[at + 1:]
+                     if any(views.get(b.name, b.name) in out for b in by_name[c].args)]
         if not consumers:
+            continue
+        through = [c for c in consumers
+                   if any(b.name in views and views[b.name] in out for b in by_name[c].args)]
+        if through:
+            notes.append(f"{producer} -> {', '.join(through)}: read through a view (a "
+                         "reshape), which fusion does not see through yet")
             continue
         pw = _pointwise(k)
         if pw is None:

@@ -32,7 +32,7 @@ FLOAT_BINARY = frozenset({"div", "pow"})
 INT_BINARY = frozenset({"idiv", "irem"})
 BOOL_BINARY = frozenset({"and", "or"})
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
-REGIONS = ("input", "output", "param", "workspace")
+REGIONS = ("input", "output", "param", "workspace", "view")
 
 
 @dataclass(frozen=True)
@@ -293,16 +293,20 @@ class Placement:
     """Where a buffer lives: `index` is the argument position (input/output) or byte offset
     (a polynomial of the symbols for a workspace buffer whose size has an unbounded one).
     Inputs and outputs also keep their name at the ABI, which may differ from the buffer's
-    (an output may share its name with an input; buffer names are unique)."""
+    (an output may share its name with an input; buffer names are unique). A `view` is the
+    bytes of buffer `of` under another shape (a reshape): it takes no memory of its own."""
 
     buffer: Buffer
     region: str
     index: Dim
     abi_name: str = ""
+    of: str = ""
 
     def __post_init__(self):
         if self.region not in REGIONS:
             raise InternalError(f"unknown region {self.region!r}")
+        if (self.region == "view") != bool(self.of):
+            raise InternalError(f"placement of {self.buffer.name}: a view (only) names its base")
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,9 @@ def print_program(p: Program) -> str:
     for s, bound in p.symbols:
         lines.append(f"  dim {s}" + (f" <= {bound}" if bound is not None else ""))
     for pl in p.placements:
+        if pl.region == "view":
+            lines.append(f"  buffer {pl.buffer.name}: {_shape(pl.buffer)} view of {pl.of}")
+            continue
         where = f"@{pl.index}" if pl.region in ("param", "workspace") else f"#{pl.index}"
         lines.append(f"  buffer {pl.buffer.name}: {_shape(pl.buffer)} {pl.region}{where}")
     for launch in p.launches:

@@ -18,6 +18,8 @@ from aotml.loops.build import Names, Operand, const
 from aotml.loops.fuse import fuse
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
 
+VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
+
 
 def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, MemoryPlan, list]:
     """The program, the memory plan, and the weights: a list of (offset, array). Why kernels
@@ -59,8 +61,16 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
     for n, b in zip((n for n in graph.nodes if n.result.uid not in output_ids), temps):
         buffers[n.result.uid] = b
 
+    # reshape/squeeze/unsqueeze of a buffer are views: the same bytes under another shape
+    # (every buffer is dense row-major); a model output is still written by a copy
+    root: dict[str, Buffer] = {}
     kernels, launches = [], []
     for i, node in enumerate(graph.nodes):
+        src = node.inputs[0].uid if node.inputs else None
+        if node.op in VIEWS and node.result.uid not in output_ids and src in buffers:
+            source = buffers[src]
+            root[buffers[node.result.uid].name] = root.get(source.name, source)
+            continue
         operands = [Operand(v.type.shape, scalar=scalars[v.uid], scalar_dtype=v.type.dtype)
                     if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
@@ -78,29 +88,36 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
         kernels.append(kernel)
         launches.append(Launch(kernel.name, args))
 
-    kernels, launches = fuse(kernels, launches, {b.name for b in temps}, notes)
-    plan = _plan(launches, kernels, temps, graph.symbols)
-    live = {b.name for launch in launches for b in launch.args}
+    roots = {name: r.name for name, r in root.items()}
+    kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
+                             notes, roots)
+    plan = _plan(launches, kernels, [b for b in temps if b.name not in root], graph.symbols,
+                 roots)
+    live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     for b in temps:
-        if b.name in live:  # (a temporary fused away takes no memory)
+        if b.name in root:
+            if root[b.name].name in live:
+                placements.append(Placement(b, "view", 0, of=root[b.name].name))
+        elif b.name in live:  # (a temporary fused away takes no memory)
             placements.append(Placement(b, "workspace", plan.offsets[b.name]))
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
                       plan.workspace_bytes, offset, tuple(graph.symbols.items()))
     return program, plan, weights
 
 
-def _plan(launches, kernels, temps: list[Buffer], symbols) -> MemoryPlan:
+def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str]) -> MemoryPlan:
     """Workspace offsets by liveness over the launches: a temporary lives from the launch that
-    writes it to the last launch that reads it (a kernel's inputs and output never share
-    bytes: both are live at its launch)."""
+    writes it to the last launch that reads it or a view of it (a kernel's inputs and output
+    never share bytes: both are live at its launch)."""
     writes = {k.name: set(k.outputs) for k in kernels}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, launch in enumerate(launches):
         for b in launch.args:
+            name = roots.get(b.name, b.name)
             if b.name in writes[launch.kernel]:
-                first.setdefault(b.name, i)
-            last[b.name] = i
+                first.setdefault(name, i)
+            last[name] = i
     items = [Lifetime(b.name, _nbytes(b), first[b.name], last[b.name])
              for b in temps if b.name in first]
     return plan(items, symbols)
