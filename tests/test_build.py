@@ -100,3 +100,21 @@ def test_abi_dtype_enum_matches_the_dtype_table():
     body = header.split("typedef enum aotml_dtype {", 1)[1].split("}", 1)[0]
     enum = dict(re.findall(r"(AOTML_[A-Z0-9]+) = (\d+)", body))
     assert enum == {d.abi_enum: str(d.abi_code) for d in TABLE.values()}
+
+
+def test_loader_declares_the_abi_structs_as_the_header_does():
+    """aotml/loader.py repeats runtime/aotml.h's structs for cffi: the fields must match, in
+    order, or the loader would read the manifest at the wrong offsets."""
+    import re
+
+    from aotml.loader import _CDEF
+
+    header = (REPO / "runtime" / "aotml.h").read_text()
+
+    def fields(text: str, struct: str) -> list[str]:
+        body = text.split(f"typedef struct {struct} {{", 1)[1].split(f"}} {struct};", 1)[0]
+        body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+        return re.findall(r"\(?\*?\s*(\w+)\)?\s*(?:\(|;|,)", body)
+
+    for struct in ("aotml_tensor_info", "aotml_symbol", "aotml_model"):
+        assert fields(_CDEF, struct) == fields(header, struct), struct
