@@ -160,7 +160,11 @@ SAMPLES: dict[str, list[Sample]] = {
                _matmul((3, 1, 4, 5), (2, 5, 3)), _matmul((4, 5), (3, 5, 2)),
                _matmul((2, 1, 3, 4), (1, 5, 4, 2)), _matmul((3, 7), (7, 5), "i32"),
                _matmul((2, 3, 7), (7, 5), "i64"), _matmul((3, 7), (7, 33), "f16", grid=True),
-               _matmul((2, 3, 7), (1, 7, 5), "bf16", grid=True)],
+               _matmul((2, 3, 7), (1, 7, 5), "bf16", grid=True),
+               # the register-tiled schedule (4x16 tiles): row and column tails, exact tiles,
+               # broadcast batches
+               _matmul((9, 20), (20, 37)), _matmul((8, 11), (11, 32)),
+               _matmul((2, 6, 5), (5, 35)), _matmul((3, 1, 5, 3), (2, 3, 17))],
     "linear": [_linear((3, 7), 5), _linear((1, 33), 3, bias=False), _linear((7,), 4),
                _linear((2, 3, 7), 5), _linear((3, 7), 5, bias=False, dtype="i64"),
                _linear((3, 7), 5, dtype="f16", grid=True),
