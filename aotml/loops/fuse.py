@@ -43,6 +43,7 @@ from aotml.loops.ir import (
 )
 
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
+MAX_INLINED_SIZE = 64  # the largest expression (in nodes) inlined into a consumer
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ def _cost(e: Expr) -> float:
 
 
 def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
+    # an expression reading the buffer twice would hold two copies of the producer: a chain
+    # of such consumers would grow exponentially (where(x > 1, x - 1, x), repeated)
+    if _most_loads_per_statement(consumer.body, pw.buffer) > 1 and _cost(pw.value) > 0:
+        return False
+    if _size(pw.value) > MAX_INLINED_SIZE:
+        return False
     if _cost(pw.value) <= CHEAP_OPS:
         return True
     # computed as often as stored: the consumer's loads of the buffer run once per element
@@ -157,6 +164,21 @@ def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
     for d in pw.buffer.shape:
         numel = d * numel
     return _reads(consumer.body, pw.buffer) == numel
+
+
+def _most_loads_per_statement(stmts, buf: Buffer) -> int:
+    most = 0
+    for s in stmts:
+        if isinstance(s, For):
+            most = max(most, _most_loads_per_statement(s.body, buf))
+        else:
+            value = {Store: "value", Local: "init", Assign: "value"}.get(type(s), "cond")
+            most = max(most, _loads(getattr(s, value), buf))
+    return most
+
+
+def _size(e: Expr) -> int:
+    return 1 + sum(_size(c) for c in _children(e))
 
 
 def _reads(stmts, buf: Buffer, trips=1):
