@@ -515,8 +515,14 @@ def _clip(imp, node, ins, attrs):
         if c is not None:
             if c.size != 1:
                 raise OnnxImportError(f"{imp.where}: its {key} must be a scalar")
-            bounds[key] = float(np.ravel(c)[0])
-    return [imp.node("clip", [x], bounds)]
+            bounds[key] = np.ravel(c)[0]
+    if x.type.dtype in ("i32", "i64"):  # exactly, past float precision: max, then min
+        out = x
+        for key, op in (("min", "maximum"), ("max", "minimum")):
+            if key in bounds:
+                out = imp.node(op, [out, imp.scalar(int(bounds[key]), x.type.dtype)], {})
+        return [out if out is not x else imp.node("copy", [x], {})]
+    return [imp.node("clip", [x], {k: float(v) for k, v in bounds.items()})]
 
 
 @converter("Dropout")
@@ -1408,7 +1414,8 @@ def _int_divmod(imp, a: Value, b: Value) -> tuple[Value, Value]:
 def _pow(imp, node, ins, attrs):
     """Float base: `pow`, an integer exponent cast to the base's dtype. Integer base, float
     exponent: the float power truncated (as ONNX's reference). Integers to integer powers:
-    exactly, by squaring (wrapping as numpy), over the exponent's bits (negative: 1)."""
+    exactly, by squaring (wrapping as numpy) over the exponent's bits (exact for exponents
+    below 2^24; a negative one gives 1)."""
     a, b = imp.operand(node, ins, 0), imp.operand(node, ins, 1)
     da, db = a.type.dtype, b.type.dtype
     if da not in _INTS:
@@ -1432,18 +1439,20 @@ def _pow(imp, node, ins, attrs):
         if tuple(out.type.shape) != shape:
             out = imp.node("broadcast_to", [out], {"shape": _writable_dims(imp, list(shape))})
         return [out]
-    bits = 31 if db == "i32" else 63
-    one = imp.scalar(1, da)
-    rest, out = b, None
-    for k in range(bits - 1, -1, -1):  # from the top bit: out = out² (· a where the bit is set)
-        bit = imp.node("ge", [rest, imp.scalar(1 << k, db)], {})
-        rest = imp.node("where", [bit, imp.node("sub", [rest, imp.scalar(1 << k, db)], {}),
-                                  rest], {})
-        if out is not None:
-            out = imp.node("mul", [out, out], {})
-        times = imp.node("where", [bit, a, one], {})
-        out = times if out is None else imp.node("mul", [out, times], {})
-    return [out]
+    # each bit of the exponent found on its own (from its float32 value: exact below 2^24),
+    # a chain of squares a^(2^k), and the product of those whose bit is set
+    e = imp.node("cast", [b], {"dtype": "f32"})
+    one, out, square = imp.scalar(1, da), None, a
+    for k in range(24):
+        # bit k = floor(e / 2^k) - 2 floor(e / 2^(k+1)), the floors through i32 (e >= 0)
+        hi, lo = (imp.node("cast", [imp.node("mul", [e, imp.scalar(2.0 ** -j, "f32")], {})],
+                           {"dtype": "i32"}) for j in (k + 1, k))
+        bit = imp.node("ne", [lo, imp.node("mul", [hi, imp.scalar(2, "i32")], {})], {})
+        term = imp.node("where", [bit, square, one], {})
+        out = term if out is None else imp.node("mul", [out, term], {})
+        if k < 23:
+            square = imp.node("mul", [square, square], {})
+    return [imp.node("where", [imp.node("lt", [e, imp.scalar(0.0, "f32")], {}), one, out], {})]
 
 
 def _broadcast(imp, a: Value, b: Value) -> tuple:
