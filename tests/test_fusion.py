@@ -92,7 +92,8 @@ def test_a_value_read_twice_in_a_chain_does_not_blow_up(tmp_path):
     expression as 3^n (14 links did not build in 5 minutes); the chain builds in well under a
     second and computes the same."""
     lines = ["model m {", "    input x: f32[4]", "    r0 = relu(x)"]
-    lines += [f"    r{i} = where(gt(r{i - 1}, 1.0), r{i - 1} - 1.0, r{i - 1})" for i in range(1, 15)]
+    lines += [f"    r{i} = where(gt(r{i - 1}, 1.0), r{i - 1} - 1.0, r{i - 1})"
+              for i in range(1, 15)]
     (tmp_path / "m.mlg").write_text("\n".join(lines + ["    output y = r14", "}"]) + "\n")
     model = aotml.load(aotml.build(tmp_path / "m.mlg", tmp_path / "m.so"))
     x = np.array([-1.0, 0.5, 3.25, 20.0], np.float32)
