@@ -526,17 +526,7 @@ def _bad_node_cases():
 
 # those still needing a change in aotml/onnx_import/convert.py (see each reason); strict
 # xfails: once convert.py has the change the case passes, fails as XPASS, and its entry goes
-_CONVERTER_FIXES = {
-    "pad_axes_without_their_pads": "_pad() indexes pads by axes without checking lengths",
-    "pad_axes_of_a_scalar": "_pad() takes axes modulo a rank of 0",
-    "range_of_empty_tensors": "check_fold_size() reads Range's inputs as scalars unchecked",
-    "dropout_empty_training_mode": "_dropout() reads training_mode/ratio as scalars unchecked",
-    "conv_strides_too_short": "_window() does not check the lengths of strides/dilations/pads",
-    "pool_pads_too_short": "_window() does not check the lengths of strides/dilations/pads",
-    "pool_stride_zero": "_window() does not check that strides and dilations are positive",
-    "split_zero_outputs": "_split() divides by num_outputs unchecked",
-    "split_more_sizes_than_outputs": "_split() drops the parts beyond the node's outputs",
-}
+_CONVERTER_FIXES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [
@@ -653,17 +643,7 @@ def _big_cases(folder: Path) -> dict[str, tuple[Path, bool]]:
 
 # those still needing a change in aotml/onnx_import/convert.py (strict xfails, as for
 # _CONVERTER_FIXES)
-_CONVERT_FIXES = {
-    "fold_broadcast": "fold() evaluates broadcasting ops on constants before checking the "
-                      "size of the result (refused only because the allocation fails)",
-    "fold_expand_both_ways": "check_fold_size() sizes Expand by its shape alone, not by the "
-                             "broadcast of the input's shape and the shape",
-    "split_num_outputs": "_split() loops num_outputs times without checking it against the "
-                         "node's outputs",
-    "expand_huge_result": "node() accepts a result of any static size",
-    "pad_huge_result": "node() accepts a result of any static size",
-    "reshape_rank_1000": "node() accepts a result of any rank (the lowering recurses per dim)",
-}
+_CONVERT_FIXES: dict[str, str] = {}
 
 
 def _guarded(spec: dict, timeout: float = 240) -> list[dict]:

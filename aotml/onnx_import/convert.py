@@ -27,6 +27,7 @@ from aotml.graph.symbolic import Sym, SymbolicError, symbol
 from aotml.graph.to_source import legal_name
 from aotml.onnx_import.reader import (
     DEFAULT_MAX_BYTES,
+    MAX_RANK,
     OnnxImportError,
     dtype_name,
     onnx_dtypes,
@@ -66,6 +67,7 @@ class _Importer:
         self.onnx = require_onnx()
         self.model, self.folder = model, folder
         self.budget = [max_bytes]
+        self.max_bytes = max_bytes
         self.taken: set[str] = set()
         self.graph = Graph(legal_name(name, set(), "model"), [], [], [], [])
         self.env: dict[str, _T] = {}
@@ -236,7 +238,8 @@ class _Importer:
             if t is not None and t.const.size > FOLD_MAX_ELEMENTS:
                 break
         else:
-            if node.op_type in ("ConstantOfShape", "Expand", "Range", "Tile"):
+            if node.op_type in ("ConstantOfShape", "Expand", "Range", "Tile") or \
+                    node.op_type in _BROADCASTING:
                 self.check_fold_size(node, ins)
             from onnx.reference import ReferenceEvaluator
             helper = self.onnx.helper
@@ -262,10 +265,15 @@ class _Importer:
     def check_fold_size(self, node, ins) -> None:
         consts = [t.const for t in ins if t is not None]
         guess = 1
-        if node.op_type in ("ConstantOfShape", "Expand"):
-            shape = consts[-1] if node.op_type == "Expand" else consts[0]
-            guess = math.prod(int(d) for d in np.ravel(shape)) if shape.size else 1
+        if node.op_type == "ConstantOfShape":
+            guess = math.prod(int(d) for d in np.ravel(consts[0])) if consts[0].size else 1
+        elif node.op_type == "Expand" and len(consts) == 2:
+            guess = _broadcast_size([consts[0].shape, [int(d) for d in np.ravel(consts[1])]])
+        elif node.op_type in _BROADCASTING:
+            guess = _broadcast_size([c.shape for c in consts])
         elif node.op_type == "Range" and len(consts) == 3:
+            if any(c.size != 1 for c in consts):
+                raise OnnxImportError(f"{self.where}: start, limit and delta must be scalars")
             start, limit, delta = (float(np.ravel(c)[0]) for c in consts)
             guess = 0 if delta == 0 else abs((limit - start) / delta)
         elif node.op_type == "Tile" and len(consts) == 2:
@@ -378,10 +386,36 @@ class _Importer:
         except SymbolicError as e:
             raise OnnxImportError(f"{self.where}: '{op}' does not support these symbolic dims "
                                   f"({', '.join(str(v.type) for v in inputs)}): {e}") from None
+        if ty.rank > MAX_RANK:
+            raise OnnxImportError(f"{self.where}: its result would have {ty.rank} dims; aotml "
+                                  f"takes at most {MAX_RANK}")
+        nbytes = math.prod(d for d in ty.shape if isinstance(d, int)) * ty.np_dtype.itemsize
+        if nbytes > self.max_bytes:
+            raise OnnxImportError(f"{self.where}: its result {ty} needs {nbytes} bytes, more "
+                                  f"than the limit of {self.max_bytes}",
+                                  hint="raise the limit with --max-bytes if the model is meant "
+                                       "to be this large")
         value = Value(legal_name(label or f"{self.prefix}_{op}", self.taken, "t"), ty)
         self.fresh.add(value.uid)
         self.graph.nodes.append(Node(op, tuple(inputs), tuple(sorted(bound.items())), value))
         return value
+
+
+# folded ops whose result is the broadcast of their inputs
+_BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater", "Where",
+                           "Max", "Min"})
+
+
+def _broadcast_size(shapes) -> int:
+    """The element count of `shapes` broadcast together (0 where they do not broadcast or
+    a dim is negative: the evaluator then says what is wrong)."""
+    count = 1
+    for k in range(1, max((len(s) for s in shapes), default=0) + 1):
+        dims = {int(s[-k]) for s in shapes if len(s) >= k} - {1}
+        if len(dims) > 1 or any(d < 0 for d in dims):
+            return 0
+        count *= dims.pop() if dims else 1
+    return count
 
 
 def _number_name(value: float) -> str:
@@ -529,6 +563,10 @@ def _clip(imp, node, ins, attrs):
 def _dropout(imp, node, ins, attrs):
     training = imp.const_input(ins, 2, "training_mode", required=False)
     ratio = imp.const_input(ins, 1, "ratio", required=False)
+    for what, c in (("training_mode", training), ("ratio", ratio)):
+        if c is not None and c.size != 1:
+            raise OnnxImportError(f"{imp.where}: its {what} must be a scalar, got shape "
+                                  f"{c.shape}")
     if training is not None and bool(np.ravel(training)[0]) and \
             (ratio is None or float(np.ravel(ratio)[0]) != 0):  # ratio 0: nothing dropped
         raise OnnxImportError(f"{imp.where}: dropout in training mode is not supported (it is "
@@ -780,8 +818,13 @@ def _split(imp, node, ins, attrs):
             raise OnnxImportError(f"{imp.where}: splitting the symbolic dim {dim} is not "
                                   "supported")
         n = int(attrs.get("num_outputs", parts))
+        if n != parts:
+            raise OnnxImportError(f"{imp.where}: num_outputs is {n}, but the node has {parts} "
+                                  "outputs")
         chunk = -(-dim // n)
         sizes = tuple(min(chunk, dim - k * chunk) for k in range(n))
+    if len(sizes) != parts:
+        raise OnnxImportError(f"{imp.where}: {len(sizes)} split sizes for {parts} outputs")
     if isinstance(dim, Sym) or sum(sizes) != dim or min(sizes) < 0:
         raise OnnxImportError(f"{imp.where}: split sizes {sizes} do not add up to dim {axis} "
                               f"of {x.type}")
@@ -837,6 +880,8 @@ def _pad(imp, node, ins, attrs):
     mode = mode.decode() if isinstance(mode, bytes) else mode
     rank = x.type.rank
     if axes:
+        if len(pads) != 2 * len(axes) or not all(-rank <= a < rank for a in axes):
+            raise OnnxImportError(f"{imp.where}: pads {pads} do not fit axes {axes} of {x.type}")
         full = [0] * (2 * rank)
         for k, a in enumerate(axes):
             a %= rank
@@ -896,6 +941,13 @@ def _window(imp, attrs, x: TensorType, kernel) -> tuple[tuple, tuple, tuple]:
         raise OnnxImportError(f"{imp.where}: kernel {tuple(kernel)} does not fit {x}")
     stride = tuple(int(s) for s in attrs.get("strides", (1,) * n))
     dil = tuple(int(s) for s in attrs.get("dilations", (1,) * n))
+    pads = tuple(int(p) for p in attrs.get("pads", (0,) * (2 * n)))
+    if len(stride) != n or len(dil) != n or len(pads) != 2 * n or \
+            min(kernel + stride + dil) < 1 or min(pads) < 0:
+        raise OnnxImportError(f"{imp.where}: kernel {tuple(kernel)}, strides {stride}, "
+                              f"dilations {dil} and pads {pads} do not fit {x} (kernel, "
+                              f"strides, dilations: {n} positive each; pads: {2 * n}, none "
+                              "negative)")
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -912,7 +964,7 @@ def _window(imp, attrs, x: TensorType, kernel) -> tuple[tuple, tuple, tuple]:
         return stride, dil, tuple(pads)
     if auto == "VALID" or "pads" not in attrs:
         return stride, dil, (0,) * (2 * n)
-    return stride, dil, tuple(int(p) for p in attrs["pads"])
+    return stride, dil, pads
 
 
 def _to_2d(imp, x: Value) -> Value:
