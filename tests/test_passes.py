@@ -11,7 +11,7 @@ from aotml.errors import InternalError
 from aotml.frontend import parse
 from aotml.graph.elaborate import elaborate
 from aotml.graph.ir import Node, TensorType, Value, print_graph
-from aotml.graph.memory import plan_memory
+from aotml.graph.memory import Lifetime, plan
 from aotml.graph.passes import eliminate_dead_code, materialize_outputs, run_pipeline, verify
 from aotml.loops.ir import print_kernel
 from aotml.loops.lower import lower_graph
@@ -90,35 +90,20 @@ def test_verifier_rejects_use_before_definition():
 
 
 def test_memory_plan_reuses_dead_buffers_and_never_overlaps_live_ones():
-    g = run_pipeline(graph_of("""\
-        input x: f32[64]
-        a = exp(x)
-        b = tanh(a)
-        c = exp(b)
-        d = tanh(c)
-        output y = relu(d)
-    """))
-    temps = [n.result for n in g.nodes[:-1]]
-    plan = plan_memory(g, temps)
-    # a chain needs two buffers at a time: each node reads one and writes the next
-    assert plan.workspace_bytes == 2 * 256 == plan.lower_bound
-    for i in range(len(temps) - 1):
-        assert plan.offsets[temps[i].uid] != plan.offsets[temps[i + 1].uid]
+    # a chain: each step reads one buffer and writes the next (lowering's lifetimes over launches)
+    chain = [Lifetime(name, 256, k, k + 1) for k, name in enumerate("abcd")]
+    result = plan(chain, {})
+    assert result.workspace_bytes == 2 * 256 == result.lower_bound
+    for first, second in zip(chain, chain[1:]):
+        assert result.offsets[first.key] != result.offsets[second.key]
 
 
 def test_memory_plan_keeps_a_long_lived_value_apart():
-    g = run_pipeline(graph_of("""\
-        input x: f32[16]
-        keep = exp(x)
-        a = tanh(x)
-        b = exp(a)
-        output y = keep + b
-    """))
-    temps = [n.result for n in g.nodes[:-1]]
-    plan = plan_memory(g, temps)
-    keep, a, b = (plan.offsets[v.uid] for v in temps)
-    assert keep not in (a, b) and a != b  # all three are live at the node that makes b
-    assert plan.workspace_bytes == 3 * 64
+    items = [Lifetime("keep", 64, 0, 3), Lifetime("a", 64, 1, 2), Lifetime("b", 64, 2, 3)]
+    result = plan(items, {})
+    keep, a, b = (result.offsets[k] for k in ("keep", "a", "b"))
+    assert keep not in (a, b) and a != b  # all three are live at step 2
+    assert result.workspace_bytes == 3 * 64
 
 
 def test_loop_ir_of_a_broadcast_add():

@@ -14,7 +14,7 @@ import numpy as np
 
 from aotml.dtypes import FLOATS, INTS, TABLE  # noqa: F401  (re-exported)
 from aotml.errors import InternalError, Span
-from aotml.graph.symbolic import Dim, Sym, SymbolicError, symbols_of
+from aotml.graph.symbolic import Dim, Sym, SymbolicError, product, symbols_of
 
 # dtype name in the language -> numpy dtype (derived from the one table in aotml/dtypes.py)
 DTYPES = {name: d.numpy for name, d in TABLE.items()}
@@ -53,10 +53,7 @@ class TensorType:
 
     @property
     def numel(self) -> Dim:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return product(self.shape)
 
     @property
     def nbytes(self) -> Dim:

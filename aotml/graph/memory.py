@@ -1,10 +1,11 @@
 """Memory planning: place every intermediate in one workspace arena.
 
-Each temporary is live from the node that makes it to its last reader. Temporaries are placed
+Each temporary is live over a range of steps (lowering gives them: from the launch that writes
+it to the last launch that reads it, after fusion). Temporaries are placed
 largest first at the lowest 64-byte-aligned offset that overlaps no placed tensor whose lifetime
 intersects its own (a kernel's inputs are still live while it writes its output, so they never
 share bytes with it). Returns the offsets and the arena size, and the liveness lower bound:
-the most bytes simultaneously live at any node.
+the most bytes simultaneously live at any step.
 
 Symbolic sizes: a temporary whose symbols all have upper bounds is planned at its size at the
 bounds (a smaller run-time size fits in its slot). The others get offsets that are polynomials
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aotml.graph.ir import Graph, Value
 from aotml.graph.symbolic import Dim, Sym, evaluate, round_up_terms, symbols_of
 
 ALIGN = 64
@@ -45,19 +45,6 @@ class Lifetime:
     nbytes: Dim
     start: int
     end: int
-
-
-def plan_memory(graph: Graph, temps: list[Value]) -> MemoryPlan:
-    """Offsets for graph values (keyed by uid), live from their node to their last reader."""
-    index = {n.result.uid: i for i, n in enumerate(graph.nodes)}
-    last_use = dict.fromkeys((v.uid for v in temps), -1)
-    for i, n in enumerate(graph.nodes):
-        for v in n.inputs:
-            if v.uid in last_use:
-                last_use[v.uid] = i
-    return plan(
-        [Lifetime(v.uid, v.type.nbytes, index[v.uid], max(index[v.uid], last_use[v.uid]))
-         for v in temps], graph.symbols)
 
 
 def plan(items: list[Lifetime], bounds: dict[str, int | None]) -> MemoryPlan:

@@ -197,6 +197,14 @@ def symbols_of(dims) -> frozenset[str]:
     return out
 
 
+def product(dims) -> Dim:
+    """The product of dims (ints or symbolic); 1 for none."""
+    out: Dim = 1
+    for d in dims:
+        out = d * out
+    return out
+
+
 def evaluate(d: Dim, values: Mapping[str, int]) -> int:
     """The value of a dim for given symbol values (every symbol it uses must be given)."""
     if not isinstance(d, Sym):

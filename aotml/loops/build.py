@@ -51,13 +51,6 @@ def as_f32(n: Dim) -> Expr:
     return Cast("f32", Size(n)) if isinstance(n, Sym) else const(n, "f32")
 
 
-def prod(dims) -> Dim:
-    """The product of dims (ints or symbolic)."""
-    out: Dim = 1
-    for d in dims:
-        out = d * out
-    return out
-
 
 @dataclass(frozen=True)
 class Operand:

@@ -28,7 +28,6 @@ from aotml.loops.ir import (
     Buffer,
     Cast,
     Compare,
-    Const,
     Expr,
     For,
     Kernel,
@@ -36,7 +35,6 @@ from aotml.loops.ir import (
     Load,
     Local,
     Select,
-    Size,
     Store,
     Unary,
     Var,
@@ -205,23 +203,13 @@ def _loads(e: Expr, buf: Buffer) -> int:
 
 
 def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
-    def expr(e: Expr) -> Expr:
-        if isinstance(e, Load):
-            indices = tuple(expr(i) for i in e.indices)
-            if e.buffer == pw.buffer:
-                return _substitute(pw.value, dict(zip(pw.vars, indices)))
-            return Load(e.buffer, indices)
-        if isinstance(e, Unary):
-            return Unary(e.op, expr(e.operand))
-        if isinstance(e, Cast):
-            return Cast(e.to, expr(e.operand))
-        if isinstance(e, Binary):
-            return Binary(e.op, expr(e.lhs), expr(e.rhs))
-        if isinstance(e, Compare):
-            return Compare(e.op, expr(e.lhs), expr(e.rhs))
-        if isinstance(e, Select):
-            return Select(expr(e.cond), expr(e.a), expr(e.b))
+    def at_load(e: Expr) -> Expr:
+        if isinstance(e, Load) and e.buffer == pw.buffer:
+            return _map(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         return e
+
+    def expr(e: Expr) -> Expr:
+        return _map(e, at_load)
 
     def stmt(s):
         if isinstance(s, For):
@@ -244,22 +232,18 @@ def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
                   origin)
 
 
-def _substitute(e: Expr, values: dict[Var, Expr]) -> Expr:
-    if isinstance(e, Var):
-        return values.get(e, e)
-    if isinstance(e, (Const, Size)):
-        return e
+def _map(e: Expr, f) -> Expr:
+    """`e` rebuilt bottom-up with `f` applied to every node once its children are rebuilt."""
     if isinstance(e, Load):
-        return Load(e.buffer, tuple(_substitute(i, values) for i in e.indices))
-    if isinstance(e, Unary):
-        return Unary(e.op, _substitute(e.operand, values))
-    if isinstance(e, Cast):
-        return Cast(e.to, _substitute(e.operand, values))
-    if isinstance(e, Binary):
-        return Binary(e.op, _substitute(e.lhs, values), _substitute(e.rhs, values))
-    if isinstance(e, Compare):
-        return Compare(e.op, _substitute(e.lhs, values), _substitute(e.rhs, values))
-    if isinstance(e, Select):
-        return Select(_substitute(e.cond, values), _substitute(e.a, values),
-                      _substitute(e.b, values))
-    return e
+        e = Load(e.buffer, tuple(_map(i, f) for i in e.indices))
+    elif isinstance(e, Unary):
+        e = Unary(e.op, _map(e.operand, f))
+    elif isinstance(e, Cast):
+        e = Cast(e.to, _map(e.operand, f))
+    elif isinstance(e, Binary):
+        e = Binary(e.op, _map(e.lhs, f), _map(e.rhs, f))
+    elif isinstance(e, Compare):
+        e = Compare(e.op, _map(e.lhs, f), _map(e.rhs, f))
+    elif isinstance(e, Select):
+        e = Select(_map(e.cond, f), _map(e.a, f), _map(e.b, f))
+    return f(e)

@@ -16,7 +16,7 @@ from typing import Union
 
 from aotml.dtypes import FLOATS, TABLE
 from aotml.errors import InternalError
-from aotml.graph.symbolic import Dim, Sym, symbols_of
+from aotml.graph.symbolic import Dim, Sym, product, symbols_of
 
 INDEX = "i64"
 DTYPES = frozenset(TABLE)
@@ -42,6 +42,10 @@ class Buffer:
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+
+    @property
+    def nbytes(self) -> Dim:
+        return product(self.shape) * TABLE[self.dtype].itemsize
 
     @property
     def strides(self) -> tuple[Dim, ...]:

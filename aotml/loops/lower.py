@@ -9,7 +9,6 @@ Assumes the graph passes have run (outputs are distinct node results).
 from __future__ import annotations
 
 from aotml import ops
-from aotml.dtypes import TABLE
 from aotml.errors import CompileError
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
@@ -118,16 +117,10 @@ def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str]
             if b.name in writes[launch.kernel]:
                 first.setdefault(name, i)
             last[name] = i
-    items = [Lifetime(b.name, _nbytes(b), first[b.name], last[b.name])
+    items = [Lifetime(b.name, b.nbytes, first[b.name], last[b.name])
              for b in temps if b.name in first]
     return plan(items, symbols)
 
-
-def _nbytes(b: Buffer):
-    n = TABLE[b.dtype].itemsize
-    for d in b.shape:
-        n = d * n
-    return n
 
 
 def _locate_asserts(stmts, where: str) -> list:

@@ -9,12 +9,10 @@ a kernel that keeps its working set in cache. Both are polynomials when dims are
 
 from __future__ import annotations
 
-from aotml.dtypes import TABLE
 from aotml.graph.symbolic import Dim
 from aotml.loops.ir import (
     Assign,
     Binary,
-    Buffer,
     Cast,
     Compare,
     For,
@@ -56,19 +54,12 @@ def _ops(e) -> int:
     return own + sum(_ops(c) for c in children)
 
 
-def nbytes(b: Buffer) -> Dim:
-    n: Dim = TABLE[b.dtype].itemsize
-    for d in b.shape:
-        n = d * n
-    return n
-
-
 def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:
     rows = []
     for k in program.kernels:
         traffic: Dim = 0
         for b in k.args:
-            traffic = traffic + nbytes(b)
+            traffic = traffic + b.nbytes
         ops = [part.split(" at ")[0] for part in k.origin.split("; ")] if k.origin else []
         rows.append((k.name, " + ".join(ops), str(flops(k.body)), str(traffic)))
     widths = [max(len(r[i]) for r in rows + [("kernel", "ops", "flops", "bytes")])

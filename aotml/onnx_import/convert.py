@@ -72,6 +72,7 @@ class _Importer:
         self.graph = Graph(legal_name(name, set(), "model"), [], [], [], [])
         self.env: dict[str, _T] = {}
         self.params: dict[int, Value] = {}  # id(constant array) -> its param
+        self._symbols: dict[str, str] = {}  # an ONNX dim_param -> its symbol's name
         self._keep: list[np.ndarray] = []
         opsets = {o.domain: o.version for o in model.opset_import}
         self.opset = opsets.get("", opsets.get("ai.onnx", 0))
@@ -157,8 +158,6 @@ class _Importer:
         self.env[vi.name] = _T(value=value)
 
     def symbol_name(self, raw: str) -> str:
-        if not hasattr(self, "_symbols"):
-            self._symbols: dict[str, str] = {}
         if raw not in self._symbols:
             self._symbols[raw] = legal_name(raw, self.taken, "N")
         return self._symbols[raw]

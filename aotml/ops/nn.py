@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aotml.graph.ir import FLOATS, TensorType, format_attr
+from aotml.graph.symbolic import product
 from aotml.loops.build import (
     Names,
     Operand,
@@ -22,7 +23,6 @@ from aotml.loops.build import (
     compute_dtype,
     const,
     loop_nest,
-    prod,
     store,
     with_axis,
 )
@@ -283,7 +283,7 @@ def _reduce(name: str) -> OpDef:
         (x,) = ins
         rank, keep = len(x.shape), attrs["keepdims"]
         axes = normalize_axes(attrs["axis"], rank)
-        count = prod(x.shape[a] for a in axes)
+        count = product(x.shape[a] for a in axes)
         dtype = compute_dtype(x.dtype)
         op = {("max", "bool"): "or", ("min", "bool"): "and"}.get((combine, dtype), combine)
         start = identity if identity is not None else _extreme(dtype, largest=combine == "min")
@@ -509,7 +509,7 @@ def _layer_norm_reference(xs, attrs):
 def _layer_norm_lower(out: Buffer, ins, attrs, names: Names):
     x, scale, bias = ins
     axis = attrs["axis"] % len(x.shape)
-    n = prod(x.shape[axis:])
+    n = product(x.shape[axis:])
 
     def body(inner_loops):
         s, mean = names.var("s", "f32"), names.var("mean", "f32")
@@ -556,7 +556,7 @@ def _rms_norm_reference(xs, attrs):
 def _rms_norm_lower(out: Buffer, ins, attrs, names: Names):
     x, scale = ins
     axis = attrs["axis"] % len(x.shape)
-    n = prod(x.shape[axis:])
+    n = product(x.shape[axis:])
 
     def body(inner_loops):
         q, inv = names.var("q", "f32"), names.var("inv", "f32")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aotml.dtypes import TABLE
 from aotml.errors import CompileError
-from aotml.graph.symbolic import Dim, Sym, evaluate
+from aotml.graph.symbolic import Dim, Sym, evaluate, product
 from aotml.loops.ir import Program, assert_messages
 from aotml.resources import runtime_dir
 
@@ -40,10 +40,7 @@ class TensorSpec:
 
     @property
     def elements(self) -> Dim:
-        n = 1
-        for d in self.shape:
-            n = n * d
-        return n
+        return product(self.shape)
 
 
 @dataclass(frozen=True)
@@ -76,18 +73,12 @@ def manifest_of(program: Program, build_hash: str, version: str, source_name: st
     def specs(region: str) -> tuple[TensorSpec, ...]:
         pls = sorted((p for p in program.placements if p.region == region), key=lambda p: p.index)
         return tuple(TensorSpec(p.abi_name, p.buffer.dtype, p.buffer.shape,
-                                _nbytes(p.buffer.dtype, p.buffer.shape)) for p in pls)
+                                p.buffer.nbytes) for p in pls)
 
     return Manifest(program.name, specs("input"), specs("output"), program.workspace_bytes,
                     program.weights_bytes, build_hash, version, source_name,
                     assert_messages(program), program.symbols)
 
-
-def _nbytes(dtype: str, shape: tuple[Dim, ...]) -> Dim:
-    n = TABLE[dtype].itemsize
-    for d in shape:
-        n = d * n
-    return n
 
 
 def _poly(d: Dim, index: dict[str, int]) -> list[int]:
