@@ -295,6 +295,9 @@ class _KernelEmitter:
             return self._compare(e)
         if isinstance(e, L.Select):
             return b.select(self._expr(e.cond), self._expr(e.a), self._expr(e.b))
+        if isinstance(e, L.MulAdd):
+            fn = self._declare("llvm.fmuladd.f32", F32, [F32, F32, F32])
+            return b.call(fn, [self._expr(e.a), self._expr(e.b), self._expr(e.c)])
         if isinstance(e, L.Unary):
             return self._unary(e.op, self._expr(e.operand), L.dtype_of(e.operand))
         if isinstance(e, L.Binary):

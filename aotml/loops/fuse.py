@@ -26,7 +26,6 @@ from aotml.loops.ir import (
     Assign,
     Binary,
     Buffer,
-    Cast,
     Compare,
     Expr,
     For,
@@ -34,10 +33,13 @@ from aotml.loops.ir import (
     Launch,
     Load,
     Local,
+    MulAdd,
     Select,
     Store,
     Unary,
     Var,
+    children,
+    map_expr,
 )
 
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
@@ -121,19 +123,7 @@ def _closed(e: Expr, vars_: set[Var], out: Buffer) -> bool:
         return e in vars_
     if isinstance(e, Load):
         return e.buffer != out and all(_closed(i, vars_, out) for i in e.indices)
-    return all(_closed(c, vars_, out) for c in _children(e))
-
-
-def _children(e: Expr) -> tuple:
-    if isinstance(e, (Unary, Cast)):
-        return (e.operand,)
-    if isinstance(e, (Binary, Compare)):
-        return (e.lhs, e.rhs)
-    if isinstance(e, Select):
-        return (e.cond, e.a, e.b)
-    if isinstance(e, Load):
-        return e.indices
-    return ()
+    return all(_closed(c, vars_, out) for c in children(e))
 
 
 def _cost(e: Expr) -> float:
@@ -145,7 +135,9 @@ def _cost(e: Expr) -> float:
         own = CHEAP_OPS + 1 if e.op in ("pow", "div") else 1
     elif isinstance(e, (Compare, Select)):
         own = 1
-    return own + sum(_cost(c) for c in _children(e))
+    elif isinstance(e, MulAdd):
+        own = 2
+    return own + sum(_cost(c) for c in children(e))
 
 
 def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
@@ -176,7 +168,7 @@ def _most_loads_per_statement(stmts, buf: Buffer) -> int:
 
 
 def _size(e: Expr) -> int:
-    return 1 + sum(_size(c) for c in _children(e))
+    return 1 + sum(_size(c) for c in children(e))
 
 
 def _reads(stmts, buf: Buffer, trips=1):
@@ -199,17 +191,17 @@ def _reads(stmts, buf: Buffer, trips=1):
 
 def _loads(e: Expr, buf: Buffer) -> int:
     own = 1 if isinstance(e, Load) and e.buffer == buf else 0
-    return own + sum(_loads(c, buf) for c in _children(e))
+    return own + sum(_loads(c, buf) for c in children(e))
 
 
 def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
     def at_load(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer == pw.buffer:
-            return _map(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
+            return map_expr(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         return e
 
     def expr(e: Expr) -> Expr:
-        return _map(e, at_load)
+        return map_expr(e, at_load)
 
     def stmt(s):
         if isinstance(s, For):
@@ -230,20 +222,3 @@ def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
     origin = f"{producer.origin}; {consumer.origin}" if producer.origin else consumer.origin
     return Kernel(consumer.name, args, consumer.outputs, tuple(stmt(s) for s in consumer.body),
                   origin)
-
-
-def _map(e: Expr, f) -> Expr:
-    """`e` rebuilt bottom-up with `f` applied to every node once its children are rebuilt."""
-    if isinstance(e, Load):
-        e = Load(e.buffer, tuple(_map(i, f) for i in e.indices))
-    elif isinstance(e, Unary):
-        e = Unary(e.op, _map(e.operand, f))
-    elif isinstance(e, Cast):
-        e = Cast(e.to, _map(e.operand, f))
-    elif isinstance(e, Binary):
-        e = Binary(e.op, _map(e.lhs, f), _map(e.rhs, f))
-    elif isinstance(e, Compare):
-        e = Compare(e.op, _map(e.lhs, f), _map(e.rhs, f))
-    elif isinstance(e, Select):
-        e = Select(_map(e.cond, f), _map(e.a, f), _map(e.b, f))
-    return f(e)

@@ -182,7 +182,22 @@ class Select:
             raise InternalError("select needs a bool condition and operands of one dtype")
 
 
-Expr = Union[Const, Var, Size, Load, Unary, Binary, Cast, Compare, Select]
+@dataclass(frozen=True)
+class MulAdd:
+    """`a * b + c` in f32, rounded once where the target has a fused multiply-add (LLVM's
+    fmuladd): the contraction step of matmul and conv tiles. It may differ from a separate
+    mul and add by one rounding, which every tolerance against the reference allows."""
+
+    a: "Expr"
+    b: "Expr"
+    c: "Expr"
+
+    def __post_init__(self):
+        if not dtype_of(self.a) == dtype_of(self.b) == dtype_of(self.c) == "f32":
+            raise InternalError("muladd of non-f32 operands")
+
+
+Expr = Union[Const, Var, Size, Load, Unary, Binary, Cast, Compare, Select, MulAdd]
 
 
 def dtype_of(e: Expr) -> str:
@@ -198,7 +213,43 @@ def dtype_of(e: Expr) -> str:
         return "bool"
     if isinstance(e, Select):
         return dtype_of(e.a)
+    if isinstance(e, MulAdd):
+        return "f32"
     return dtype_of(e.lhs)
+
+
+def children(e: Expr) -> tuple:
+    """The operands of an expression node (a load's are its indices)."""
+    if isinstance(e, (Unary, Cast)):
+        return (e.operand,)
+    if isinstance(e, (Binary, Compare)):
+        return (e.lhs, e.rhs)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, MulAdd):
+        return (e.a, e.b, e.c)
+    if isinstance(e, Load):
+        return e.indices
+    return ()
+
+
+def map_expr(e: Expr, f) -> Expr:
+    """`e` rebuilt bottom-up with `f` applied to every node once its children are rebuilt."""
+    if isinstance(e, Load):
+        e = Load(e.buffer, tuple(map_expr(i, f) for i in e.indices))
+    elif isinstance(e, Unary):
+        e = Unary(e.op, map_expr(e.operand, f))
+    elif isinstance(e, Cast):
+        e = Cast(e.to, map_expr(e.operand, f))
+    elif isinstance(e, Binary):
+        e = Binary(e.op, map_expr(e.lhs, f), map_expr(e.rhs, f))
+    elif isinstance(e, Compare):
+        e = Compare(e.op, map_expr(e.lhs, f), map_expr(e.rhs, f))
+    elif isinstance(e, Select):
+        e = Select(map_expr(e.cond, f), map_expr(e.a, f), map_expr(e.b, f))
+    elif isinstance(e, MulAdd):
+        e = MulAdd(map_expr(e.a, f), map_expr(e.b, f), map_expr(e.c, f))
+    return f(e)
 
 
 @dataclass(frozen=True)
@@ -366,6 +417,8 @@ def format_expr(e: Expr) -> str:
         return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"
     if isinstance(e, Select):
         return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+    if isinstance(e, MulAdd):
+        return f"muladd({format_expr(e.a)}, {format_expr(e.b)}, {format_expr(e.c)})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}.get(e.op)
     if sym is None:
         return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"

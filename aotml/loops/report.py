@@ -13,15 +13,14 @@ from aotml.graph.symbolic import Dim
 from aotml.loops.ir import (
     Assign,
     Binary,
-    Cast,
-    Compare,
     For,
     Load,
     Local,
+    MulAdd,
     Program,
-    Select,
     Store,
     Unary,
+    children,
     dtype_of,
 )
 
@@ -42,16 +41,11 @@ def _ops(e) -> int:
     own = 0
     if isinstance(e, (Unary, Binary)) and dtype_of(e) == "f32":
         own = 1
+    elif isinstance(e, MulAdd):
+        own = 2
     if isinstance(e, Load):
         return 0
-    children = ()
-    if isinstance(e, (Unary, Cast)):
-        children = (e.operand,)
-    elif isinstance(e, (Binary, Compare)):
-        children = (e.lhs, e.rhs)
-    elif isinstance(e, Select):
-        children = (e.cond, e.a, e.b)
-    return own + sum(_ops(c) for c in children)
+    return own + sum(_ops(c) for c in children(e))
 
 
 def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:

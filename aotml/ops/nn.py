@@ -36,6 +36,7 @@ from aotml.loops.ir import (
     For,
     Load,
     Local,
+    MulAdd,
     Select,
     Unary,
 )
@@ -91,8 +92,7 @@ def _tiled_matmul(out, a, b, at, ai, bi, m: int, n: int, k, names: Names) -> lis
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
         init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
         b_vals = [b.load(bi + (r, col)) for col in cols]
-        step = [Assign(accs[t][c], Binary("add", accs[t][c],
-                                          Binary("mul", a.load(ai + (rows[t], r)), b_vals[c])))
+        step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
                 for t in range(TILE_ROWS) for c in range(TILE_COLS)]
         done = [store(out, tuple(at) + (rows[t], cols[c]), accs[t][c])
                 for t in range(TILE_ROWS) for c in range(TILE_COLS)]
