@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cffi
 import numpy as np
@@ -34,6 +36,8 @@ typedef struct aotml_model {
                uint32_t n_inputs, void *const *outputs, const uint64_t *output_bytes,
                uint32_t n_outputs, void *workspace, uint64_t workspace_bytes);
     const char *(*last_error)(void);
+    int (*set_num_threads)(int n);
+    int (*num_threads)(void);
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
 """
@@ -92,20 +96,82 @@ class Model:
         # for symbols within their bounds (None when an unbounded one changes it)
         self.workspace_bytes = int(m.workspace_bytes) if m.workspace_bytes or \
             all(b is not None for b in self.symbols.values()) else None
-        self._local = threading.local()
+        self._prepare_fast_path()
+
+    def _prepare_fast_path(self) -> None:
+        """What every call would otherwise recompute: names, numpy dtypes and shapes to check
+        against, the bound C function, and (without symbols) the one plan of every call."""
+        m = self._model
+        self._run_c = m.run  # (each read of a struct's field makes a new cdata)
+        self._input_names = frozenset(t.name for t in self.inputs)
+        self._out_is_input = "out" in self._input_names
+        self._n_in, self._n_out = len(self.inputs), len(self.outputs)
+        self._out_names = tuple(t.name for t in self.outputs)
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        # pointer tables and workspaces: a call takes one and gives it back, so calls from
+        # several threads at once (cffi releases the GIL) or re-entrant ones never share one
+        self._pool: list[_Scratch] = []
+        self._in_specs = self._plan = None
+        try:
+            dtypes = [np.dtype(t.dtype) for t in (*self.inputs, *self.outputs)]
+        except TypeError:  # an ABI dtype code this aotml does not know: the checked path only
+            return
+        self._in_dtypes, self._out_dtypes = dtypes[:self._n_in], dtypes[self._n_in:]
+        # per input: index, name, dtype, and its shape if static (else None); for each input
+        # with symbolic dims: its rank, and a getter of its static dims with their values
+        self._in_specs = tuple((k, t.name, dtype, t.shape if t.nbytes is not None else None)
+                               for k, (t, dtype) in enumerate(zip(self.inputs, self._in_dtypes)))
+        self._symbolic_checks = {}
+        for k, t in enumerate(self.inputs):
+            if t.nbytes is None:
+                fixed = [d for d, n in enumerate(t.shape) if isinstance(n, int)]
+                get = operator.itemgetter(*fixed) if fixed else None
+                self._symbolic_checks[k] = (t.rank, get, get(t.shape) if get else None)
+        if not self.symbols:  # every call has the same plan
+            self._plan = self._make_plan(_ffi.NULL, [t.shape for t in self.inputs],
+                                         [t.shape for t in self.outputs], int(m.workspace_bytes))
+
+    def _make_plan(self, symbols, in_shapes, out_shapes, ws_bytes: int) -> _Plan:
+        """The plan of calls with these symbol values (NULL without symbols) and shapes."""
+        def nbytes(shapes, dtypes):
+            return _ffi.new("uint64_t[]", [math.prod(s) * d.itemsize
+                                           for s, d in zip(shapes, dtypes)] or [0])
+        outs = tuple((k, name, d, tuple(s)) for k, (name, d, s) in
+                     enumerate(zip(self._out_names, self._out_dtypes, out_shapes)))
+        return _Plan(symbols, nbytes(in_shapes, self._in_dtypes), outs,
+                     nbytes(out_shapes, self._out_dtypes), ws_bytes)
+
+    def _new_plan(self, key: tuple[int, ...], shapes: list[tuple[int, ...]]) -> _Plan:
+        """The plan of a call on inputs of these shapes (a model with symbols), kept for the
+        next calls by `key`, the symbolic inputs' dims one after another (bind, shape and
+        workspace_size depend on nothing else); RunError where they do not bind."""
+        symbols = self.bind(shapes)
+        out_shapes = [self.shape_of(symbols, self._n_in + k) for k in range(self._n_out)]
+        needed = _ffi.new("uint64_t *")
+        if self._model.workspace_size(symbols, needed) != 0:
+            raise self._fail()
+        plan = self._make_plan(symbols, shapes, out_shapes, int(needed[0]))
+        if len(self._plans) >= _MAX_PLANS:  # unbounded symbols: shapes without end
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    @property
+    def num_threads(self) -> int:
+        """The threads a run may use, the calling thread included (see set_num_threads)."""
+        return int(self._model.num_threads())
+
+    def set_num_threads(self, n: int) -> int:
+        """Let runs use `n` threads, the caller's included; n < 1 restores the default
+        ($AOTML_NUM_THREADS, else the cores this process may run on). The pool belongs to the
+        model's library, so every Model loaded from it shares the setting. Results are the
+        same bit for bit at every count. Returns the count now in force."""
+        return int(self._model.set_num_threads(int(n)))
 
     def __repr__(self) -> str:
         def sig(ts):
             return ", ".join(f"{t.name}: {t.text()}" for t in ts)
         return f"<aotml.Model {self.name}({sig(self.inputs)}) -> ({sig(self.outputs)})>"
-
-    def _workspace(self, nbytes: int) -> np.ndarray:
-        # one workspace per thread, so concurrent calls never share scratch memory; it grows
-        # to the largest a call has needed
-        ws = getattr(self._local, "ws", None)
-        if ws is None or ws.nbytes < nbytes:
-            ws = self._local.ws = np.empty(max(nbytes, 1), np.uint8)
-        return ws
 
     def _fail(self) -> RunError:
         return RunError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
@@ -128,17 +194,87 @@ class Model:
             raise self._fail()
         return tuple(int(dims[k]) for k in range(rank))
 
-    def __call__(self, /, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, /, *, out: dict[str, np.ndarray] | None = None,
+                 **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """model(x=..., out={...}): `out` optionally maps output names to arrays to write into
         (unless the model has an input named `out`, which then takes that keyword)."""
-        names = {t.name for t in self.inputs}
-        out = None if "out" in names else arrays.pop("out", None)
+        if self._out_is_input and out is not None:
+            arrays["out"], out = out, None
         return self.run(arrays, out)
 
     def run(self, arrays: dict[str, np.ndarray],
             out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Run on `arrays` (name -> array); write into the arrays of `out` where given."""
-        names = {t.name for t in self.inputs}
+        # The fast path makes the checks of _run_checked, but at the first sign of anything
+        # unusual (a wrong or missing array, an unknown name, an ndarray subclass, an `out` that
+        # is not a dict) it leaves the call to _run_checked, which runs it or says what is
+        # wrong: the messages come from one place.
+        specs = self._in_specs
+        if specs is None or len(arrays) != self._n_in or (out and type(out) is not dict):
+            return self._run_checked(arrays, out)
+        pool = self._pool
+        try:
+            scratch = pool.pop()
+        except IndexError:
+            scratch = _Scratch(self._n_in, self._n_out)
+        in_ptrs, out_ptrs = scratch.in_ptrs, scratch.out_ptrs
+        ins = []  # holds the inputs for the call (`arrays` may be the caller's, and change)
+        key = ()
+        result = {}
+        try:
+            for k, name, dtype, shape in specs:
+                a = arrays[name]
+                if type(a) is not np.ndarray or (a.dtype is not dtype and a.dtype != dtype):
+                    raise _Unusual
+                s = a.shape
+                if s != shape:
+                    if shape is not None:
+                        raise _Unusual
+                    rank, get, want = self._symbolic_checks[k]
+                    if len(s) != rank or (get is not None and get(s) != want):
+                        raise _Unusual
+                    key += s
+                in_ptrs[k] = _from_buffer(a)  # ValueError where it is not C-contiguous
+                ins.append(a)
+            plan = self._plan or self._plans.get(key) or \
+                self._new_plan(key, [a.shape for a in ins])
+            symbols, in_bytes, outputs, out_bytes, ws_bytes = plan
+            if out:
+                found = 0
+                for k, name, dtype, shape in outputs:
+                    o = out.get(name)
+                    if o is None:
+                        o = np.empty(shape, dtype)
+                    else:
+                        if type(o) is not np.ndarray or o.shape != shape or \
+                                (o.dtype is not dtype and o.dtype != dtype):
+                            raise _Unusual
+                        found += 1
+                    # ValueError where it is read-only or not C-contiguous
+                    out_ptrs[k] = _from_buffer(o, require_writable=True)
+                    result[name] = o
+                if found != len(out):  # an unknown name
+                    raise _Unusual
+            else:
+                for k, name, dtype, shape in outputs:
+                    result[name] = o = np.empty(shape, dtype)
+                    out_ptrs[k] = _from_buffer(o)
+        except (_Unusual, KeyError, ValueError, RunError):
+            pool.append(scratch)
+            return self._run_checked(arrays, out)
+        if scratch.ws_bytes < ws_bytes:
+            scratch.grow(ws_bytes)
+        rc = self._run_c(symbols, in_ptrs, in_bytes, self._n_in, out_ptrs, out_bytes,
+                         self._n_out, scratch.ws_ptr, scratch.ws_bytes)
+        pool.append(scratch)
+        if rc != 0:
+            raise self._fail()
+        return result
+
+    def _run_checked(self, arrays: dict[str, np.ndarray],
+                     out: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """`run` one check at a time, raising RunError at the first that fails."""
+        names = self._input_names
         unknown = sorted(set(arrays) - names)
         if unknown:
             raise RunError(f"{self.name}: unknown input(s) {', '.join(unknown)}; it takes "
@@ -155,10 +291,10 @@ class Model:
             needed = _ffi.new("uint64_t *")
             if self._model.workspace_size(symbols, needed) != 0:
                 raise self._fail()
-            ws = self._workspace(int(needed[0]))
+            ws_bytes = int(needed[0])
         else:  # every shape is in the manifest, and _check has compared the inputs' with it
             symbols, shapes = _ffi.NULL, [t.shape for t in self.outputs]
-            ws = self._workspace(int(self._model.workspace_bytes))
+            ws_bytes = int(self._model.workspace_bytes)
         outs = [_check(self.name, "output", t, out[t.name], shape) if t.name in out
                 else np.empty(shape, t.dtype) for t, shape in zip(self.outputs, shapes)]
         in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
@@ -167,11 +303,58 @@ class Model:
                             or [_ffi.NULL])
         in_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in ins] or [0])
         out_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in outs] or [0])
+        try:
+            scratch = self._pool.pop()
+        except IndexError:
+            scratch = _Scratch(len(self.inputs), len(self.outputs))
+        if scratch.ws_bytes < ws_bytes:
+            scratch.grow(ws_bytes)
         rc = self._model.run(symbols, in_ptrs, in_bytes, len(ins), out_ptrs, out_bytes,
-                             len(outs), _ffi.from_buffer(ws), ws.nbytes)
+                             len(outs), scratch.ws_ptr, scratch.ws_bytes)
+        self._pool.append(scratch)
         if rc != 0:
             raise self._fail()
         return {t.name: a for t, a in zip(self.outputs, outs)}
+
+
+class _Plan(NamedTuple):
+    """What a call needs besides its arrays, for one set of input shapes. Concurrent calls
+    share it: C reads its arrays only."""
+
+    symbols: object  # cffi int64_t[] (NULL without symbols)
+    in_bytes: object  # cffi uint64_t[]
+    outputs: tuple[tuple[int, str, np.dtype, tuple[int, ...]], ...]  # index, name, dtype, shape
+    out_bytes: object  # cffi uint64_t[]
+    ws_bytes: int
+
+
+class _Unusual(Exception):
+    """Raised inside the fast path of a call: the checked path is to take the call over."""
+
+
+_MAX_PLANS = 256  # plans kept per model with symbols; past it they are dropped and remade
+_WORKSPACE_ALIGN = 64  # what the C entries allocate with ("64-byte aligned is best")
+_from_buffer = _ffi.from_buffer
+
+
+class _Scratch:
+    """One call's pointer tables and workspace. A call has it to itself: it is taken from the
+    model's pool and given back after the call."""
+
+    __slots__ = ("in_ptrs", "out_ptrs", "ws", "ws_ptr", "ws_bytes")
+
+    def __init__(self, n_inputs: int, n_outputs: int):
+        self.in_ptrs = _ffi.new("void *[]", max(n_inputs, 1))  # (NULL where there are none)
+        self.out_ptrs = _ffi.new("void *[]", max(n_outputs, 1))
+        self.ws, self.ws_ptr, self.ws_bytes = None, _ffi.NULL, -1
+
+    def grow(self, nbytes: int) -> None:
+        """A workspace of at least `nbytes` (and at least 1), 64-byte aligned."""
+        nbytes = max(nbytes, 1)
+        raw = np.empty(nbytes + _WORKSPACE_ALIGN, np.uint8)
+        skip = -raw.ctypes.data % _WORKSPACE_ALIGN
+        self.ws = raw[skip:skip + nbytes]
+        self.ws_ptr, self.ws_bytes = _ffi.from_buffer(self.ws), nbytes
 
 
 def elf_problem(path: Path) -> str | None:

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define AOTML_ABI_VERSION 2
+#define AOTML_ABI_VERSION 3
 
 typedef enum aotml_status {
     AOTML_OK = 0,
@@ -98,6 +98,13 @@ typedef struct aotml_model {
                uint32_t n_outputs, void *workspace, uint64_t workspace_bytes);
     /* The message of the last failed call on this thread ("" if none). */
     const char *(*last_error)(void);
+    /* The threads a run may use, the calling thread included: one pool per model library,
+     * started on first use. n < 1 restores the default: $AOTML_NUM_THREADS, else the cores
+     * this process may run on. Returns the count now in force. Results are the same bit for
+     * bit at every count. A run that finds the pool busy with another thread's run goes
+     * alone on its calling thread, so concurrent runs never oversubscribe the cores. */
+    int (*set_num_threads)(int n);
+    int (*num_threads)(void);
 } aotml_model;
 
 #ifdef __cplusplus

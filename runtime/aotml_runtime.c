@@ -1,11 +1,18 @@
 /* The runtime linked into every model library: argument checks at the ABI boundary (counts,
  * NULLs, byte sizes, overlaps, and the symbols' values and the shapes they imply), thread-local
- * error messages, and the workspace for callers of the generic entry that pass none. */
+ * error messages, the workspace for callers of the generic entry that pass none, and the
+ * thread pool that runs the kernels' parallel loops. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "aotml_runtime.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 /* No size may exceed this: every index the kernels compute then fits in an int64. */
 #define MAX_BYTES ((uint64_t)1 << 62)
@@ -318,4 +325,226 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
     const aotml_model *m = impl->model;
     return run(impl, symbols, inputs, NULL, m->n_inputs, outputs, NULL, m->n_outputs,
                workspace, 0, 1);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The thread pool.
+ *
+ * One pool per library, started on the first parallel loop: `size` - 1 workers plus the
+ * calling thread. A parallel loop over [0, extent) is cut into `chunks` contiguous ranges
+ * (at most one per thread, each at least `grain` iterations); the caller runs range 0 and
+ * worker k runs range k. The compiler only marks a loop parallel when its iterations write
+ * disjoint elements, so the result is the same bit for bit whatever the split.
+ *
+ * No oversubscription: a pool runs one loop at a time. A call that finds it busy (another
+ * thread of the application running a model of this library), or that comes from a worker,
+ * runs its loop alone on the calling thread. Workers spin briefly for the next loop (the
+ * kernels of one run follow each other within microseconds), then sleep on a condition
+ * variable. After fork() the child starts with no workers and makes its own on first use. */
+
+#define SPIN_NS 50000 /* how long a waiting thread spins before it sleeps */
+#define MAX_THREADS 256
+
+static struct {
+    pthread_mutex_t busy;  /* held by the thread running a parallel loop (or resizing) */
+    pthread_mutex_t lock;  /* guards the job, the generation and the sleepers */
+    pthread_cond_t wake, done;
+    int size;              /* threads a loop may use (caller included); 0: not chosen yet */
+    int started;           /* workers running */
+    pthread_t workers[MAX_THREADS];
+    /* the current job, published under `lock` with a new generation */
+    aotml_task_fn fn;
+    void *ctx;
+    int64_t extent, chunks;
+    _Atomic uint64_t generation;
+    _Atomic int64_t remaining; /* ranges of the job not yet finished by a worker */
+    _Atomic uint64_t pending;  /* 1 until the last worker's range of the job is done */
+    int status[MAX_THREADS];   /* each range's status, read once `remaining` is 0 */
+    uint64_t base_generation;  /* the generation when the workers were started */
+    int stop;
+} pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+
+static _Thread_local int in_parallel; /* this thread is running a range of a parallel loop */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Spins (reading the clock every 64 pauses) until *value != unwanted or SPIN_NS pass;
+ * returns whether it changed. */
+static int spin_while_equal(const _Atomic uint64_t *value, uint64_t unwanted) {
+    uint64_t deadline = now_ns() + SPIN_NS;
+    for (;;) {
+        for (int k = 0; k < 64; k++) {
+            if (atomic_load_explicit(value, memory_order_acquire) != unwanted) return 1;
+            cpu_relax();
+        }
+        if (now_ns() > deadline) return 0;
+    }
+}
+
+static int default_threads(void) {
+    const char *env = getenv("AOTML_NUM_THREADS");
+    if (env && *env) {
+        char *end;
+        long n = strtol(env, &end, 10);
+        if (*end == '\0' && n >= 1) return n > MAX_THREADS ? MAX_THREADS : (int)n;
+    }
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n >= 1) return n > MAX_THREADS ? MAX_THREADS : n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+static void range_of(int64_t extent, int64_t chunks, int64_t k, int64_t *begin, int64_t *end) {
+    *begin = extent / chunks * k + (k < extent % chunks ? k : extent % chunks);
+    *end = *begin + extent / chunks + (k < extent % chunks);
+}
+
+static void *worker_main(void *arg) {
+    int64_t index = (int64_t)(intptr_t)arg;
+    uint64_t seen = pool.base_generation; /* a job published before this thread ran is its */
+    in_parallel = 1;
+    for (;;) {
+        spin_while_equal(&pool.generation, seen);
+        pthread_mutex_lock(&pool.lock);
+        while (atomic_load(&pool.generation) == seen && !pool.stop)
+            pthread_cond_wait(&pool.wake, &pool.lock);
+        if (pool.stop) {
+            pthread_mutex_unlock(&pool.lock);
+            return NULL;
+        }
+        /* a consistent copy of the job: the caller publishes under the lock */
+        seen = atomic_load(&pool.generation);
+        aotml_task_fn fn = pool.fn;
+        void *ctx = pool.ctx;
+        int64_t extent = pool.extent, chunks = pool.chunks;
+        pthread_mutex_unlock(&pool.lock);
+        if (index >= chunks) continue;
+        int64_t begin, end;
+        range_of(extent, chunks, index, &begin, &end);
+        pool.status[index] = fn(ctx, begin, end);
+        if (atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&pool.lock);
+            atomic_store_explicit(&pool.pending, 0, memory_order_release);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+}
+
+/* With `busy` held: stop and join the workers. */
+static void stop_workers(void) {
+    pthread_mutex_lock(&pool.lock);
+    pool.stop = 1;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int k = 0; k < pool.started; k++) pthread_join(pool.workers[k], NULL);
+    pool.started = 0;
+    pool.stop = 0;
+}
+
+/* With `busy` held: the workers for `size` threads, as many as could be started. */
+static void start_workers(void) {
+    if (pool.size == 0) pool.size = default_threads();
+    pool.base_generation = atomic_load(&pool.generation);
+    while (pool.started < pool.size - 1) {
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        int rc = pthread_create(&pool.workers[pool.started], &attr, worker_main,
+                                (void *)(intptr_t)(pool.started + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            pool.size = pool.started + 1; /* run with the threads there are */
+            break;
+        }
+        pool.started++;
+    }
+}
+
+static void after_fork_in_child(void) {
+    /* the workers did not survive the fork; the child starts its own when it needs them */
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.started = 0;
+    pool.stop = 0;
+}
+
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+
+AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
+                                       int64_t grain) {
+    if (grain < 1) grain = 1;
+    int64_t chunks = extent / grain;
+    if (in_parallel || chunks < 2 || pthread_mutex_trylock(&pool.busy) != 0)
+        return fn(ctx, 0, extent);
+    pthread_once(&fork_handler_once, install_fork_handler);
+    if (pool.started < pool.size - 1 || pool.size == 0) start_workers();
+    if (chunks > pool.size) chunks = pool.size;
+    if (chunks < 2) {
+        pthread_mutex_unlock(&pool.busy);
+        return fn(ctx, 0, extent);
+    }
+    pthread_mutex_lock(&pool.lock);
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.extent = extent;
+    pool.chunks = chunks;
+    atomic_store(&pool.remaining, chunks - 1);
+    atomic_store(&pool.pending, 1);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+
+    int64_t begin, end;
+    range_of(extent, chunks, 0, &begin, &end);
+    in_parallel = 1;
+    int status = fn(ctx, begin, end);
+    in_parallel = 0;
+    if (!spin_while_equal(&pool.pending, 1)) {
+        pthread_mutex_lock(&pool.lock);
+        while (atomic_load(&pool.pending)) pthread_cond_wait(&pool.done, &pool.lock);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    /* the check that failed first in loop order, as a serial run would report: each range
+     * stops at its own first failure, and ranges are in loop order */
+    for (int64_t k = 1; k < chunks && status == 0; k++) status = pool.status[k];
+    pthread_mutex_unlock(&pool.busy);
+    return status;
+}
+
+AOTML_HIDDEN int aotml_rt_set_num_threads(int n) {
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    pthread_mutex_lock(&pool.busy);
+    stop_workers();
+    pool.size = n >= 1 ? n : default_threads();
+    pthread_mutex_unlock(&pool.busy);
+    return pool.size;
+}
+
+AOTML_HIDDEN int aotml_rt_num_threads(void) {
+    pthread_mutex_lock(&pool.busy);
+    if (pool.size == 0) pool.size = default_threads();
+    int n = pool.size;
+    pthread_mutex_unlock(&pool.busy);
+    return n;
 }

@@ -44,4 +44,16 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
                                     void *workspace);
 AOTML_HIDDEN const char *aotml_rt_last_error(void);
 
+/* A range [begin, end) of a parallel loop's iterations, run by one thread; returns 0 or a
+ * failed check's status, as the entry does. */
+typedef int (*aotml_task_fn)(void *ctx, int64_t begin, int64_t end);
+/* Runs fn over [0, extent) on the pool, in ranges of at least `grain` iterations; returns the
+ * status of the first range (in loop order) that failed, or 0. Called by the kernels. */
+AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
+                                       int64_t grain);
+/* The pool's size, caller included (n < 1: the default, $AOTML_NUM_THREADS or the cores this
+ * process may run on); returns the size now in force. */
+AOTML_HIDDEN int aotml_rt_set_num_threads(int n);
+AOTML_HIDDEN int aotml_rt_num_threads(void);
+
 #endif

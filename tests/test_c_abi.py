@@ -455,6 +455,9 @@ int main(void) {
     printf("elements %u %u %u %u\n", N_m_x, N_m_y, N_m_s, N_m_t);
     printf("same %d\n", aotml_model_v1() == m);
     printf("error [%s]\n", m_last_error());
+    int three = m_set_num_threads(3);
+    int now = m->num_threads();
+    printf("threads %d %d %d\n", three, now, m->set_num_threads(1));
     return 0;
 }
 """
@@ -473,7 +476,8 @@ def test_manifest_from_c(model_m, tmp_path):
         else:
             rows[key] = rest
     abi, abi_macro = map(int, rows["abi"].split())
-    assert abi == abi_macro == 2
+    assert abi == abi_macro == 3
+    assert rows["threads"] == "3 3 1"
     assert rows["name"] == "m"
     assert rows["version"] == aotml.__version__
     assert re.fullmatch(r"[0-9a-f]{64}", rows["hash"]), rows["hash"]

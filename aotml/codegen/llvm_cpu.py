@@ -64,7 +64,8 @@ class CpuTarget:
         host = triple is None and cpu is None
         _init_llvm(all_targets=not host)
         self.triple = triple or llvm.get_process_triple()
-        self.cpu = cpu or llvm.get_host_cpu_name()
+        # another triple without a cpu: that architecture's baseline, not this host's cpu
+        self.cpu = cpu or (llvm.get_host_cpu_name() if triple is None else "generic")
         if features is None:
             features = llvm.get_host_cpu_features().flatten() if host else ""
         self.features = features
@@ -181,30 +182,49 @@ def dim_value(b: ir.IRBuilder, d, values: dict[str, ir.Value]) -> ir.Value:
 
 
 class _KernelEmitter:
-    """Emits one kernel: loops as bottom-tested blocks (every extent is at least 1)."""
+    """Emits one kernel: loops as bottom-tested blocks (every extent is at least 1).
+
+    A parallel loop becomes two more functions: its *range* function, which runs the loop over
+    [begin, end) with the kernel's buffers as noalias arguments (so LLVM vectorizes it as it
+    would the kernel), and a *task* that unpacks a context record (buffer addresses, symbols,
+    enclosing loop variables) and calls it. The kernel fills the record on its stack and
+    hands the task to the runtime's aotml_rt_parallel_for."""
 
     def __init__(self, module: ir.Module, kernel: L.Kernel, attrs: dict[str, str],
-                 messages: dict[str, int], symbols: tuple[str, ...]):
-        self.module, self.kernel, self.messages = module, kernel, messages
-        fn = ir.Function(module, ir.FunctionType(I32, [PTR] * len(kernel.args)
-                                                 + [I64] * len(symbols)), name=kernel.name)
+                 messages: dict[str, int], symbols: tuple[str, ...],
+                 name: str | None = None, captured: tuple[str, ...] = (),
+                 ranged: L.For | None = None):
+        self.module, self.kernel, self.messages, self.attrs = module, kernel, messages, attrs
+        self.symbol_names = symbols
+        params = [PTR] * len(kernel.args) + [I64] * (len(symbols) + len(captured))
+        if ranged is not None:
+            params += [I64, I64]
+        fn = ir.Function(module, ir.FunctionType(I32, params), name=name or kernel.name)
         fn.linkage = "internal"
         fn.attributes = _FunctionAttributes(attrs)
         fn.attributes.add("nounwind")
         for arg, buf in zip(fn.args, kernel.args):
             arg.name = buf.name
             arg.add_attribute("noalias")
-        self.symbols = dict(zip(symbols, fn.args[len(kernel.args):]))
+        n = len(kernel.args)
+        self.symbols = dict(zip(symbols, fn.args[n:n + len(symbols)]))
         for s, arg in self.symbols.items():
             arg.name = s
         self.fn = fn
         self.base = {buf.name: arg for buf, arg in zip(kernel.args, fn.args)}
-        self.vars: dict[str, ir.Value] = {}
+        self.vars: dict[str, ir.Value] = dict(zip(captured, fn.args[n + len(symbols):]))
         self.locals: dict[str, ir.Value] = {}
+        self.ranged = ranged
+        self.parallel_count = 0
 
     def emit(self) -> ir.Function:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self._stmts(self.kernel.body)
+        if self.ranged is not None:
+            begin, end = self.fn.args[-2:]
+            begin.name, end.name = "begin", "end"
+            self._loop(self.ranged, begin, end)
+        else:
+            self._stmts(self.kernel.body)
         self.b.ret(I32(0))
         return self.fn
 
@@ -241,21 +261,64 @@ class _KernelEmitter:
             return self.b.alloca(_VALUE[var.dtype], name=var.name)
 
     def _for(self, s: L.For) -> None:
+        if s.parallel and self.ranged is None:
+            self._parallel_for(s)
+        else:
+            self._loop(s, I64(0), dim_value(self.b, s.extent, self.symbols))
+
+    def _loop(self, s: L.For, begin: ir.Value, end: ir.Value) -> None:
         pre = self.b.block
         header = self.fn.append_basic_block(f"{s.var.name}.loop")
         self.b.branch(header)
         self.b.position_at_end(header)
         i = self.b.phi(I64, name=s.var.name)
-        i.add_incoming(I64(0), pre)
+        i.add_incoming(begin, pre)
         self.vars[s.var.name] = i
         self._stmts(s.body)
         nxt = self.b.add(i, I64(1), name=f"{s.var.name}.next", flags=["nuw", "nsw"])
         i.add_incoming(nxt, self.b.block)
         done = self.fn.append_basic_block(f"{s.var.name}.done")
-        extent = dim_value(self.b, s.extent, self.symbols)
-        self.b.cbranch(self.b.icmp_signed("<", nxt, extent), header, done)
+        self.b.cbranch(self.b.icmp_signed("<", nxt, end), header, done)
         self.b.position_at_end(done)
         del self.vars[s.var.name]
+
+    def _parallel_for(self, s: L.For) -> None:
+        k = self.parallel_count
+        self.parallel_count += 1
+        captured = tuple(self.vars)
+        body = _KernelEmitter(self.module, self.kernel, self.attrs, self.messages,
+                              self.symbol_names, f"{self.kernel.name}.range{k}", captured,
+                              s).emit()
+        slots = [PTR] * len(self.kernel.args) + [I64] * (len(self.symbols) + len(captured))
+        record = ir.LiteralStructType(slots)
+        task = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64]),
+                           name=f"{self.kernel.name}.task{k}")
+        task.linkage = "internal"
+        task.attributes = _FunctionAttributes(self.attrs)
+        task.attributes.add("nounwind")
+        tb = ir.IRBuilder(task.append_basic_block("entry"))
+        ctx, begin, end = task.args
+        values = [tb.load(tb.gep(ctx, [I32(0), I32(j)], inbounds=True, source_etype=record),
+                          typ=t) for j, t in enumerate(slots)]
+        tb.ret(tb.call(body, values + [begin, end]))
+
+        with self.b.goto_entry_block():
+            self.b.position_at_start(self.fn.entry_basic_block)
+            ctx = self.b.alloca(record, name=f"par{k}.ctx")
+        values = ([self.base[buf.name] for buf in self.kernel.args]
+                  + list(self.symbols.values()) + [self.vars[v] for v in captured])
+        for j, v in enumerate(values):
+            # (the alloca is typed: gep finds the slot's type from it)
+            self.b.store(v, self.b.gep(ctx, [I32(0), I32(j)], inbounds=True))
+        run = self._declare("aotml_rt_parallel_for", I32, [PTR, PTR, I64, I64])
+        status = self.b.call(run, [task, ctx, dim_value(self.b, s.extent, self.symbols),
+                                   I64(s.grain)])
+        failed = self.fn.append_basic_block(f"par{k}.failed")
+        ok = self.fn.append_basic_block(f"par{k}.ok")
+        self.b.cbranch(self.b.icmp_unsigned("!=", status, I32(0)), failed, ok)
+        self.b.position_at_end(failed)
+        self.b.ret(status)
+        self.b.position_at_end(ok)
 
     # expressions
 

@@ -254,11 +254,15 @@ def map_expr(e: Expr, f) -> Expr:
 
 @dataclass(frozen=True)
 class For:
-    """`for var in 0..extent` (extent >= 1, for every value of its symbols)."""
+    """`for var in 0..extent` (extent >= 1, for every value of its symbols). A `parallel` loop
+    runs its iterations in ranges of at least `grain` on the runtime's threads: only
+    loops/schedule.py sets it, after proving that the iterations write disjoint elements."""
 
     var: Var
     extent: Dim
     body: tuple["Stmt", ...]
+    parallel: bool = False
+    grain: int = 1
 
     def __post_init__(self):
         if isinstance(self.extent, Sym):
@@ -435,7 +439,8 @@ def format_stmts(stmts, indent: int) -> list[str]:
     out: list[str] = []
     for s in stmts:
         if isinstance(s, For):
-            out.append(f"{pad}for {s.var.name} in 0..{s.extent} {{")
+            kind = f"parallel(grain {s.grain}) for" if s.parallel else "for"
+            out.append(f"{pad}{kind} {s.var.name} in 0..{s.extent} {{")
             out += format_stmts(s.body, indent + 1)
             out.append(f"{pad}}}")
         elif isinstance(s, Store):

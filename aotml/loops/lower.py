@@ -8,6 +8,8 @@ Assumes the graph passes have run (outputs are distinct node results).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aotml import ops
 from aotml.errors import CompileError
 from aotml.graph.ir import Graph, Value
@@ -16,6 +18,7 @@ from aotml.graph.symbolic import SymbolicError
 from aotml.loops.build import Names, Operand, const
 from aotml.loops.fuse import fuse
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
+from aotml.loops.schedule import parallelize
 
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
@@ -90,6 +93,7 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
     roots = {name: r.name for name, r in root.items()}
     kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
                              notes, roots)
+    kernels = [parallelize(k) for k in kernels]
     plan = _plan(launches, kernels, [b for b in temps if b.name not in root], graph.symbols,
                  roots)
     live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
@@ -130,6 +134,6 @@ def _locate_asserts(stmts, where: str) -> list:
         if isinstance(s, Assert):
             s = Assert(s.cond, f"{s.message} in {where}")
         elif isinstance(s, For):
-            s = For(s.var, s.extent, tuple(_locate_asserts(s.body, where)))
+            s = replace(s, body=tuple(_locate_asserts(s.body, where)))
         out.append(s)
     return out

@@ -9,6 +9,9 @@ Outputs are written to temporary files beside the destination and renamed into p
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,7 +25,7 @@ from aotml.graph.symbolic import Dim, Sym, evaluate, product
 from aotml.loops.ir import Program, assert_messages
 from aotml.resources import runtime_dir
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
@@ -185,7 +188,7 @@ def generate_glue(m: Manifest) -> str:
         f"    AOTML_ABI_VERSION, {_c_string(m.aotml_version)}, {_c_string(m.name)},",
         f"    {_c_string(m.build_hash)}, {ni}u, inputs, {no}u, outputs, {ns}u, symbols,",
         f"    {m.static_workspace or 0}u, {m.weights_bytes}u, bind, shape, workspace,",
-        "    generic_run, aotml_rt_last_error,",
+        "    generic_run, aotml_rt_last_error, aotml_rt_set_num_threads, aotml_rt_num_threads,",
         "};",
         "static const char *const errors[] = {"
         + ", ".join(_c_string(e) for e in m.errors) + (", 0};" if m.errors else "0};"),
@@ -195,6 +198,7 @@ def generate_glue(m: Manifest) -> str:
         "AOTML_EXPORT const aotml_model *aotml_model_v1(void) { return &model; }",
         f"AOTML_EXPORT const aotml_model *{p}_model(void) {{ return &model; }}",
         f"AOTML_EXPORT const char *{p}_last_error(void) {{ return aotml_rt_last_error(); }}",
+        f"AOTML_EXPORT int {p}_set_num_threads(int n) {{ return aotml_rt_set_num_threads(n); }}",
         "",
         "/* Parameters are named by position here, so no tensor name can shadow a name below. */",
         f"AOTML_EXPORT {_typed_signature(m, positional=True)} {{",
@@ -290,6 +294,9 @@ def generate_header(m: Manifest) -> str:
         "/* The manifest and the generic entry point (see aotml.h). */",
         f"const aotml_model *{c_name(m.name)}_model(void);",
         f"const char *{c_name(m.name)}_last_error(void);",
+        "/* The threads its runs may use, the caller's included (n < 1: the default,",
+        " * $AOTML_NUM_THREADS or the cores available); returns the count in force. */",
+        f"int {c_name(m.name)}_set_num_threads(int n);",
         "",
         "#ifdef __cplusplus",
         "}",
@@ -306,10 +313,17 @@ def link_library(object_code: bytes, weights: list, weights_bytes: int, manifest
     """Compile and link in `workdir`; returns the path of the linked library there.
 
     The soname is the output's file name, so a C program linked against `build/mlp.so` records
-    `mlp.so` and finds it through its rpath, not through the path it was linked with."""
+    `mlp.so` and finds it through its rpath, not through the path it was linked with.
+
+    The runtime is linked as an object compiled once and kept in a cache (`_runtime_object`
+    says where and how it is checked), so a build compiles only its glue. The object is
+    compiled the same way on a hit, a miss, or with no cache, so the library's bytes do not
+    depend on the cache."""
     rt = runtime_dir()
-    for name in ("aotml.h", "aotml_runtime.h", "aotml_runtime.c"):
-        shutil.copyfile(rt / name, workdir / name)
+    # read once: the bytes compiled are the bytes the cache key was made of
+    sources = {name: (rt / name).read_bytes() for name in _RUNTIME_SOURCES}
+    for name, data in sources.items():
+        (workdir / name).write_bytes(data)
     (workdir / "kernels.o").write_bytes(object_code)
     blob = bytearray(weights_bytes)
     for offset, array in weights:
@@ -318,17 +332,112 @@ def link_library(object_code: bytes, weights: list, weights_bytes: int, manifest
     (workdir / "weights.bin").write_bytes(bytes(blob))
     (workdir / "model.c").write_text(generate_glue(manifest))
     cc = os.environ.get("CC", "cc")
-    cmd = [cc, "-shared", "-fPIC", "-O2", "-std=c11", "-fvisibility=hidden", "-I.",
-           "-Wl,-z,noexecstack", f"-Wl,-soname,{soname}", "-o", "model.so", "model.c",
-           "aotml_runtime.c", "kernels.o",
-           "-lm"]
+    _runtime_object(cc, sources, workdir)
+    _run_cc([cc, "-shared", *_C_FLAGS, "-Wl,-z,noexecstack", f"-Wl,-soname,{soname}",
+             "-o", "model.so", "model.c", "aotml_runtime.o", "kernels.o", "-lm"], workdir)
+    return workdir / "model.so"
+
+
+_RUNTIME_SOURCES = ("aotml.h", "aotml_runtime.h", "aotml_runtime.c")
+# for the runtime's object and the glue alike; -pthread in the link too, for a runtime that
+# starts threads
+_C_FLAGS = ("-fPIC", "-O2", "-std=c11", "-fvisibility=hidden", "-pthread", "-I.")
+_CACHE_FORMAT = b"aotml runtime object cache 1"  # changes when an entry's layout does
+_DIGEST_BYTES = hashlib.sha256().digest_size
+
+
+def _run_cc(cmd: list[str], workdir: Path) -> None:
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     except FileNotFoundError:
-        raise CompileError(f"no C compiler '{cc}' found to link the library (set CC)") from None
+        raise CompileError(f"no C compiler '{cmd[0]}' found to link the library "
+                           "(set CC)") from None
     if proc.returncode != 0:
         raise CompileError(f"linking the library failed ({' '.join(cmd)}):\n{proc.stderr}")
-    return workdir / "model.so"
+
+
+def _runtime_object(cc: str, sources: dict[str, bytes], workdir: Path) -> None:
+    """Put the runtime's object in `workdir` as `aotml_runtime.o`: from the cache if it holds
+    one for these sources, compiler and flags, else compiled there from the sources already
+    copied in (under relative names, so no path of this build ends up in it) and then cached.
+
+    The cache is `$AOTML_CACHE_DIR`, else `$XDG_CACHE_HOME/aotml`, else `~/.cache/aotml`;
+    `AOTML_CACHE_DIR=` (set, empty) turns it off. Entries are `runtime/KEY.o`, KEY the sha256
+    of the sources, the compile command and `cc --version`; each holds the object followed by
+    the object's sha256, so a truncated or damaged entry is seen as a miss (and rewritten).
+    Entries are written to a temporary file in the same folder and renamed into place, so a
+    concurrent build sees a whole entry or none. A cache that cannot be made, read or written
+    is no cache: the build goes on as without one."""
+    cmd = [cc, "-c", *_C_FLAGS, "-o", "aotml_runtime.o", "aotml_runtime.c"]
+    folder = _cache_dir()
+    entry = None if folder is None else folder / "runtime" / f"{_cache_key(cmd, sources)}.o"
+    if entry is not None:
+        obj = _load_cached(entry)
+        if obj is not None:
+            (workdir / "aotml_runtime.o").write_bytes(obj)
+            return
+    _run_cc(cmd, workdir)
+    if entry is not None:
+        _store_cached(entry, (workdir / "aotml_runtime.o").read_bytes())
+
+
+def _cache_dir() -> Path | None:
+    explicit = os.environ.get("AOTML_CACHE_DIR")
+    if explicit is not None:
+        return Path(os.path.abspath(explicit)) if explicit else None
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec has relative values ignored
+        return Path(xdg) / "aotml"
+    home = os.path.expanduser("~")
+    return Path(home) / ".cache" / "aotml" if os.path.isabs(home) else None
+
+
+def _cache_key(cmd: list[str], sources: dict[str, bytes]) -> str:
+    digest = hashlib.sha256(_CACHE_FORMAT)
+    parts = [*(x for name in sorted(sources) for x in (name.encode(), sources[name])),
+             *(arg.encode() for arg in cmd), _compiler_version(cmd[0], shutil.which(cmd[0]))]
+    for part in parts:  # length-prefixed, so no two different lists of parts hash alike
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return digest.hexdigest()
+
+
+@functools.cache
+def _compiler_version(cc: str, resolved: str | None) -> bytes:
+    """`cc --version`, once per process for each compiler (`resolved`, where `cc` is found on
+    PATH, tells two compilers of one name apart)."""
+    try:
+        proc = subprocess.run([cc, "--version"], capture_output=True)
+    except FileNotFoundError:
+        raise CompileError(f"no C compiler '{cc}' found to link the library (set CC)") from None
+    return b"%d\0%s\0%s" % (proc.returncode, proc.stdout, proc.stderr)
+
+
+def _load_cached(entry: Path) -> bytes | None:
+    try:
+        data = entry.read_bytes()
+    except OSError:
+        return None
+    obj, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
+    if not obj or hashlib.sha256(obj).digest() != digest:
+        return None
+    return obj
+
+
+def _store_cached(entry: Path, obj: bytes) -> None:
+    # no fsync: an entry cut short by a crash fails its digest and is compiled again
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(obj + hashlib.sha256(obj).digest())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, entry)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def write_atomically(files: dict[Path, bytes]) -> None:

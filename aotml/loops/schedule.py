@@ -1,0 +1,214 @@
+"""Thread parallelism: which loop of each nest runs across the runtime's thread pool.
+
+A loop may run in parallel when its iterations are independent, which is proved here from the
+indices, not assumed from the op: for every buffer the body stores, every store *and every
+load* of that buffer addresses, at one index position shared by all of them, `v*c + e` where
+`v` is the loop variable, `c` a positive constant, and `0 <= e < c` for every value of the
+inner loop variables. Iteration `v` then owns the elements `[v*c, v*c + c)` of that dim: it
+writes only its own and reads back only its own. The body may not touch a scalar local
+declared outside the loop. Such a loop gives the same result, bit for bit, however its range
+is split, so results do not depend on the thread count.
+
+Which loop: in each top-level nest of a kernel, the outermost provable loop along the chain of
+perfectly nested loops whose extent is symbolic or at least MIN_SPLIT; failing that, the
+provable one with the largest extent. Each thread's range gets at least `grain` iterations,
+about GRAIN_WORK scalar operations (symbols counted as 1); a static loop with less than two
+ranges' worth stays serial, and the runtime splits a symbolic one only as far as its value at
+run time allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aotml.graph.symbolic import Sym
+from aotml.loops.ir import (
+    Assert,
+    Assign,
+    Binary,
+    Const,
+    Expr,
+    For,
+    Kernel,
+    Load,
+    Local,
+    Store,
+    Var,
+    children,
+)
+
+MIN_SPLIT = 4
+GRAIN_WORK = 1 << 15  # the least work a thread's range gets: ~10 us, well above a wake-up
+
+
+def parallelize(kernel: Kernel) -> Kernel:
+    """`kernel` with one loop of each profitable top-level nest marked parallel."""
+    return replace(kernel, body=tuple(_nest(s) if isinstance(s, For) else s
+                                      for s in kernel.body))
+
+
+def _nest(top: For) -> For:
+    chain, s = [], top
+    while True:
+        chain.append(s)
+        if len(s.body) != 1 or not isinstance(s.body[0], For):
+            break
+        s = s.body[0]
+    legal = [f for k, f in enumerate(chain)
+             if independent(f, tuple(c.var.name for c in chain[:k]))]
+    if not legal:
+        return top
+    wide = [f for f in legal if isinstance(f.extent, Sym) or f.extent >= MIN_SPLIT]
+    pick = wide[0] if wide else max(legal, key=lambda f: f.extent)
+    per_iteration = max(work(pick.body), 1)
+    grain = max(1, -(-GRAIN_WORK // per_iteration))
+    if not isinstance(pick.extent, Sym) and pick.extent // grain < 2:
+        return top  # not two ranges' worth: a wake-up would cost more than it saves
+    return _mark(top, pick, grain)
+
+
+def _mark(s: For, pick: For, grain: int) -> For:
+    if s is pick:
+        return replace(s, parallel=True, grain=grain)
+    return replace(s, body=(_mark(s.body[0], pick, grain),))
+
+
+def work(stmts) -> int:
+    """Scalar operations (loads, arithmetic, stores) a statement list runs, symbols counted as 1."""
+    total = 0
+    for s in stmts:
+        if isinstance(s, For):
+            total += (s.extent if isinstance(s.extent, int) else 1) * work(s.body)
+        elif isinstance(s, Store):
+            total += 1 + _size(s.value) + sum(_size(i) for i in s.indices)
+        elif isinstance(s, (Local, Assign)):
+            total += _size(s.init if isinstance(s, Local) else s.value)
+        elif isinstance(s, Assert):
+            total += _size(s.cond)
+    return total
+
+
+def _size(e: Expr) -> int:
+    if isinstance(e, (Const, Var)):
+        return 0
+    return 1 + sum(_size(c) for c in children(e))
+
+
+def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
+    """Whether the iterations of `loop` write disjoint elements and read back only their own,
+    and use no scalar local from outside it (see the module docstring). `outer` names the
+    enclosing loops' variables, fixed while it runs."""
+    extents: dict[str, int | None] = {}
+    declared: set[str] = set()
+    accesses: dict[str, list[tuple]] = {}
+    stored: set[str] = set()
+    free: set[str] = set()
+
+    def expr(e: Expr) -> None:
+        if isinstance(e, Var):
+            if e.name not in extents and e.name not in declared and e.name != loop.var.name:
+                free.add(e.name)
+            return
+        if isinstance(e, Load):
+            accesses.setdefault(e.buffer.name, []).append(e.indices)
+        for c in children(e):
+            expr(c)
+
+    def walk(stmts) -> None:
+        for s in stmts:
+            if isinstance(s, For):
+                extents[s.var.name] = s.extent if isinstance(s.extent, int) else None
+                walk(s.body)
+            elif isinstance(s, Store):
+                stored.add(s.buffer.name)
+                accesses.setdefault(s.buffer.name, []).append(s.indices)
+                for i in s.indices:
+                    expr(i)
+                expr(s.value)
+            elif isinstance(s, Local):
+                expr(s.init)
+                declared.add(s.var.name)
+            elif isinstance(s, Assign):
+                if s.var.name not in declared:
+                    free.add(s.var.name)
+                expr(s.value)
+            elif isinstance(s, Assert):
+                expr(s.cond)
+
+    walk(loop.body)
+    if free - set(outer):
+        return False  # a local from outside, shared by every thread
+    return all(_owned(accesses[name], loop.var, extents) for name in stored)
+
+
+def _owned(indices_list, v: Var, extents: dict[str, int | None]) -> bool:
+    rank = len(indices_list[0])
+    for p in range(rank):
+        coef = None
+        for indices in indices_list:
+            form = _affine(indices[p], v.name)
+            if form is None:
+                break
+            c, rest = form
+            if c < 1 or (coef is not None and c != coef):
+                break
+            lo, hi = _range(rest, extents) if rest is not None else (0, 0)
+            if lo is None or lo < 0 or hi >= c:
+                break
+            coef = c
+        else:
+            return True
+    return False
+
+
+def _affine(e: Expr, v: str) -> tuple[int, Expr | None] | None:
+    """`e` as `c*v + rest` (rest free of v, None for 0), or None when it is not of that form."""
+    if isinstance(e, Var) and e.name == v:
+        return 1, None
+    if not _mentions(e, v):
+        return 0, e
+    if isinstance(e, Binary) and e.op in ("add", "sub"):
+        left, right = _affine(e.lhs, v), _affine(e.rhs, v)
+        if left is None or right is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        rest = left[1]
+        if right[1] is not None:
+            rest = right[1] if rest is None and sign == 1 else \
+                Binary(e.op, rest if rest is not None else Const(0, "i64"), right[1])
+        return left[0] + sign * right[0], rest
+    if isinstance(e, Binary) and e.op == "mul":
+        for a, b in ((e.lhs, e.rhs), (e.rhs, e.lhs)):
+            if isinstance(b, Const):
+                inner = _affine(a, v)
+                if inner is None:
+                    return None
+                c, rest = inner
+                return c * int(b.value), None if rest is None else Binary("mul", rest, b)
+    return None
+
+
+def _mentions(e: Expr, v: str) -> bool:
+    if isinstance(e, Var):
+        return e.name == v
+    return any(_mentions(c, v) for c in children(e))
+
+
+def _range(e: Expr, extents: dict[str, int | None]) -> tuple[int | None, int | None]:
+    """Bounds of an index expression over the inner loops' ranges, or (None, None)."""
+    if isinstance(e, Const):
+        return int(e.value), int(e.value)
+    if isinstance(e, Var):
+        ext = extents.get(e.name)
+        return (0, ext - 1) if ext is not None else (None, None)
+    if isinstance(e, Binary) and e.op in ("add", "sub", "mul"):
+        a, b = _range(e.lhs, extents), _range(e.rhs, extents)
+        if a[0] is None or b[0] is None:
+            return None, None
+        if e.op == "add":
+            return a[0] + b[0], a[1] + b[1]
+        if e.op == "sub":
+            return a[0] - b[1], a[1] - b[0]
+        products = [x * y for x in a for y in b]
+        return min(products), max(products)
+    return None, None

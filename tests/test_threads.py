@@ -1,0 +1,213 @@
+"""Parallel loops: which loops the schedule proves independent, and that compiled models give
+the same bits at every thread count, fail the same way, and survive threads and fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import aotml
+from aotml.loops.ir import Assign, Binary, Buffer, Const, For, Kernel, Load, Local, Store, Var
+from aotml.loops.schedule import independent, parallelize
+from conftest import REPO, rand
+
+OUT = Buffer("y", "f32", (64, 32))
+SRC = Buffer("x", "f32", (64, 32))
+i, j, t = Var("i"), Var("j"), Var("t")
+
+
+def c(v: int) -> Const:
+    return Const(v, "i64")
+
+
+def test_a_loop_storing_at_its_own_index_is_independent():
+    body = (For(j, 32, (Store(OUT, (i, j), Load(SRC, (i, j))),)),)
+    assert independent(For(i, 64, body))
+    # the inner loop is independent too, given the outer variable
+    assert independent(body[0], ("i",))
+
+
+def test_a_store_at_a_shifted_index_is_not():
+    shifted = Binary("add", i, c(1))
+    body = (For(j, 32, (Store(OUT, (shifted, j), Load(SRC, (i, j))),)),)
+    assert not independent(For(i, 63, body))
+
+
+def test_tiles_own_their_block_when_the_offset_stays_inside_it():
+    row = Binary("add", Binary("mul", i, c(4)), t)
+    tile = (For(t, 4, (For(j, 32, (Store(OUT, (row, j), Load(SRC, (row, j))),)),)),)
+    assert independent(For(i, 16, tile))
+    overlapping = (For(t, 5, tile[0].body),)  # t reaches 4: block i writes row 4i+4
+    assert not independent(For(i, 12, overlapping))
+
+
+def test_reading_back_another_iterations_element_is_not_independent():
+    prev = Load(OUT, (Binary("sub", i, c(1)), j))
+    body = (For(j, 32, (Store(OUT, (i, j), prev),)),)
+    assert not independent(For(i, 64, body))
+
+
+def test_an_accumulator_declared_outside_the_loop_is_shared():
+    acc = Var("acc", "f32")
+    total = Buffer("s", "f32", (1,))
+    loop = For(i, 64, (For(j, 32, (Assign(acc, Binary("add", acc, Load(SRC, (i, j)))),)),))
+    assert not independent(loop)
+    kernel = Kernel("k", (SRC, total), ("s",), (Local(acc, Const(0.0, "f32")), loop,
+                                               Store(total, (c(0),), acc)))
+    assert not any(s.parallel for s in parallelize(kernel).body if isinstance(s, For))
+
+
+def test_small_nests_stay_serial_and_big_ones_get_a_grain():
+    small = Kernel("k", (SRC, OUT), ("y",),
+                   (For(i, 64, (For(j, 32, (Store(OUT, (i, j), Load(SRC, (i, j))),)),)),))
+    assert not parallelize(small).body[0].parallel
+    big_out, big_src = Buffer("y", "f32", (512, 512)), Buffer("x", "f32", (512, 512))
+    big = Kernel("k", (big_src, big_out), ("y",),
+                 (For(i, 512, (For(j, 512, (Store(big_out, (i, j),
+                                                   Load(big_src, (i, j))),)),)),))
+    loop = parallelize(big).body[0]
+    assert loop.parallel and 1 <= loop.grain < 512
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled models at several thread counts
+
+MODELS = {
+    # tiles, narrower column tiles and one-row tiles, with a fused bias + relu epilogue
+    "matmul": ("""weights "weights.npz"
+model m {
+    input a: f32[203, 131]
+    param w: f32[131, 77]
+    param b: f32[77]
+    output y = relu(a @ w + b)
+}""", {"w": (131, 77), "b": (77,)}, {"a": (203, 131)}),
+    "linear_symbolic": ("""weights "weights.npz"
+model m {
+    dim N <= 300
+    input x: f32[N, 97]
+    param w: f32[45, 97]
+    param b: f32[45]
+    output y = gelu(linear(x, w, b))
+}""", {"w": (45, 97), "b": (45,)}, {"x": (257, 97)}),
+    "softmax_norm": ("""weights "weights.npz"
+model m {
+    input x: f32[300, 257]
+    param g: f32[257]
+    param b: f32[257]
+    output y = layer_norm(softmax(x, axis=-1) * 3, g, b, axis=-1)
+}""", {"g": (257,), "b": (257,)}, {"x": (300, 257)}),
+    "conv": ("""weights "weights.npz"
+model m {
+    input x: f32[2, 5, 41, 37]
+    param w: f32[11, 5, 3, 3]
+    output y = relu(conv2d(x, w, padding=1))
+}""", {"w": (11, 5, 3, 3)}, {"x": (2, 5, 41, 37)}),
+    "reduce": ("""model m {
+    input x: f32[513, 300]
+    output y = sum(exp(x * 0.1), axis=1)
+}""", {}, {"x": (513, 300)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_thread_count_gives_the_same_bits(build_model, name):
+    source, weights, inputs = MODELS[name]
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    params = {k: rand(rng, s) for k, s in weights.items()}
+    model = build_model(source, params if params else None)
+    assert "parallel" in _loops_text(model), "no loop of this model runs in parallel"
+    feeds = {k: rand(rng, s) for k, s in inputs.items()}
+    results = []
+    for n in (1, 2, 3, 5):
+        assert model.set_num_threads(n) == n
+        results.append(model(**feeds)["y"])
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    want = aotml.interpret(model.source_path, precise=True, **feeds)["y"]
+    np.testing.assert_allclose(results[0], want, rtol=1e-5 * 16, atol=1e-5)
+
+
+def _loops_text(model) -> str:
+    out = subprocess.run([sys.executable, "-m", "aotml", "build", str(model.source_path), "-o",
+                          str(model.source_path.with_suffix(".again.so")), "--dump", "loops"],
+                         capture_output=True, text=True, cwd=REPO, check=True)
+    return out.stdout
+
+
+GATHER = """model m {
+    input x: f32[300, 64]
+    input idx: i64[400]
+    output y = gather(x, idx, axis=0)
+}"""
+
+
+def test_a_failed_check_in_a_worker_is_reported_as_a_serial_run_reports_it(build_model):
+    model = build_model(GATHER)
+    rng = np.random.default_rng(7)
+    x = rand(rng, (300, 64))
+    idx = rng.integers(0, 300, size=400)
+    idx[-3] = 300  # in the last range, which a worker runs
+    messages = []
+    for n in (1, 2, 4):
+        model.set_num_threads(n)
+        with pytest.raises(aotml.RunError) as err:
+            model(x=x, idx=idx)
+        messages.append(str(err.value))
+    assert len(set(messages)) == 1 and "gather index out of range" in messages[0]
+    idx[-3] = 299
+    np.testing.assert_array_equal(model(x=x, idx=idx)["y"], x[idx])
+
+
+def test_concurrent_callers_each_get_their_own_result(build_model):
+    source, weights, _ = MODELS["matmul"]
+    rng = np.random.default_rng(3)
+    params = {k: rand(rng, s) for k, s in weights.items()}
+    model = build_model(source, params)
+    model.set_num_threads(2)
+    feeds = [rand(rng, (203, 131)) for _ in range(4)]
+    want = [model(a=a)["y"] for a in feeds]
+    got: dict[int, list] = {k: [] for k in range(4)}
+
+    def work(k):
+        for _ in range(20):
+            got[k].append(model(a=feeds[k])["y"])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(4):
+        for r in got[k]:
+            np.testing.assert_array_equal(r, want[k])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers(build_model):
+    source, weights, _ = MODELS["matmul"]
+    rng = np.random.default_rng(5)
+    model = build_model(source, {k: rand(rng, s) for k, s in weights.items()})
+    model.set_num_threads(2)
+    a = rand(rng, (203, 131))
+    want = model(a=a)["y"]
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's workers are gone; a run must not hang
+        ok = np.array_equal(model(a=a)["y"], want)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_default_comes_from_AOTML_NUM_THREADS(build_model):
+    model = build_model(MODELS["reduce"][0])
+    code = ("import aotml, sys; m = aotml.load(sys.argv[1]); print(m.num_threads); "
+            "print(m.set_num_threads(0))")
+    env = {**os.environ, "AOTML_NUM_THREADS": "3", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code, str(model.path)], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "3"]
