@@ -98,3 +98,62 @@ def test_a_value_read_twice_in_a_chain_does_not_blow_up(tmp_path):
     model = aotml.load(aotml.build(tmp_path / "m.mlg", tmp_path / "m.so"))
     x = np.array([-1.0, 0.5, 3.25, 20.0], np.float32)
     np.testing.assert_array_equal(model(x=x)["y"], [0.0, 0.5, 0.25, 6.0])
+
+
+EPILOGUE = """weights "w.npz"
+model m {
+    dim N
+    input x: f32[N, 37]
+    param w: f32[37, 21]
+    param b: f32[21]
+    param v: f32[19, 21]
+    param u: f32[37, 5]
+    h = relu(x @ w + b)
+    output y = linear(h, v) * 2
+    output s = sum(x @ u, axis=1)
+}
+"""
+
+
+def test_bias_and_activation_are_stored_by_the_matmul(tmp_path):
+    rng = np.random.default_rng(11)
+    np.savez(tmp_path / "w.npz", w=rng.standard_normal((37, 21)).astype(np.float32),
+             b=rng.standard_normal(21).astype(np.float32),
+             v=rng.standard_normal((19, 21)).astype(np.float32),
+             u=rng.standard_normal((37, 5)).astype(np.float32))
+    (tmp_path / "m.mlg").write_text(EPILOGUE)
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", dump="loops", report=True)
+    report, loops = result.dumps["report"], result.dumps["loops"]
+    # h: matmul, bias and relu in one kernel; y: linear's weight transposed at build time,
+    # then the scale fused in; s reads its matmul's result in a reduction: no epilogue
+    assert "matmul + add + relu" in report, report
+    assert "matmul + mul" in report, report
+    assert "is not elementwise over" in report
+    assert "buffer v_t: f32[21, 19] param" in loops
+    model = aotml.load(result.so_path)
+    for n in (1, 6):
+        x = rng.standard_normal((n, 37)).astype(np.float32)
+        got, want = model(x=x), aotml.interpret(tmp_path / "m.mlg", precise=True, x=x)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5 * 37, atol=1e-5)
+
+
+def test_no_epilogue_when_the_result_has_two_readers(tmp_path):
+    (tmp_path / "m.mlg").write_text("model m {\n  input a: f32[8, 8]\n  p = a @ a\n"
+                                    "  output y = p + 1\n  output z = p * 2\n}\n")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", report=True)
+    assert "k0_matmul -> k1_add, k2_mul: k0_matmul's result has 2 readers" in \
+        result.dumps["report"]
+
+
+def test_no_epilogue_when_the_matmul_reads_back_its_sums(tmp_path):
+    # an f16 matmul accumulates in f32 locals and stores once; an integer one accumulates in
+    # its output, which it reads back: its stores are not final
+    (tmp_path / "m.mlg").write_text("model m {\n  input a: i32[5, 6]\n  input b: i32[6, 3]\n"
+                                    "  output y = (a @ b) + 1\n}\n")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", report=True)
+    assert "reads back t0 as it accumulates" in result.dumps["report"], result.dumps["report"]
+    model = aotml.load(result.so_path)
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(-9, 9, (5, 6), dtype=np.int32), rng.integers(-9, 9, (6, 3), dtype=np.int32)
+    np.testing.assert_array_equal(model(a=a, b=b)["y"], a @ b + 1)

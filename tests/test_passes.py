@@ -69,7 +69,8 @@ def test_pipeline_output_is_verified_after_every_pass():
     seen = []
     g = graph_of("input x: f32[2, 3]\noutput y = softmax(x * 2, axis=0)\n")
     run_pipeline(g, check=True, on_pass=lambda name, _: seen.append(name))
-    assert seen == ["fold_constants", "simplify", "eliminate_common_subexpressions",
+    assert seen == ["fold_constants", "pretranspose_weights", "simplify",
+                    "eliminate_common_subexpressions",
                     "eliminate_dead_code", "materialize_outputs"]
 
 
@@ -154,3 +155,12 @@ def test_ops_doc_is_generated_from_the_registry():
 
     assert (REPO / "docs" / "ops.md").read_text() == render(), \
         "docs/ops.md is stale: run `python -m aotml.ops.doc > docs/ops.md`"
+
+
+def test_pretranspose_weights_leaves_a_run_time_weight_alone():
+    from aotml.graph.passes import pretranspose_weights
+
+    g = graph_of("input x: f32[3, 4]\ninput w: f32[5, 4]\noutput y = linear(x, w)\n")
+    assert [n.op for n in pretranspose_weights(g).nodes] == ["linear"]
+    v = graph_of("input x: f32[4]\ninput w: f32[5, 4]\noutput y = linear(x, w)\n")
+    assert [n.op for n in pretranspose_weights(v).nodes] == ["linear"]

@@ -63,6 +63,15 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
     views = views or {}
     by_name = {k.name: k for k in kernels}
     order = [launch.kernel for launch in launches]
+    # epilogues first: a bias and an activation after a matmul are computed once, in its
+    # stores, rather than inlined into each of its readers
+    for producer in list(order):
+        if producer in by_name and _pointwise(by_name[producer]) is None:
+            why = _fuse_epilogue(producer, by_name, order, temps)
+            while why is None:
+                why = _fuse_epilogue(producer, by_name, order, temps)
+            if why:
+                notes.append(why)
     for producer in list(order):
         k = by_name[producer]
         at = order.index(producer)
@@ -79,10 +88,7 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
             continue
         pw = _pointwise(k)
         if pw is None:
-            notes.append(f"{producer} -> {', '.join(consumers)}: {producer} is not one "
-                         "pointwise loop nest (fusing a consumer into its loops, as an "
-                         "epilogue, is not implemented)")
-            continue
+            continue  # (its epilogue was fused above, or why not noted)
         if pw.buffer.name not in temps:
             notes.append(f"{producer} -> {', '.join(consumers)}: {producer} writes the model "
                          f"output '{pw.buffer.name}', which must be stored anyway")
@@ -99,6 +105,72 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
         del by_name[producer]
     kept = [by_name[name] for name in order]
     return kept, [Launch(k.name, k.args) for k in kept]
+
+
+def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
+                   temps: set[str]) -> str | None:
+    """Fuse the one pointwise consumer of a non-pointwise kernel's temporary into the stores
+    that write it (the bias and activation after a matmul); returns None when it did, else
+    why not ("" when nothing reads the kernel's result).
+
+    Every store `t[idx] = v` in the producer becomes `y[idx] = g(v)`, where `y[i] = g(t[i])`
+    is the consumer: since `t` is never read back by the producer, the last value stored at
+    each element is the one the consumer would have read. The fused kernel runs at the
+    producer's launch, so nothing launched in between may write what the consumer reads."""
+    k = by_name[producer]
+    at = order.index(producer)
+    outputs = [b for b in k.args if b.name in k.outputs]
+    consumers = [c for c in order[at + 1:]
+                 if any(b.name in k.outputs for b in by_name[c].args)]
+    head = f"{producer} -> {', '.join(consumers)}"
+    if not consumers:
+        return ""
+    if len(outputs) != 1 or outputs[0].name not in temps:
+        return f"{head}: {producer} writes a model output, which must be stored anyway"
+    t = outputs[0]
+    if len(consumers) != 1:
+        return f"{head}: {producer}'s result has {len(consumers)} readers (an epilogue " \
+               "needs exactly one)"
+    c = by_name[consumers[0]]
+    cw = _pointwise(c)
+    if cw is None or cw.buffer.shape != t.shape or not _reads_only_at(cw.value, t, cw.vars):
+        return f"{head}: {c.name} is not elementwise over {t.name} (no epilogue to fuse)"
+    if _reads(k.body, t) != 0:
+        return f"{head}: {producer} reads back {t.name} as it accumulates, so its stores " \
+               "are not final values"
+    between = [by_name[name] for name in order[at + 1:order.index(c.name)]]
+    read = {b.name for b in c.args} - {t.name, cw.buffer.name}
+    for other in between:
+        touched = {b.name for b in other.args}
+        if touched & (set(other.outputs) & read) or cw.buffer.name in touched:
+            return f"{head}: {other.name}, launched in between, writes what {c.name} reads"
+    if any(b.name == cw.buffer.name for b in k.args):
+        return f"{head}: {producer} reads {cw.buffer.name}"
+
+    def stmt(s):
+        if isinstance(s, For):
+            return replace(s, body=tuple(stmt(b) for b in s.body))
+        if isinstance(s, Store) and s.buffer == t:
+            subst = dict(zip(cw.vars, s.indices))
+            value = map_expr(cw.value, lambda e: s.value if isinstance(e, Load) and
+                             e.buffer == t else subst.get(e, e))
+            return Store(cw.buffer, s.indices, value)
+        return s
+
+    args = tuple(dict.fromkeys([b for b in k.args if b != t]
+                               + [b for b in c.args if b != t]))
+    origin = "; ".join(o for o in (k.origin, c.origin) if o)
+    by_name[producer] = Kernel(k.name, args, (cw.buffer.name,),
+                               tuple(stmt(s) for s in k.body), origin)
+    order.remove(c.name)
+    del by_name[c.name]
+    return None
+
+
+def _reads_only_at(e: Expr, buf: Buffer, vars_: tuple[Var, ...]) -> bool:
+    if isinstance(e, Load) and e.buffer == buf:
+        return e.indices == vars_
+    return all(_reads_only_at(x, buf, vars_) for x in children(e))
 
 
 def _pointwise(k: Kernel) -> _Pointwise | None:
@@ -205,7 +277,7 @@ def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
 
     def stmt(s):
         if isinstance(s, For):
-            return For(s.var, s.extent, tuple(stmt(b) for b in s.body))
+            return replace(s, body=tuple(stmt(b) for b in s.body))
         if isinstance(s, Store):
             return Store(s.buffer, tuple(expr(i) for i in s.indices), expr(s.value))
         if isinstance(s, Local):

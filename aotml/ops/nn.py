@@ -82,41 +82,52 @@ def _matmul_infer(types, attrs):
 TILE_ROWS, TILE_COLS = 4, 16
 
 
-def _tiled_matmul(out, a, b, at, ai, bi, m: int, n: int, k, names: Names) -> list:
-    """Full tiles with accumulators in registers; the rows and columns past the last full tile
-    take the i-k-j loop over their own range."""
-    def tile(row0: Expr, col0: Expr) -> list:
+def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
+    """Register tiles: TILE_ROWS x TILE_COLS accumulators in scalar locals (LLVM's SLP
+    vectorizer packs each row of them into vector registers), one multiply-add each per step
+    of k, every output element stored once (so an elementwise epilogue can be fused into the
+    store). The n % TILE_COLS last columns take a narrower tile, the m % TILE_ROWS last rows
+    one-row tiles; a symbolic m takes one-row tiles throughout."""
+    def tile(rows: list[Expr], cols: list[Expr]) -> list:
         r = names.var("k")
-        rows = [row0 if t == 0 else Binary("add", row0, Const(t, "i64")) for t in range(TILE_ROWS)]
-        cols = [col0 if c == 0 else Binary("add", col0, Const(c, "i64")) for c in range(TILE_COLS)]
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
         init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
         b_vals = [b.load(bi + (r, col)) for col in cols]
         step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
-                for t in range(TILE_ROWS) for c in range(TILE_COLS)]
+                for t in range(len(rows)) for c in range(len(cols))]
         done = [store(out, tuple(at) + (rows[t], cols[c]), accs[t][c])
-                for t in range(TILE_ROWS) for c in range(TILE_COLS)]
+                for t in range(len(rows)) for c in range(len(cols))]
         return [*init, For(r, k, tuple(step)), *done]
 
-    def ikj(rows: tuple[int, int], cols: tuple[int, int]) -> list:
-        i, j, r = names.var("i"), names.var("j"), names.var("k")
-        row = i if rows[0] == 0 else Binary("add", i, Const(rows[0], "i64"))
-        col = j if cols[0] == 0 else Binary("add", j, Const(cols[0], "i64"))
-        o = tuple(at) + (row, col)
-        product = Binary("mul", a.load(ai + (row, r)), b.load(bi + (r, col)))
-        zero = For(j, cols[1] - cols[0], (store(out, o, const(0, out.dtype)),))
-        update = For(j, cols[1] - cols[0], (store(out, o, Binary("add", Load(out, o), product)),))
-        return [For(i, rows[1] - rows[0], (zero, For(r, k, (update,))))]
+    def offsets(base: Expr | None, start: int, count: int) -> list[Expr]:
+        def at(t):
+            if base is None:
+                return Const(start + t, "i64")
+            return base if start + t == 0 else Binary("add", base, Const(start + t, "i64"))
+        return [at(t) for t in range(count)]
 
-    mt, nt = m // TILE_ROWS, n // TILE_COLS
-    ib, jb = names.var("ib"), names.var("jb")
-    row0 = Binary("mul", ib, Const(TILE_ROWS, "i64"))
-    col0 = Binary("mul", jb, Const(TILE_COLS, "i64"))
-    stmts = [For(ib, mt, (For(jb, nt, tuple(tile(row0, col0))),))]
-    if n % TILE_COLS:
-        stmts += ikj((0, mt * TILE_ROWS), (nt * TILE_COLS, n))
-    if m % TILE_ROWS:
-        stmts += ikj((mt * TILE_ROWS, m), (0, n))
+    nt, tail = n // TILE_COLS, n % TILE_COLS
+
+    def across(rows: list[Expr]) -> list:
+        """One block of rows, all columns: full column tiles, then the narrower tail."""
+        jb = names.var("jb")
+        col0 = Binary("mul", jb, Const(TILE_COLS, "i64"))
+        stmts = [For(jb, nt, tuple(tile(rows, offsets(col0, 0, TILE_COLS))))] if nt else []
+        if tail:
+            stmts += tile(rows, offsets(None, nt * TILE_COLS, tail))
+        return stmts
+
+    if not isinstance(m, int):
+        i = names.var("i")
+        return [For(i, m, tuple(across([i])))]
+    mt = m // TILE_ROWS
+    stmts = []
+    if mt:
+        ib = names.var("ib")
+        row0 = Binary("mul", ib, Const(TILE_ROWS, "i64"))
+        stmts.append(For(ib, mt, tuple(across(offsets(row0, 0, TILE_ROWS)))))
+    for row in range(mt * TILE_ROWS, m):
+        stmts += across([Const(row, "i64")])
     return stmts
 
 
@@ -134,8 +145,7 @@ def _matmul_lower(out: Buffer, ins, attrs, names: Names):
         o = tuple(at) + (i, j)
         product = Binary("mul", a.load(ai + (i, r)), b.load(bi + (r, j)))
         if compute_dtype(out.dtype) == out.dtype:
-            if out.dtype == "f32" and isinstance(m, int) and isinstance(n, int) and \
-                    m >= TILE_ROWS and n >= TILE_COLS:
+            if out.dtype == "f32" and isinstance(n, int):
                 return _tiled_matmul(out, a, b, at, ai, bi, m, n, k, names)
             # i-k-j order: the innermost loop walks b and the output contiguously, so it
             # vectorizes; the output itself is the accumulator.
