@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import llvmlite.binding as llvm
+
 from aotml import __version__
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.errors import CompileError
@@ -94,7 +96,9 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
           dump: str | Iterable[str] | None = None, dump_stream=None,
           max_bytes: int | None = None, report: bool = False) -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
-    `.h`). `max_bytes` caps what an ONNX model may ask for."""
+    `.h`). `max_bytes` caps what an ONNX model may ask for. An `out_so` ending in `.o` gets
+    the kernels' object alone, unlinked: the way to compile for another target
+    (`target_triple="aarch64-linux-gnu"`), which this host cannot link."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
@@ -124,6 +128,15 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     for p in graph.params:
         digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
     manifest = manifest_of(program, digest.hexdigest(), __version__, source_name)
+    if out_so.suffix == ".o":
+        write_atomically({header_path: generate_header(manifest).encode(),
+                          out_so: emitted.object_code})
+        return BuildResult(out_so, header_path, program, dumps)
+    host = llvm.get_process_triple()
+    if target.triple.split("-")[0] != host.split("-")[0]:
+        raise CompileError(f"cannot link a library for {target.triple} on this {host} host",
+                           hint=f"write the kernels' object instead: -o "
+                                f"{out_so.with_suffix('.o').name}")
     with tempfile.TemporaryDirectory(prefix="aotml-build-") as tmp:
         linked = link_library(emitted.object_code, weights, program.weights_bytes, manifest,
                               Path(tmp), soname=out_so.name)

@@ -59,7 +59,8 @@ def test_library_exports_only_the_model_api(tmp_path):
     if out.returncode != 0:
         pytest.skip("nm not available")
     exported = {line.split()[-1] for line in out.stdout.splitlines() if " T " in line}
-    assert exported == {"aotml_model_v1", "det_model", "det_run", "det_last_error"}
+    assert exported == {"aotml_model_v1", "det_model", "det_run", "det_last_error",
+                        "det_set_num_threads"}
 
 
 @pytest.mark.slow
@@ -118,3 +119,20 @@ def test_loader_declares_the_abi_structs_as_the_header_does():
 
     for struct in ("aotml_tensor_info", "aotml_symbol", "aotml_model"):
         assert fields(_CDEF, struct) == fields(header, struct), struct
+
+
+def test_an_object_for_aarch64_is_produced_with_neon_code(tmp_path):
+    # the schedule is not x86-only: the same loops compile for another architecture, with its
+    # vector width (NEON, 128 bits) chosen from its features
+    from aotml.driver import build
+    from aotml.errors import CompileError
+
+    src = REPO / "examples" / "mlp.mlg"
+    result = build(src, tmp_path / "mlp.o", target_triple="aarch64-linux-gnu", dump="asm")
+    data = (tmp_path / "mlp.o").read_bytes()
+    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183  # AArch64
+    assert "fmla\tv" in result.dumps["asm"]  # vector fused multiply-adds
+    assert (tmp_path / "mlp.h").exists()
+    with pytest.raises(CompileError, match="cannot link a library for aarch64-linux-gnu"):
+        build(src, tmp_path / "mlp.so", target_triple="aarch64-linux-gnu")
+    assert not (tmp_path / "mlp.so").exists()
