@@ -29,20 +29,23 @@ Every model is written as .mlg with .npz weights (fixed seeds) into the cache fo
 sources change). The peers get the same weights: numpy a hand-written forward, ONNX Runtime the
 torch module exported by the legacy exporter (opset 17; sgemm and chain are written with
 onnx.helper), PyTorch eager (inference_mode) and torch.compile (inductor; skipped by --quick and
---no-compile). Each peer's output must agree with aotml's (rel_err = max|got - want| / max|want|
-<= 1e-4) or it is not timed.
+--no-compile). Each peer's output must agree with aotml's at 1 thread (rel_err = max|got - want|
+/ max|want| <= 1e-4) or it is not timed; aotml's own output at every thread count must equal its
+1-thread output bit for bit, or that cell is a MISMATCH (an error, not timed).
 
-Threads: aotml has no thread pool yet and runs at 1 thread only. numpy's OpenBLAS is set through
-threadpoolctl when installed, else through OpenBLAS's own *_set_num_threads found with ctypes;
-torch.set_num_threads; one ONNX Runtime session per thread count (intra_op_num_threads,
-inter_op 1, sequential). numpy's ufuncs are single-threaded whatever the setting.
+Threads: every peer, aotml included, runs at every count of --threads. aotml through each loaded
+model's set_num_threads (the pool belongs to the model's library; the count is set only when it
+differs, as a change stops and joins the workers, which restart at the next call); numpy's
+OpenBLAS through threadpoolctl when installed, else through OpenBLAS's own *_set_num_threads
+found with ctypes; torch.set_num_threads; one ONNX Runtime session per thread count
+(intra_op_num_threads, inter_op 1, sequential). numpy's ufuncs are single-threaded whatever the
+setting.
 
 Timing: all peers and thread counts of a case are interleaved round by round (the order rotated
 each round), so load from other jobs falls on all of them; each round times a batch of calls
 (about --target seconds) after untimed settling calls, with the garbage collector off. A cell
 is the median over the rounds, ±half the inter-quartile range in percent, and in brackets
-aotml's median time over the peer's (>1: aotml is slower; the 2-thread column compares aotml at
-1 thread with the peer at 2).
+aotml's median time over the peer's at the same thread count (>1: aotml is slower).
 
 A shared machine: beside each timed batch the CPU time of other processes is read from
 /proc/stat (the machine's busy time less this process's own, all its threads). A batch is quiet
@@ -83,7 +86,6 @@ CACHE = REPO / "build" / "bench" / "suite"
 TOLERANCE = 1e-4
 AT = "aotml x@W"  # the same model with pre-transposed weights and `@` instead of `linear`
 PEERS = ("aotml", AT, "numpy", "onnxruntime", "torch", "torch.compile")
-NO_POOL = "n/a (no thread pool yet)"
 SGEMM_SIZES = (32, 64, 128, 256, 512, 1024, 2048)
 CHAIN_N = 16 * 1024 * 1024
 SECTIONS = ("sgemm", "chain", "mlp", "cnn", "encoder", "minilm", "overhead")
@@ -131,10 +133,12 @@ def digest(*parts) -> str:
 
 
 class Threads:
-    """Sets every peer's thread count at once (aotml has none to set)."""
+    """Sets every peer's thread count at once, the pool of every aotml model registered with
+    add_model included."""
 
     def __init__(self):
         self.blas_how = "not controlled"
+        self._models: list = []  # aotml.loader.Model, each once
         self._blas_set: Callable[[int], None] | None = None
         self._blas_get: Callable[[], int] | None = None
         self._torch = None
@@ -183,11 +187,22 @@ class Threads:
     def controls_blas(self) -> bool:
         return self._blas_set is not None
 
+    def add_model(self, model) -> None:
+        """An aotml model whose pool set() sets from now on."""
+        if not any(m is model for m in self._models):
+            self._models.append(model)
+
     def set(self, n: int) -> None:
         if self._blas_set is not None:
             self._blas_set(n)
         if self._torch is not None and self._torch.get_num_threads() != n:
             self._torch.set_num_threads(n)
+        for model in self._models:  # a change stops and joins the workers: only when needed
+            if model.num_threads != n:
+                got = model.set_num_threads(n)
+                if got != n:
+                    raise RuntimeError(f"aotml model {model.name} runs at {got} threads when "
+                                       f"asked for {n}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,15 +231,18 @@ class Case:
 
 
 def check(case: Case, threads: Threads) -> None:
-    """Runs every cell once and compares it with aotml's output; a cell that disagrees is
-    dropped (with a note). Without aotml the first peer is the reference."""
+    """Runs every cell once and compares it with aotml's output at 1 thread; a cell that
+    disagrees is dropped (with a note). Without aotml the first peer is the reference. aotml
+    (and its variant) at every other thread count must give exactly the bits it gives at its
+    lowest count (1), or the cell is dropped as a MISMATCH and an error is printed."""
     keys = list(case.runners)
     ref_key = ("aotml", 1) if ("aotml", 1) in case.runners else (keys[0] if keys else None)
     if ref_key is None:
         return
     threads.set(ref_key[1])
     want = to_numpy(case.runners[ref_key]()).copy()
-    for key in keys:
+    base: dict[str, tuple[int, np.ndarray]] = {}  # aotml variant -> (lowest count, its output)
+    for key in sorted(keys, key=lambda k: k[1]):
         threads.set(key[1])
         try:
             got = to_numpy(case.runners[key]())
@@ -237,6 +255,21 @@ def check(case: Case, threads: Threads) -> None:
         if not err <= TOLERANCE:
             case.notes[key] = f"MISMATCH rel_err {err:.1e}"
             del case.runners[key]
+            continue
+        if key[0] in ("aotml", AT):
+            if key[0] not in base:
+                base[key[0]] = (key[1], got.copy())
+                continue
+            t0, first = base[key[0]]
+            if not np.array_equal(got, first):
+                diff = np.abs(got.astype(np.float64) - first.astype(np.float64))
+                case.notes[key] = (f"MISMATCH not bitwise equal to {key[0]} at {t0} "
+                                   f"thread{'s' if t0 > 1 else ''} "
+                                   f"(max |diff| {float(np.max(diff)):.1e}, "
+                                   f"{int(np.count_nonzero(got != first))} elements)")
+                print(f"  ERROR {case.name}: {key[0]} at {key[1]} threads: "
+                      f"{case.notes[key]}", flush=True)
+                del case.runners[key]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -447,15 +480,27 @@ def aotml_runner(built: Built, feeds: dict[str, np.ndarray]):
 
 
 class Peers:
-    """Makes ONNX Runtime sessions and torch (eager, compiled) runners, or says why not."""
+    """Makes aotml's runners, ONNX Runtime sessions and torch (eager, compiled) runners, or
+    says why not."""
 
-    def __init__(self, thread_counts: list[int], compile_too: bool, compile_note: str):
+    def __init__(self, thread_counts: list[int], compile_too: bool, compile_note: str,
+                 threads: Threads):
         self.thread_counts = thread_counts
+        self.threads = threads
         self.ort = have("onnxruntime") and have("onnx")
         self.torch = have("torch")
         self.compile_too = compile_too and self.torch
         self.compile_note = compile_note
         self._fresh = 0
+
+    # aotml ------------------------------------------------------------------------------
+    def aotml_runners(self, case: Case, built: Built, feeds: dict[str, np.ndarray],
+                      peer: str = "aotml") -> None:
+        """The model at every thread count (each runner with its own outputs); the model is
+        registered with Threads, whose set(n) sets its pool."""
+        self.threads.add_model(built.model)
+        for n in self.thread_counts:
+            case.runners[(peer, n)] = aotml_runner(built, feeds)
 
     # ONNX Runtime ---------------------------------------------------------------------------
     def ort_runners(self, case: Case, onnx_path: Path | None, feeds: dict[str, np.ndarray],
@@ -733,7 +778,7 @@ def sgemm_cases(peers: Peers, sizes) -> list[Case]:
         built = mlg_model(f"sgemm{n}", f"model sgemm{n} {{\n    input a: f32[{n}, {n}]\n"
                                        f"    input b: f32[{n}, {n}]\n    output c = a @ b\n}}\n")
         case.built = built
-        case.runners[("aotml", 1)] = aotml_runner(built, {"a": a, "b": b})
+        peers.aotml_runners(case, built, {"a": a, "b": b})
         c_np = np.empty((n, n), np.float32)
         for t in peers.thread_counts:
             case.runners[("numpy", t)] = lambda a=a, b=b, c=c_np: np.matmul(a, b, out=c)
@@ -771,7 +816,7 @@ def chain_cases(peers: Peers) -> list[Case]:
             text = f"model copy {{\n    input x: f32[{CHAIN_N}]\n    output y = x\n}}\n"
         built = mlg_model(what, text)
         case.built = built
-        case.runners[("aotml", 1)] = aotml_runner(built, {"x": x})
+        peers.aotml_runners(case, built, {"x": x})
         y_np = np.empty_like(x)
         if what == "chain":
             def np_chain(y=y_np):
@@ -876,8 +921,8 @@ def mlp_cases(peers: Peers) -> list[Case]:
         case.built = built
         at = case.built_at = mlg_model(f"mlp_b{batch}_at", mlp_text(batch, "@"), transposed(w))
         x = np.random.default_rng(10 + batch).standard_normal((batch, 784), np.float32)
-        case.runners[("aotml", 1)] = aotml_runner(built, {"x": x})
-        case.runners[(AT, 1)] = aotml_runner(at, {"x": x})
+        peers.aotml_runners(case, built, {"x": x})
+        peers.aotml_runners(case, at, {"x": x}, AT)
 
         def np_mlp(x=x):
             h = np.maximum(np_linear(x, w["l1_w"], w["l1_b"]), 0)
@@ -933,7 +978,7 @@ def cnn_case(peers: Peers) -> Case:
     built = mlg_model("cnn", text, w)
     case.built = built
     x = np.random.default_rng(20).standard_normal((1, 3, 224, 224), np.float32)
-    case.runners[("aotml", 1)] = aotml_runner(built, {"x": x})
+    peers.aotml_runners(case, built, {"x": x})
 
     def np_cnn():
         h = np.maximum(np_conv3x3_pad1(x, w["c1_w"], w["c1_b"]), 0)
@@ -1006,8 +1051,8 @@ def encoder_case(peers: Peers) -> Case:
     at = case.built_at = mlg_model("encoder_at", encoder_text("@", transposed(w)),
                                    transposed(w))
     x = np.random.default_rng(30).standard_normal((1, SEQ, D), np.float32)
-    case.runners[("aotml", 1)] = aotml_runner(built, {"x": x})
-    case.runners[(AT, 1)] = aotml_runner(at, {"x": x})
+    peers.aotml_runners(case, built, {"x": x})
+    peers.aotml_runners(case, at, {"x": x}, AT)
 
     def np_heads(t):
         return t.reshape(1, SEQ, HEADS, hd).transpose(0, 2, 1, 3)
@@ -1072,7 +1117,7 @@ def minilm_case(peers: Peers) -> Case | str:
     case = Case("models", f"all-MiniLM-L6-v2, seq {minilm.SEQ} (ONNX import)", "ms")
     case.built = built
     feeds = minilm.make_inputs(np.random.default_rng(7))
-    case.runners[("aotml", 1)] = aotml_runner(built, feeds)
+    peers.aotml_runners(case, built, feeds)
     bert = minilm.load_torch_model()
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in bert.state_dict().items()}
     cfg = bert.config
@@ -1119,7 +1164,7 @@ def overhead_case(peers: Peers) -> Case:
                                   "    output y = x + 1\n}\n")
     case.built = built
     x = np.ones(1, np.float32)
-    case.runners[("aotml", 1)] = aotml_runner(built, {"x": x})
+    peers.aotml_runners(case, built, {"x": x})
     y = np.empty(1, np.float32)
     for t in peers.thread_counts:
         case.runners[("numpy", t)] = lambda: np.add(x, 1, out=y)
@@ -1156,20 +1201,17 @@ def fmt(v: float) -> str:
 
 def columns(cases: list[Case], thread_counts: list[int]) -> list[tuple[str, int]]:
     """The (peer, threads) columns of a table: every peer at every count, but the aotml variant
-    only where a case has it, and aotml at 2+ threads once (as n/a)."""
+    only where a case has it."""
     cols = []
     for p in PEERS:
         for t in thread_counts:
-            if p == AT and (t != 1 or not any((p, t) in c.times or (p, t) in c.notes
-                                              for c in cases)):
+            if p == AT and not any((p, t) in c.times or (p, t) in c.notes for c in cases):
                 continue
             cols.append((p, t))
     return cols
 
 
 def cell(case: Case, key: tuple[str, int]) -> str:
-    if key[0] == "aotml" and key[1] != 1:
-        return NO_POOL
     if key not in case.times:
         return case.notes.get(key, "—")
     ts = case.times[key]
@@ -1179,7 +1221,7 @@ def cell(case: Case, key: tuple[str, int]) -> str:
         q = statistics.quantiles(ts, n=4)
         spread = f" ±{50 * (q[2] - q[0]) / med:.0f}%"
     text = ("†" if key in case.busy else "") + fmt(case.value(med)) + spread
-    ref = case.times.get(("aotml", 1))
+    ref = case.times.get(("aotml", key[1]))  # aotml at the same thread count
     if key[0] != "aotml" and ref:
         text += f" [{statistics.median(ref) / med:.2f}×]"
     return text
@@ -1275,7 +1317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: N <= 512, 5 rounds, short batches, no torch.compile")
-    parser.add_argument("--threads", default="1,2", help="peer thread counts (default 1,2)")
+    parser.add_argument("--threads", default="1,2",
+                        help="thread counts of every peer, aotml included (default 1,2)")
     parser.add_argument("--only", default="",
                         help="sections: sgemm,chain,models (= mlp,cnn,encoder,minilm,overhead)")
     parser.add_argument("--sizes", default="", help="SGEMM sizes (default 32,...,2048)")
@@ -1320,10 +1363,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(max(thread_counts))
     compile_note = "skipped (--quick)" if args.quick else "skipped (--no-compile)"
-    peers = Peers(thread_counts, not (args.quick or args.no_compile), compile_note)
+    peers = Peers(thread_counts, not (args.quick or args.no_compile), compile_note, threads)
     env = environment()
     env["numpy threads"] = threads.blas_how + (
         " (read back)" if threads.verify(thread_counts) else " (did NOT read back)")
+    env["aotml threads"] = ("each model's set_num_threads (default: AOTML_NUM_THREADS="
+                            f"{os.environ.get('AOTML_NUM_THREADS', 'unset')}, else the cores)")
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
     if not threads.controls_blas:
         print("warning: numpy's BLAS threads cannot be set here; its columns run at its default")
@@ -1377,9 +1422,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(b.report)
 
     cell_note = ("Cells: median ±half the inter-quartile range over the rounds, then "
-                 "[aotml time / peer time] (>1: aotml slower; for a peer's 2-thread cell, "
-                 "aotml at 1 thread against the peer at 2). max rel_err: the largest "
-                 "max|peer - aotml| / max|aotml| over the timed cells. load: the 1-minute load "
+                 "[aotml time / peer time] at the cell's thread count (>1: aotml slower). "
+                 "max rel_err: the largest max|peer - aotml| / max|aotml at 1 thread| over the "
+                 "timed cells (aotml at more threads must match its 1-thread output bit for "
+                 "bit). load: the 1-minute load "
                  "average before and after the case; FMA 2t/1t: the C FMA loop's 2-thread rate "
                  "over its 1-thread rate just before the case (near 2 when both cores are free, "
                  "near 1 when another job holds one). quiet rounds: the fewest, over the cells "
@@ -1401,11 +1447,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"({fmt(p['median'])})" for t, p in peak.items()))
         raw["peak"] = peak
         run_section("SGEMM (GFLOP/s, higher is better)", cases, notes)
-        if peak and 1 in peak:
-            best = {c.name: c.value(statistics.median(c.times[("aotml", 1)]))
-                    for c in cases if ("aotml", 1) in c.times}
-            line = "aotml as a share of the 1-thread peak: " + ", ".join(
-                f"{k} {100 * v / peak[1]['best']:.0f}%" for k, v in best.items())
+        for t in thread_counts:  # the FMA loop's peak is measured at every thread count
+            if t not in peak:
+                continue
+            best = {c.name: c.value(statistics.median(c.times[("aotml", t)]))
+                    for c in cases if ("aotml", t) in c.times}
+            line = f"aotml as a share of the {t}-thread peak: " + ", ".join(
+                f"{k} {100 * v / peak[t]['best']:.0f}%" for k, v in best.items())
             print(line)
             out.append(line)
     if "chain" in wanted:
