@@ -164,7 +164,11 @@ SAMPLES: dict[str, list[Sample]] = {
                # the register-tiled schedule (4x16 tiles): row and column tails, exact tiles,
                # broadcast batches
                _matmul((9, 20), (20, 37)), _matmul((8, 11), (11, 32)),
-               _matmul((2, 6, 5), (5, 35)), _matmul((3, 1, 5, 3), (2, 3, 17))],
+               _matmul((2, 6, 5), (5, 35)), _matmul((3, 1, 5, 3), (2, 3, 17)),
+               # b packed into panels (32+ rows), with column and row tails; 128+ rows also
+               # take row blocks; a batch of two packs each b in turn
+               _matmul((70, 45), (45, 50)), _matmul((131, 19), (19, 97)),
+               _matmul((2, 33, 8), (2, 8, 40))],
     "linear": [_linear((3, 7), 5), _linear((1, 33), 3, bias=False), _linear((7,), 4),
                _linear((2, 3, 7), 5), _linear((3, 7), 5, bias=False, dtype="i64"),
                _linear((3, 7), 5, dtype="f16", grid=True),

@@ -74,15 +74,32 @@ class Operand:
 
 
 class Names:
-    """Fresh variable names within one kernel."""
+    """Fresh variable names within one kernel, and its scratch buffers: workspace memory a
+    lowering may use for the duration of its kernel (a packed copy of an operand, say). The
+    kernel takes each as an argument that it writes but does not output; memory planning
+    gives it bytes live during that launch only. `taken` holds the program's buffer names,
+    which a scratch buffer's name must avoid (and then joins)."""
 
-    def __init__(self):
+    def __init__(self, scope: str = "k", taken: set[str] | None = None):
         self._n: dict[str, int] = {}
+        self.scope = scope
+        self.taken = taken if taken is not None else set()
+        self.scratch: list[Buffer] = []
 
     def var(self, prefix: str, dtype: str = INDEX) -> Var:
         k = self._n.get(prefix, 0)
         self._n[prefix] = k + 1
         return Var(f"{prefix}{k}", dtype)
+
+    def scratch_buffer(self, prefix: str, dtype: str, shape: tuple[Dim, ...]) -> Buffer:
+        base = f"{self.scope}_{prefix}"
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        buf = Buffer(name, dtype, tuple(shape))
+        self.scratch.append(buf)
+        return buf
 
 
 def idx(i: Dim) -> Expr:

@@ -67,6 +67,7 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
     # (every buffer is dense row-major); a model output is still written by a copy
     root: dict[str, Buffer] = {}
     kernels, launches = [], []
+    scratch: set[str] = set()
     for i, node in enumerate(graph.nodes):
         src = node.inputs[0].uid if node.inputs else None
         if node.op in VIEWS and node.result.uid not in output_ids and src in buffers:
@@ -77,14 +78,18 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
                     if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
+        names = Names(f"k{i}", taken)
         try:
-            body = ops.REGISTRY[node.op].lower(out, operands, node.attr, Names())
+            body = ops.REGISTRY[node.op].lower(out, operands, node.attr, names)
         except SymbolicError as err:
             raise CompileError(f"'{node.op}' cannot be compiled for the symbolic shape "
                                f"{node.result.type}: {err}", node.span,
                                hint="this op needs that dim fixed at build time") from None
         body = _locate_asserts(body, f"'{node.op}' at {node.span}" if node.span else node.op)
-        args = tuple(dict.fromkeys([o.buffer for o in operands if o.buffer is not None] + [out]))
+        args = tuple(dict.fromkeys([o.buffer for o in operands if o.buffer is not None] + [out]
+                                   + names.scratch))
+        temps += names.scratch
+        scratch.update(b.name for b in names.scratch)
         origin = node.op + (f" at {node.span}" if node.span is not None else "")
         kernel = Kernel(f"k{i}_{node.op}", args, (out.name,), tuple(body), origin)
         kernels.append(kernel)
@@ -95,7 +100,7 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
                              notes, roots)
     kernels = [parallelize(k) for k in kernels]
     plan = _plan(launches, kernels, [b for b in temps if b.name not in root], graph.symbols,
-                 roots)
+                 roots, scratch)
     live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     for b in temps:
         if b.name in root:
@@ -108,11 +113,12 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
     return program, plan, weights
 
 
-def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str]) -> MemoryPlan:
+def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str],
+          scratch: set[str]) -> MemoryPlan:
     """Workspace offsets by liveness over the launches: a temporary lives from the launch that
     writes it to the last launch that reads it or a view of it (a kernel's inputs and output
-    never share bytes: both are live at its launch)."""
-    writes = {k.name: set(k.outputs) for k in kernels}
+    never share bytes: both are live at its launch); a scratch buffer, during its launch."""
+    writes = {k.name: set(k.outputs) | (scratch & {b.name for b in k.args}) for k in kernels}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, launch in enumerate(launches):

@@ -38,6 +38,7 @@ from aotml.loops.ir import (
     Local,
     MulAdd,
     Select,
+    Store,
     Unary,
 )
 from aotml.ops.core import broadcast_shapes, normalize_axis, same_dtype
@@ -80,6 +81,10 @@ def _matmul_infer(types, attrs):
 # k loop (LLVM's SLP vectorizer packs each row's TILE_COLS into vectors), so each step loads
 # TILE_COLS values of b and TILE_ROWS of a for TILE_ROWS * TILE_COLS multiply-adds.
 TILE_ROWS, TILE_COLS = 4, 16
+# Rows per cache block of a big matmul, and the fewest rows for which b is packed (see
+# _tiled_matmul).
+BLOCK_ROWS = 64
+PACK_MIN_ROWS = 32
 
 
 def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
@@ -87,12 +92,31 @@ def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
     vectorizer packs each row of them into vector registers), one multiply-add each per step
     of k, every output element stored once (so an elementwise epilogue can be fused into the
     store). The n % TILE_COLS last columns take a narrower tile, the m % TILE_ROWS last rows
-    one-row tiles; a symbolic m takes one-row tiles throughout."""
-    def tile(rows: list[Expr], cols: list[Expr]) -> list:
+    one-row tiles; a symbolic m takes one-row tiles throughout.
+
+    With at least PACK_MIN_ROWS rows (static), b's full column panels are first copied into a
+    scratch buffer, panel after panel ([n // TILE_COLS, k, TILE_COLS]): a tile then reads its
+    K x 16 panel contiguously, where in b each of its k rows lies a row stride apart (with a
+    power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
+    flops."""
+    nt, tail = n // TILE_COLS, n % TILE_COLS
+    panels = None
+    stmts: list = []
+    if isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
+        panels = names.scratch_buffer("panels", "f32", (nt, k, TILE_COLS))
+        p, r, c = names.var("p"), names.var("k"), names.var("c")
+        col = Binary("add", Binary("mul", p, Const(TILE_COLS, "i64")), c)
+        copy = Store(panels, (p, r, c), b.load(bi + (r, col)))
+        stmts.append(For(p, nt, (For(r, k, (For(c, TILE_COLS, (copy,)),)),)))
+
+    def tile(rows: list[Expr], cols: list[Expr], panel: Expr | None = None) -> list:
         r = names.var("k")
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
         init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
-        b_vals = [b.load(bi + (r, col)) for col in cols]
+        if panel is not None and panels is not None:
+            b_vals = [Load(panels, (panel, r, Const(c, "i64"))) for c in range(len(cols))]
+        else:
+            b_vals = [b.load(bi + (r, col)) for col in cols]
         step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
                 for t in range(len(rows)) for c in range(len(cols))]
         done = [store(out, tuple(at) + (rows[t], cols[c]), accs[t][c])
@@ -106,27 +130,45 @@ def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
             return base if start + t == 0 else Binary("add", base, Const(start + t, "i64"))
         return [at(t) for t in range(count)]
 
-    nt, tail = n // TILE_COLS, n % TILE_COLS
+    def full_tile(rows: list[Expr], jb: Expr) -> list:
+        col0 = Binary("mul", jb, Const(TILE_COLS, "i64"))
+        return tile(rows, offsets(col0, 0, TILE_COLS), jb)
 
     def across(rows: list[Expr]) -> list:
         """One block of rows, all columns: full column tiles, then the narrower tail."""
         jb = names.var("jb")
-        col0 = Binary("mul", jb, Const(TILE_COLS, "i64"))
-        stmts = [For(jb, nt, tuple(tile(rows, offsets(col0, 0, TILE_COLS))))] if nt else []
+        out_ = [For(jb, nt, tuple(full_tile(rows, jb)))] if nt else []
         if tail:
-            stmts += tile(rows, offsets(None, nt * TILE_COLS, tail))
-        return stmts
+            out_ += tile(rows, offsets(None, nt * TILE_COLS, tail))
+        return out_
 
     if not isinstance(m, int):
         i = names.var("i")
         return [For(i, m, tuple(across([i])))]
-    mt = m // TILE_ROWS
-    stmts = []
+    done = 0
+    if m >= 2 * BLOCK_ROWS and nt >= 2:
+        # Blocks of BLOCK_ROWS rows, columns outside rows inside: a K x TILE_COLS panel of b
+        # is read from memory once per block and then from cache by its BLOCK_ROWS / TILE_ROWS
+        # tiles, where sweeping all of b for every 4 rows would stream it from memory.
+        io, jb, ib = names.var("io"), names.var("jb"), names.var("ib")
+        row0 = Binary("add", Binary("mul", io, Const(BLOCK_ROWS, "i64")),
+                      Binary("mul", ib, Const(TILE_ROWS, "i64")))
+        rows = offsets(row0, 0, TILE_ROWS)
+        per_block = BLOCK_ROWS // TILE_ROWS
+        body = [For(jb, nt, (For(ib, per_block, tuple(full_tile(rows, jb))),))]
+        if tail:
+            body.append(For(ib, per_block, tuple(tile(rows, offsets(None, nt * TILE_COLS,
+                                                                     tail)))))
+        done = m // BLOCK_ROWS * BLOCK_ROWS
+        stmts.append(For(io, m // BLOCK_ROWS, tuple(body)))
+    mt = (m - done) // TILE_ROWS
     if mt:
         ib = names.var("ib")
         row0 = Binary("mul", ib, Const(TILE_ROWS, "i64"))
+        if done:
+            row0 = Binary("add", row0, Const(done, "i64"))
         stmts.append(For(ib, mt, tuple(across(offsets(row0, 0, TILE_ROWS)))))
-    for row in range(mt * TILE_ROWS, m):
+    for row in range(done + mt * TILE_ROWS, m):
         stmts += across([Const(row, "i64")])
     return stmts
 
