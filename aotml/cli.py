@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--target-triple", default=None, help="LLVM triple (default: this host)")
     p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
+    p.add_argument("--target", default="cpu", help="cpu (default), or grid-emulation: the "
+                   "GPU-mapped kernels run on this CPU, block by block, thread by thread")
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
     p.add_argument("--report", action="store_true", help="print each kernel with the ops fused "
@@ -100,7 +102,7 @@ def _build(args) -> int:
 
     build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
           opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout,
-          max_bytes=args.max_bytes, report=args.report)
+          max_bytes=args.max_bytes, report=args.report, target=args.target)
     return 0
 
 

@@ -21,6 +21,7 @@ from aotml import __version__
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.errors import CompileError
 from aotml.frontend import parse, parse_file
+from aotml.gpu.mapping import map_program
 from aotml.graph.elaborate import elaborate
 from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
@@ -91,14 +92,20 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
     return stages
 
 
+TARGETS = ("cpu", "grid-emulation")
+
+
 def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
           target_triple: str | None = None, opt_level: int = 3,
           dump: str | Iterable[str] | None = None, dump_stream=None,
-          max_bytes: int | None = None, report: bool = False) -> BuildResult:
+          max_bytes: int | None = None, report: bool = False,
+          target: str = "cpu") -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
-    `.h`). `max_bytes` caps what an ONNX model may ask for. An `out_so` ending in `.o` gets
-    the kernels' object alone, unlinked: the way to compile for another target
-    (`target_triple="aarch64-linux-gnu"`), which this host cannot link."""
+    `.h`). `max_bytes` caps what an ONNX model may ask for. `target` is "cpu" or
+    "grid-emulation": the GPU-mapped kernels (gpu/mapping.py) compiled for this CPU, every
+    block and thread run in turn, which tests the GPU mapping without a GPU. An `out_so`
+    ending in `.o` gets the kernels' object alone, unlinked: the way to compile for another
+    target (`target_triple="aarch64-linux-gnu"`), which this host cannot link."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
@@ -109,12 +116,17 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         dumps["graph"] = print_graph(graph)
     notes: list[str] = []
     program, plan, weights = lower_graph(graph, notes)
+    if target not in TARGETS:
+        raise CompileError(f"unknown target '{target}'; known: {', '.join(TARGETS)}")
+    cpu_program = program
+    if target == "grid-emulation":
+        program = map_program(program)
     if "loops" in stages:
         dumps["loops"] = print_program(program)
     if report:
-        dumps["report"] = build_report(program, plan.lower_bound, notes)
-    target = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
-    emitted = target.emit(program, stages)
+        dumps["report"] = build_report(cpu_program, plan.lower_bound, notes)
+    machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
+    emitted = machine.emit(program, stages)
     dumps.update(emitted.dumps)
     if dump_stream is not None:
         for stage in (*DUMP_STAGES, "report"):
@@ -122,8 +134,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
                 print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
 
     digest = hashlib.sha256()
-    for part in (__version__.encode(), source_bytes, target.describe().encode(),
-                 f"O{opt_level}".encode()):
+    for part in (__version__.encode(), source_bytes, machine.describe().encode(),
+                 target.encode(), f"O{opt_level}".encode()):
         digest.update(part + b"\0")
     for p in graph.params:
         digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
@@ -133,8 +145,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
                           out_so: emitted.object_code})
         return BuildResult(out_so, header_path, program, dumps)
     host = llvm.get_process_triple()
-    if target.triple.split("-")[0] != host.split("-")[0]:
-        raise CompileError(f"cannot link a library for {target.triple} on this {host} host",
+    if machine.triple.split("-")[0] != host.split("-")[0]:
+        raise CompileError(f"cannot link a library for {machine.triple} on this {host} host",
                            hint=f"write the kernels' object instead: -o "
                                 f"{out_so.with_suffix('.o').name}")
     with tempfile.TemporaryDirectory(prefix="aotml-build-") as tmp:

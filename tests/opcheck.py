@@ -100,11 +100,12 @@ def params(samples: dict[str, list[Sample]]) -> list:
     return [pytest.param(op, s, id=case_id(op, s)) for op, ss in samples.items() for s in ss]
 
 
-def check(tmp_path: Path, op: str, s: Sample, draws: int = 2) -> None:
-    """Build `op` on the sample's shapes and compare with the reference on `draws` inputs."""
+def check(tmp_path: Path, op: str, s: Sample, draws: int = 2, **build_options) -> None:
+    """Build `op` on the sample's shapes (with `build_options`, a target say) and compare
+    with the reference on `draws` inputs."""
     src = tmp_path / "m.mlg"
     src.write_text(source(op, s))
-    model = aotml.load(aotml.build(src, tmp_path / "m.so"))
+    model = aotml.load(aotml.build(src, tmp_path / "m.so", **build_options))
     # a stable seed per case (str hashes change per process), so a failure reproduces
     rng = np.random.default_rng(zlib.crc32(case_id(op, s).encode()))
     dtypes = s.dtypes or ("f32",) * len(s.shapes)

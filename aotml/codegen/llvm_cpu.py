@@ -245,6 +245,14 @@ class _KernelEmitter:
                 self.b.store(self._expr(s.init), slot)
             elif isinstance(s, L.Assign):
                 self.b.store(self._expr(s.value), self.locals[s.var.name])
+            elif isinstance(s, L.If):
+                then = self.fn.append_basic_block("if.then")
+                after = self.fn.append_basic_block("if.end")
+                self.b.cbranch(self._expr(s.cond), then, after)
+                self.b.position_at_end(then)
+                self._stmts(s.body)
+                self.b.branch(after)
+                self.b.position_at_end(after)
             elif isinstance(s, L.Assert):
                 ok = self.fn.append_basic_block("check.ok")
                 failed = self.fn.append_basic_block("check.failed")
@@ -275,7 +283,7 @@ class _KernelEmitter:
         i.add_incoming(begin, pre)
         self.vars[s.var.name] = i
         self._stmts(s.body)
-        nxt = self.b.add(i, I64(1), name=f"{s.var.name}.next", flags=["nuw", "nsw"])
+        nxt = self.b.add(i, I64(s.step), name=f"{s.var.name}.next", flags=["nuw", "nsw"])
         i.add_incoming(nxt, self.b.block)
         done = self.fn.append_basic_block(f"{s.var.name}.done")
         self.b.cbranch(self.b.icmp_signed("<", nxt, end), header, done)

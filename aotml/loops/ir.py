@@ -252,19 +252,31 @@ def map_expr(e: Expr, f) -> Expr:
     return f(e)
 
 
+BINDS = ("", "block.x", "thread.x")
+
+
 @dataclass(frozen=True)
 class For:
-    """`for var in 0..extent` (extent >= 1, for every value of its symbols). A `parallel` loop
-    runs its iterations in ranges of at least `grain` on the runtime's threads: only
-    loops/schedule.py sets it, after proving that the iterations write disjoint elements."""
+    """`for var in 0..extent step step` (extent >= 1, for every value of its symbols). A
+    `parallel` loop runs its iterations in ranges of at least `grain` on the runtime's threads:
+    only loops/schedule.py sets it, after proving that the iterations write disjoint elements.
+
+    On a GPU a *bound* loop does not iterate: `bind="block.x"` gives each value to its own
+    block (the grid has ceil(extent / step) of them) and `bind="thread.x"` to its own thread
+    of the block (extent = the block's size). gpu/mapping.py makes them; anywhere else (the
+    CPU, the grid emulation) they are ordinary loops."""
 
     var: Var
     extent: Dim
     body: tuple["Stmt", ...]
     parallel: bool = False
     grain: int = 1
+    step: int = 1
+    bind: str = ""
 
     def __post_init__(self):
+        if self.bind not in BINDS or self.step < 1:
+            raise InternalError(f"loop {self.var.name}: bind {self.bind!r}, step {self.step}")
         if isinstance(self.extent, Sym):
             if not self.extent.always_positive:
                 raise InternalError(f"loop {self.var.name} with extent {self.extent}")
@@ -316,7 +328,20 @@ class Assert:
             raise InternalError("assert of a non-bool condition")
 
 
-Stmt = Union[For, Store, Local, Assign, Assert]
+@dataclass(frozen=True)
+class If:
+    """Run `body` only where `cond` holds: the guard of a GPU thread past the end of its
+    index space (gpu/mapping.py); locals declared in `body` are its own."""
+
+    cond: Expr
+    body: tuple["Stmt", ...]
+
+    def __post_init__(self):
+        if dtype_of(self.cond) != "bool":
+            raise InternalError("if of a non-bool condition")
+
+
+Stmt = Union[For, Store, Local, Assign, Assert, If]
 
 
 def assert_messages(program: "Program") -> tuple[str, ...]:
@@ -328,7 +353,7 @@ def assert_messages(program: "Program") -> tuple[str, ...]:
         for s in stmts:
             if isinstance(s, Assert):
                 found.setdefault(s.message)
-            elif isinstance(s, For):
+            elif isinstance(s, (For, If)):
                 walk(s.body)
 
     for k in program.kernels:
@@ -440,7 +465,9 @@ def format_stmts(stmts, indent: int) -> list[str]:
     for s in stmts:
         if isinstance(s, For):
             kind = f"parallel(grain {s.grain}) for" if s.parallel else "for"
-            out.append(f"{pad}{kind} {s.var.name} in 0..{s.extent} {{")
+            extra = (f" step {s.step}" if s.step != 1 else "") + \
+                (f" bind {s.bind}" if s.bind else "")
+            out.append(f"{pad}{kind} {s.var.name} in 0..{s.extent}{extra} {{")
             out += format_stmts(s.body, indent + 1)
             out.append(f"{pad}}}")
         elif isinstance(s, Store):
@@ -452,6 +479,10 @@ def format_stmts(stmts, indent: int) -> list[str]:
             out.append(f"{pad}{s.var.name} = {format_expr(s.value)}")
         elif isinstance(s, Assert):
             out.append(f"{pad}assert {format_expr(s.cond)}, {s.message!r}")
+        elif isinstance(s, If):
+            out.append(f"{pad}if {format_expr(s.cond)} {{")
+            out += format_stmts(s.body, indent + 1)
+            out.append(f"{pad}}}")
         else:
             raise InternalError(f"cannot print {s!r}")
     return out

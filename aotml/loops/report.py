@@ -14,6 +14,7 @@ from aotml.loops.ir import (
     Assign,
     Binary,
     For,
+    If,
     Load,
     Local,
     MulAdd,
@@ -30,6 +31,8 @@ def flops(stmts, trips: Dim = 1) -> Dim:
     for s in stmts:
         if isinstance(s, For):
             total = total + flops(s.body, trips * s.extent)
+        elif isinstance(s, If):
+            total = total + flops(s.body, trips)
         elif isinstance(s, (Store, Assign)):
             total = total + trips * _ops(s.value)
         elif isinstance(s, Local):

@@ -54,8 +54,8 @@ def _nest(top: For) -> For:
         if len(s.body) != 1 or not isinstance(s.body[0], For):
             break
         s = s.body[0]
-    legal = [f for k, f in enumerate(chain)
-             if independent(f, tuple(c.var.name for c in chain[:k]))]
+    legal = [f for k, f in enumerate(chain) if f.step == 1 and not f.bind
+             and independent(f, tuple(c.var.name for c in chain[:k]))]
     if not legal:
         return top
     wide = [f for f in legal if isinstance(f.extent, Sym) or f.extent >= MIN_SPLIT]
