@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="compile a model to a shared library and header")
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="the .so to write (the .h goes beside)")
-    p.add_argument("--dump", default="", help="print stages: graph,loops,llvm,asm")
+    p.add_argument("--dump", default="", help="print stages: graph,loops,llvm,asm,ptx")
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--target-triple", default=None, help="LLVM triple (default: this host)")
     p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
-    p.add_argument("--target", default="cpu", help="cpu (default), or grid-emulation: the "
-                   "GPU-mapped kernels run on this CPU, block by block, thread by thread")
+    p.add_argument("--target", default="cpu", help="cpu (default); grid-emulation: the "
+                   "GPU-mapped kernels run on this CPU, block by block, thread by thread; "
+                   "cuda[:sm_80,sm_90]: PTX for each architecture (-o NAME.ptx)")
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
     p.add_argument("--report", action="store_true", help="print each kernel with the ops fused "

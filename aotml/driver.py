@@ -19,7 +19,8 @@ import llvmlite.binding as llvm
 
 from aotml import __version__
 from aotml.codegen.llvm_cpu import CpuTarget
-from aotml.errors import CompileError
+from aotml.codegen.nvptx import emit_ptx, parse_archs, ptx_problems
+from aotml.errors import CompileError, InternalError
 from aotml.frontend import parse, parse_file
 from aotml.gpu.mapping import map_program
 from aotml.graph.elaborate import elaborate
@@ -30,7 +31,7 @@ from aotml.loops.lower import lower_graph
 from aotml.loops.report import report as build_report
 from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
-DUMP_STAGES = ("graph", "loops", "llvm", "asm")
+DUMP_STAGES = ("graph", "loops", "llvm", "asm", "ptx")
 
 
 def load_source(source: str | os.PathLike) -> tuple:
@@ -74,8 +75,8 @@ def _debug() -> bool:
 class BuildResult:
     """What a build produced, with the text of each requested dump."""
 
-    so_path: Path
-    header_path: Path
+    so_path: Path  # the library (or the object, or the PTX) written
+    header_path: Path | None  # None for PTX
     program: Program
     dumps: dict[str, str]
 
@@ -92,7 +93,33 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
     return stages
 
 
-TARGETS = ("cpu", "grid-emulation")
+TARGETS = ("cpu", "grid-emulation", "cuda")
+
+
+def _build_ptx(program: Program, archs: tuple[str, ...], out: Path, dumps: dict[str, str],
+               stages: frozenset[str], dump_stream) -> BuildResult:
+    """PTX for each architecture, each assembled by ptxas when it is installed, written as
+    `out` (one architecture) or `NAME.sm_XX.ptx` beside it. The runtime does not launch
+    GPU kernels yet, so a CUDA build writes PTX only (an `out` ending in .ptx)."""
+    if out.suffix != ".ptx":
+        raise CompileError("the cuda target writes PTX modules: the runtime cannot launch GPU "
+                           "kernels from a library yet",
+                           hint=f"-o {out.with_suffix('.ptx').name}")
+    files = {}
+    for arch in archs:
+        ptx = emit_ptx(program, arch)
+        problem = ptx_problems(ptx, arch)
+        if problem:
+            raise InternalError(f"ptxas rejects the PTX for {arch}:\n{problem}")
+        dest = out if len(archs) == 1 else out.with_suffix(f".{arch}.ptx")
+        files[dest] = ptx.encode()
+        dumps.setdefault("ptx", ptx)
+    if dump_stream is not None:
+        for stage in (*DUMP_STAGES, "report"):
+            if stage in dumps and (stage in stages or stage == "report"):
+                print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
+    write_atomically(files)
+    return BuildResult(out, None, program, dumps)
 
 
 def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
@@ -116,15 +143,19 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         dumps["graph"] = print_graph(graph)
     notes: list[str] = []
     program, plan, weights = lower_graph(graph, notes)
-    if target not in TARGETS:
-        raise CompileError(f"unknown target '{target}'; known: {', '.join(TARGETS)}")
+    kind, _, archs = target.partition(":")
+    if kind not in TARGETS or (archs and kind != "cuda"):
+        raise CompileError(f"unknown target '{target}'; known: cpu, grid-emulation, "
+                           "cuda[:sm_80,sm_90,...]")
     cpu_program = program
-    if target == "grid-emulation":
+    if kind in ("grid-emulation", "cuda"):
         program = map_program(program)
     if "loops" in stages:
         dumps["loops"] = print_program(program)
     if report:
         dumps["report"] = build_report(cpu_program, plan.lower_bound, notes)
+    if kind == "cuda":
+        return _build_ptx(program, parse_archs(archs), out_so, dumps, stages, dump_stream)
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     emitted = machine.emit(program, stages)
     dumps.update(emitted.dumps)

@@ -1,0 +1,186 @@
+"""The CUDA target: GPU-mapped loop IR (gpu/mapping.py) -> LLVM IR for nvptx64 -> PTX text.
+
+Each mapped kernel becomes a PTX `.entry` (marked through `nvvm.annotations`) taking its
+buffers as pointers, the symbols' values as i64, and a pointer to a status word. Bound loops do
+not loop: a `block.x` loop's variable is `ctaid.x * step`, a `thread.x` loop's is `tid.x`; the
+launcher gives the grid `ceil(extent / step)` blocks of the thread loop's extent. A failed
+run-time check stores its message number in the status word and ends the thread. Everything
+else (loops, locals, arithmetic, conversions) is the CPU emitter's, on the same scalar
+semantics: exp, log, tanh, erf and pow call libdevice (`__nv_expf`, ...), linked from the CUDA
+toolkit's `libdevice.10.bc` when a kernel uses one.
+
+One PTX module is emitted per requested architecture (`sm_80`, `sm_90`, ...); `ptx_problems`
+assembles each with `ptxas` when it is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+
+from aotml.codegen.llvm_cpu import F32, I32, I64, PTR, _init_llvm, _KernelEmitter, dim_value
+from aotml.errors import CompileError, InternalError
+from aotml.loops import ir as L
+
+TRIPLE = "nvptx64-nvidia-cuda"
+DEFAULT_ARCHS = ("sm_80", "sm_90")
+# PTX ISA version per architecture (ptx78 is the first to know sm_90)
+_PTX_FEATURES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx78"}
+_LIBDEVICE = {"exp": "__nv_expf", "log": "__nv_logf", "tanh": "__nv_tanhf",
+              "erf": "__nv_erff", "pow": "__nv_powf"}
+
+
+def parse_archs(spec: str) -> tuple[str, ...]:
+    """`sm_80,sm_90` (or empty: the default) as a tuple, each checked."""
+    archs = tuple(a.strip() for a in spec.split(",") if a.strip()) or DEFAULT_ARCHS
+    for a in archs:
+        if a not in _PTX_FEATURES:
+            raise CompileError(f"unknown CUDA architecture '{a}'; known: "
+                               f"{', '.join(sorted(_PTX_FEATURES))}")
+    return archs
+
+
+@functools.cache
+def libdevice_path() -> Path | None:
+    """The CUDA toolkit's libdevice bitcode, or None."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    ptxas = shutil.which("ptxas")
+    if ptxas:
+        roots.append(str(Path(ptxas).resolve().parent.parent))
+    for root in filter(None, roots):
+        path = Path(root) / "nvvm" / "libdevice" / "libdevice.10.bc"
+        if path.is_file():
+            return path
+    return None
+
+
+def emit_ptx(program: L.Program, arch: str, opt_level: int = 3) -> str:
+    """The PTX text of every kernel of a GPU-mapped program, for one architecture."""
+    _init_llvm(all_targets=True)
+    target = llvm.Target.from_triple(TRIPLE)
+    tm = target.create_target_machine(cpu=arch, features=_PTX_FEATURES[arch],
+                                      opt=opt_level, reloc="pic", codemodel="default")
+    module = ir.Module(name=program.name)
+    module.triple = TRIPLE
+    module.data_layout = str(tm.target_data)
+    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    symbols = tuple(s for s, _ in program.symbols)
+    kernels = [_GpuKernelEmitter(module, k, messages, symbols).emit() for k in program.kernels]
+    annotations = module.add_named_metadata("nvvm.annotations")
+    for fn in kernels:
+        annotations.add(module.add_metadata([fn, "kernel", I32(1)]))
+    text = str(module)
+    try:
+        ref = llvm.parse_assembly(text)
+        ref.verify()
+    except RuntimeError as e:
+        raise InternalError(f"generated NVPTX IR does not verify: {e}") from None
+    if any(name in text for name in _LIBDEVICE.values()):
+        path = libdevice_path()
+        if path is None:
+            raise CompileError("this model calls exp, log, tanh, erf or pow on the GPU, which "
+                               "needs the CUDA toolkit's libdevice.10.bc: none was found",
+                               hint="set CUDA_HOME to the toolkit's folder")
+        ref.link_in(llvm.parse_bitcode(path.read_bytes()))
+        for fn in ref.functions:  # keep the kernels; the library's other functions can go
+            if not fn.is_declaration and fn.name not in {k.name for k in kernels}:
+                fn.linkage = "internal"
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(ref, pb)
+    ref.verify()
+    return tm.emit_assembly(ref)
+
+
+def ptx_problems(ptx: str, arch: str) -> str | None:
+    """What `ptxas -arch=ARCH` says about the text, or None when it assembles (or when no
+    ptxas is installed: see `have_ptxas`)."""
+    if not have_ptxas():
+        return None
+    with tempfile.TemporaryDirectory(prefix="aotml-ptx-") as tmp:
+        src = Path(tmp) / "m.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run(["ptxas", f"-arch={arch}", str(src), "-o", str(Path(tmp) / "m.o")],
+                              capture_output=True, text=True)
+    return None if proc.returncode == 0 else proc.stderr or f"ptxas exited {proc.returncode}"
+
+
+def have_ptxas() -> bool:
+    return shutil.which("ptxas") is not None
+
+
+class _GpuKernelEmitter(_KernelEmitter):
+    """A mapped kernel as a PTX entry: `void k(bufs..., symbols..., ptr status)`."""
+
+    def __init__(self, module: ir.Module, kernel: L.Kernel, messages: dict[str, int],
+                 symbols: tuple[str, ...]):
+        self.module, self.kernel, self.messages, self.attrs = module, kernel, messages, {}
+        self.symbol_names = symbols
+        params = [PTR] * len(kernel.args) + [I64] * len(symbols) + [PTR]
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=kernel.name)
+        fn.attributes.add("nounwind")
+        for arg, buf in zip(fn.args, kernel.args):
+            arg.name = buf.name
+            arg.add_attribute("noalias")
+        n = len(kernel.args)
+        self.symbols = dict(zip(symbols, fn.args[n:n + len(symbols)]))
+        for s, arg in self.symbols.items():
+            arg.name = s
+        self.status = fn.args[-1]
+        self.status.name = "status"
+        self.fn = fn
+        self.base = {buf.name: arg for buf, arg in zip(kernel.args, fn.args)}
+        self.vars: dict[str, ir.Value] = {}
+        self.locals: dict[str, ir.Value] = {}
+        self.ranged = None
+        self.parallel_count = 0
+
+    def emit(self) -> ir.Function:
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self._stmts(self.kernel.body)
+        self.b.ret_void()
+        return self.fn
+
+    def _stmts(self, stmts) -> None:
+        for s in stmts:
+            if isinstance(s, L.Assert):
+                ok = self.fn.append_basic_block("check.ok")
+                failed = self.fn.append_basic_block("check.failed")
+                self.b.cbranch(self._expr(s.cond), ok, failed)
+                self.b.position_at_end(failed)
+                self.b.store(I32(self.messages[s.message]), self.status)
+                self.b.ret_void()
+                self.b.position_at_end(ok)
+            else:
+                super()._stmts([s])
+
+    def _for(self, s: L.For) -> None:
+        if not s.bind:
+            self._loop(s, I64(0), dim_value(self.b, s.extent, self.symbols))
+            return
+        register = "ctaid.x" if s.bind == "block.x" else "tid.x"
+        read = self._declare(f"llvm.nvvm.read.ptx.sreg.{register}", I32, [])
+        value = self.b.zext(self.b.call(read, []), I64, name=s.var.name)
+        if s.step != 1:
+            value = self.b.mul(value, I64(s.step), flags=["nuw", "nsw"], name=s.var.name)
+        self.vars[s.var.name] = value
+        self._stmts(s.body)
+        del self.vars[s.var.name]
+
+    def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
+        if dt == "f32" and op in _LIBDEVICE:
+            return self.b.call(self._declare(_LIBDEVICE[op], F32, [F32]), [x])
+        return super()._unary(op, x, dt)
+
+    def _binary(self, op: str, x: ir.Value, y: ir.Value, dt: str) -> ir.Value:
+        if dt == "f32" and op == "pow":
+            return self.b.call(self._declare(_LIBDEVICE["pow"], F32, [F32, F32]), [x, y])
+        return super()._binary(op, x, y, dt)
+
