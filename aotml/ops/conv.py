@@ -8,7 +8,9 @@ with the effective kernel extent ek = dilation·(k - 1) + 1.
 The lowerings never read out of bounds: where a window can reach into the padding (decided
 statically per side), the input coordinate is clamped into range for the load and a Select on
 the unclamped coordinate replaces the value by the padding value (0, or -inf for max pooling).
-Every accumulation happens in an f32 scalar local, whatever the storage dtype.
+f32 conv2d (groups 1, static sizes) instead takes register tiles whose loops are shaped so that
+no tap needs a check (see "The f32 fast path" below). Every accumulation happens in an f32
+scalar local, whatever the storage dtype.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aotml.loops.ir import (
     For,
     Load,
     Local,
+    MulAdd,
     Select,
     Stmt,
     Unary,
@@ -106,6 +109,10 @@ class _Axis:
         """Some window reaches past the last index (into the trailing padding)."""
         return (self.out - 1) * self.stride + (self.kernel - 1) * self.dilation \
             - self.pad_lo >= self.size
+
+    def inside(self, o: int, k: int) -> bool:
+        """Whether tap `k` of output `o` reads the input (not the padding)."""
+        return 0 <= o * self.stride + k * self.dilation - self.pad_lo < self.size
 
     def empty_window(self) -> int | None:
         """The first output index whose window holds padding only, or None."""
@@ -275,10 +282,247 @@ def _conv_reference(xs, attrs):
     return out.astype(x.dtype, copy=False)
 
 
+# The f32 fast path (groups 1; static C, H, W, M; the batch may be symbolic): a register-blocked
+# direct convolution. The output is cut into tiles of a few output channels x up to TILE_W
+# consecutive columns of one row, whose accumulators are scalar locals that live across the
+# whole reduction over (kw, c, kh): each step reads the tile's inputs (consecutive along the
+# width at stride 1) and one weight per channel for channels·columns multiply-adds, and LLVM's
+# SLP vectorizer packs every 8 columns into a vector register, as in matmul's tiles. Blocks of
+# 6 output channels (12 vector accumulators, 2 input vectors and a broadcast weight: 15 of
+# AVX2's 16 registers) and of 4 cover the channels; 1 to 3 left over take a narrower block.
+#
+# Padding costs no check in the hot loop. Along the height, the rows whose every tap lies
+# inside the input are one loop; each border row is emitted on its own, its kh range cut to the
+# taps inside. Along the width, the full tiles whose every tap lies inside are one loop; the
+# border columns take tiles of EDGE_W (one vector) emitted on their own, with kw unrolled so
+# that a tap in the padding reads a constant 0, and the interior columns left over one
+# narrower tile. A border row thus skips its padded taps while a border column multiplies 0 by
+# the weight: the two differ only for an infinite or NaN weight facing padding (the reference
+# gives NaN).
+TILE_W, EDGE_W = 16, 8
+CHANNEL_BLOCKS = (6, 4)
+# Huge padding (relative to the input) means many border rows or tiles, each its own code:
+# beyond these the direct loop nest is used.
+_MAX_BORDER_ROWS = 8
+_MAX_STATIC_TILES = 6
+
+
+def _inner_outputs(a: _Axis) -> tuple[int, int] | None:
+    """The outputs [lo, hi) along an axis whose every tap lies inside the input, or None."""
+    lo = -(-a.pad_lo // a.stride)
+    hi = min(a.out, (a.size - 1 + a.pad_lo - (a.kernel - 1) * a.dilation) // a.stride + 1)
+    return (lo, hi) if hi > lo else None
+
+
+def _taps_inside(a: _Axis, o: int) -> tuple[int, int]:
+    """The taps [k0, k1) of output `o` that lie inside the input (k0 == k1: none)."""
+    inside = [k for k in range(a.kernel) if a.inside(o, k)]
+    return (inside[0], inside[-1] + 1) if inside else (0, 0)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Outputs along one axis lowered alike: `count` > 0 blocks of `width` from `start` as a
+    loop (every tap of every one inside the input), or (count 0) the one block at `start`."""
+
+    start: int
+    width: int = 1
+    count: int = 0
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _row_runs(a: _Axis) -> list[_Run] | None:
+    """The output rows: the inner ones as a loop, the border ones one by one."""
+    inner = _inner_outputs(a)
+    lo, hi = inner if inner else (a.out, a.out)
+    if lo + a.out - hi > _MAX_BORDER_ROWS:
+        return None
+    middle = [_Run(lo, 1, hi - lo)] if hi > lo else []
+    return [_Run(o) for o in range(lo)] + middle + [_Run(o) for o in range(hi, a.out)]
+
+
+def _column_runs(a: _Axis) -> list[_Run] | None:
+    """The output columns: tiles of TILE_W inside as a loop; EDGE_W-wide tiles over the border
+    columns at either end, one narrower tile for the inner columns left between."""
+    inner = _inner_outputs(a)
+    if inner is not None:
+        left = _round_up(inner[0], EDGE_W)
+        right = a.out - _round_up(a.out - inner[1], EDGE_W)
+        count = (right - left) // TILE_W
+        if count > 0:
+            middle = left + count * TILE_W
+            runs = [_Run(s, EDGE_W) for s in range(0, left, EDGE_W)]
+            runs.append(_Run(left, TILE_W, count))
+            if right > middle:
+                runs.append(_Run(middle, right - middle))
+            runs += [_Run(s, EDGE_W) for s in range(right, a.out, EDGE_W)]
+            return runs if len(runs) <= _MAX_STATIC_TILES + 1 else None
+    # too narrow for a loop: tiles of TILE_W one by one
+    runs = [_Run(s, min(TILE_W, a.out - s)) for s in range(0, a.out, TILE_W)]
+    return runs if len(runs) <= _MAX_STATIC_TILES else None
+
+
+def _channel_runs(m_out: int) -> list[_Run]:
+    """Blocks of output channels: as many of CHANNEL_BLOCKS[0] as leave a multiple of
+    CHANNEL_BLOCKS[1] (so no narrow block is needed where it can be helped), then those, then
+    what is left as one block."""
+    big, small = CHANNEL_BLOCKS
+    n_big = m_out // big
+    while n_big and (m_out - n_big * big) % small:
+        n_big -= 1
+    if (m_out - n_big * big) % small:
+        n_big = m_out // big
+    n_small = (m_out - n_big * big) // small
+    runs = [_Run(0, big, n_big)] if n_big else []
+    if n_small:
+        runs.append(_Run(n_big * big, small, n_small))
+    rest = n_big * big + n_small * small
+    return runs + ([_Run(rest, m_out - rest)] if rest < m_out else [])
+
+
+def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
+                names: Names) -> list[Stmt] | None:
+    """conv2d as register tiles (see above), or None where the fast path does not apply."""
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) == 3 else None
+    if out.dtype != "f32" or any(op.buffer is None or op.dtype != "f32" for op in ins):
+        return None
+    if not all(isinstance(d, int) for d in (*x.shape[1:], *w.shape)):
+        return None
+    ah, aw = axes
+    rows, columns = _row_runs(ah), _column_runs(aw)
+    if rows is None or columns is None:
+        return None
+    channels, kernel_w = w.shape[1], aw.kernel
+
+    def tile(n: Var, ms: list[Expr], row: tuple[list, int], taps: tuple[int, int],
+             col: tuple[list, int], width: int, border: bool) -> list[Stmt]:
+        """One tile: output channels `ms`; output row Σ var·coef + off (`row`), whose kh taps
+        inside the input are [taps); `width` columns from Σ var·coef + off (`col`). `border`:
+        some tap of some column lies in the padding (the columns are static then)."""
+        (row_terms, row_off), (col_terms, col_off) = row, col
+        accs = [[names.var("acc", "f32") for _ in range(width)] for _ in ms]
+        stmts: list[Stmt] = [Local(acc, bias.load((m,)) if bias else const(0, "f32"))
+                             for m, row_accs in zip(ms, accs) for acc in row_accs]
+        if taps[1] > taps[0]:
+            c, kh = names.var("c"), names.var("kh")
+            k_h = _affine([(kh, 1)], taps[0])
+            h = _affine([(v, coef * ah.stride) for v, coef in row_terms] + [(kh, ah.dilation)],
+                        row_off * ah.stride + taps[0] * ah.dilation - ah.pad_lo)
+
+            def over_c_kh(kw: Expr | int) -> For:
+                """The multiply-adds of tap kw (a loop variable, or a static tap, for which a
+                column in the padding reads 0) over every input channel and kh tap."""
+                terms = [(v, coef * aw.stride) for v, coef in col_terms]
+                if not isinstance(kw, int):
+                    terms.append((kw, aw.dilation))
+                # each input and weight read once into a local (less IR for LLVM to chew on)
+                step: list[Stmt] = []
+                xs: list[Expr] = []
+                for t in range(width):
+                    at = (col_off + t) * aw.stride - aw.pad_lo
+                    if isinstance(kw, int):
+                        if not aw.inside(col_off + t, kw):
+                            xs.append(const(0, "f32"))
+                            continue
+                        at += kw * aw.dilation
+                    xs.append(names.var("xv", "f32"))
+                    step.append(Local(xs[-1], x.load((n, c, h, _affine(terms, at)))))
+                ws = [names.var("wv", "f32") for _ in ms]
+                step += [Local(wv, w.load((m, c, k_h, idx(kw) if isinstance(kw, int) else kw)))
+                         for wv, m in zip(ws, ms)]
+                step += [Assign(acc, MulAdd(xv, wv, acc))
+                         for wv, row_accs in zip(ws, accs) for xv, acc in zip(xs, row_accs)]
+                return For(c, channels, (For(kh, taps[1] - taps[0], tuple(step)),))
+
+            # kw outermost: taps kw and kw + 1 read the same inputs one column apart, and in
+            # one block LLVM would merge those loads and then build the shifted vectors with
+            # shuffles; in a loop nest per kw each stays one plain vector load.
+            if border:  # a tap in the padding for every column adds nothing: left out
+                stmts += [over_c_kh(k) for k in range(kernel_w)
+                          if any(aw.inside(col_off + t, k) for t in range(width))]
+            else:
+                kw = names.var("kw")
+                stmts.append(For(kw, kernel_w, (over_c_kh(kw),)))
+        oh = _affine(row_terms, row_off)
+        stmts += [store(out, (n, m, oh, _affine(col_terms, col_off + t)), acc)
+                  for m, row_accs in zip(ms, accs) for t, acc in enumerate(row_accs)]
+        return stmts
+
+    def row_of_tiles(n: Var, ms: list[Expr], row: tuple[list, int], taps: tuple[int, int]
+                     ) -> list[Stmt]:
+        stmts: list[Stmt] = []
+        for run in columns:
+            if run.count:
+                wb = names.var("wb")
+                stmts.append(For(wb, run.count, tuple(
+                    tile(n, ms, row, taps, ([(wb, run.width)], run.start), run.width, False))))
+                continue
+            border = not all(aw.inside(run.start + t, k)
+                             for t in range(run.width) for k in range(kernel_w))
+            stmts += tile(n, ms, row, taps, ([], run.start), run.width, border)
+        return stmts
+
+    def over_rows(run: _Run, body: Callable[[tuple[list, int], tuple[int, int]], list[Stmt]]
+                  ) -> list[Stmt]:
+        """`body(row, taps)` for the rows of a run: a loop over the inner ones, or one."""
+        if not run.count:
+            return body(([], run.start), _taps_inside(ah, run.start))
+        oh = names.var("oh")
+        return [For(oh, run.count, tuple(body(([(oh, 1)], run.start), (0, ah.kernel))))]
+
+    def over_channels(run: _Run, body: Callable[[list[Expr]], list[Stmt]]) -> list[Stmt]:
+        """`body(channels)` for the blocks of a run: a loop, or one block."""
+        if not run.count:
+            return body([idx(run.start + u) for u in range(run.width)])
+        mb = names.var("mb")
+        return [For(mb, run.count, tuple(body(
+            [_affine([(mb, run.width)], run.start + u) for u in range(run.width)])))]
+
+    # Each top-level nest runs over the batch; the thread parallelism pass (loops/schedule.py)
+    # looks for its loop along each nest's chain of loops, and finds the loop over channel
+    # blocks there (channel mb·6 + u: a range of channels of its own per iteration). Blocks
+    # of channels outermost keep a block's weights in L1 while the input streams by; a 1x1
+    # kernel, though, reads each input once per block, so there the rows go outermost and
+    # every block reuses a row of inputs from L1.
+    def rows_then_channels(n: Var, r_run: _Run, m_run: _Run) -> list[Stmt]:
+        return over_rows(r_run, lambda row, taps: over_channels(
+            m_run, lambda ms: row_of_tiles(n, ms, row, taps)))
+
+    def channels_then_rows(n: Var, m_run: _Run) -> list[Stmt]:
+        return over_channels(m_run, lambda ms: [
+            s for r_run in rows
+            for s in over_rows(r_run, lambda row, taps: row_of_tiles(n, ms, row, taps))])
+
+    nests: list[Stmt] = []
+    for m_run in _channel_runs(w.shape[0]):
+        for r_run in rows if ah.kernel * aw.kernel == 1 else [None]:
+            n = names.var("n")
+            body = channels_then_rows(n, m_run) if r_run is None else \
+                rows_then_channels(n, r_run, m_run)
+            nests.append(For(n, out.shape[0], tuple(body)))
+    return nests
+
+
 def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
     x, w = ins[0], ins[1]
     axes = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
                  _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
+    if attrs["groups"] == 1:
+        tiled = _tiled_conv(out, ins, axes, names)
+        if tiled is not None:
+            return tiled
+    return _direct_conv(out, ins, axes, attrs, names)
+
+
+def _direct_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis], attrs,
+                 names: Names) -> list[Stmt]:
+    """One accumulator per output element, a bounds check per tap: any dtype, groups,
+    symbolic sizes."""
+    x, w = ins[0], ins[1]
     per_group_in = w.shape[1]
     per_group_out = out.shape[1] // attrs["groups"]
 
