@@ -32,10 +32,13 @@ def test_a_loop_storing_at_its_own_index_is_independent():
     assert independent(body[0], ("i",))
 
 
-def test_a_store_at_a_shifted_index_is_not():
-    shifted = Binary("add", i, c(1))
+def test_a_shifted_store_is_owned_but_a_shared_element_is_not():
+    shifted = Binary("add", i, c(1))  # iteration i writes row i+1: still its own
     body = (For(j, 32, (Store(OUT, (shifted, j), Load(SRC, (i, j))),)),)
-    assert not independent(For(i, 63, body))
+    assert independent(For(i, 63, body))
+    halved = Binary("idiv", i, c(2))  # iterations 2r and 2r+1 both write row r
+    body = (For(j, 32, (Store(OUT, (halved, j), Load(SRC, (i, j))),)),)
+    assert not independent(For(i, 64, body))
 
 
 def test_tiles_own_their_block_when_the_offset_stays_inside_it():
@@ -44,6 +47,17 @@ def test_tiles_own_their_block_when_the_offset_stays_inside_it():
     assert independent(For(i, 16, tile))
     overlapping = (For(t, 5, tile[0].body),)  # t reaches 4: block i writes row 4i+4
     assert not independent(For(i, 12, overlapping))
+
+
+def test_a_block_offset_by_a_constant_is_still_owned():
+    # rows 4i+24 .. 4i+27: a window of 4 at coefficient 4 (the conv's later channel blocks)
+    row = Binary("add", Binary("add", Binary("mul", i, c(4)), c(24)), t)
+    body = (For(t, 4, (For(j, 32, (Store(OUT, (row, j), Load(SRC, (row, j))),)),)),)
+    assert independent(For(i, 10, body))
+    # reading the row above as well widens the window to 5 > 4: iterations overlap
+    above = Binary("sub", row, c(1))
+    reads = (For(t, 4, (For(j, 32, (Store(OUT, (row, j), Load(OUT, (above, j))),)),)),)
+    assert not independent(For(i, 10, reads))
 
 
 def test_reading_back_another_iterations_element_is_not_independent():

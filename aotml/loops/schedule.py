@@ -3,11 +3,11 @@
 A loop may run in parallel when its iterations are independent, which is proved here from the
 indices, not assumed from the op: for every buffer the body stores, every store *and every
 load* of that buffer addresses, at one index position shared by all of them, `v*c + e` where
-`v` is the loop variable, `c` a positive constant, and `0 <= e < c` for every value of the
-inner loop variables. Iteration `v` then owns the elements `[v*c, v*c + c)` of that dim: it
-writes only its own and reads back only its own. The body may not touch a scalar local
-declared outside the loop. Such a loop gives the same result, bit for bit, however its range
-is split, so results do not depend on the thread count.
+`v` is the loop variable, `c` a positive constant, and every `e` (over the values of the inner
+loop variables) within one window `[lo, lo + c)`. Iteration `v` then owns the elements
+`[v*c + lo, v*c + lo + c)` of that dim: it writes only its own and reads back only its own.
+The body may not touch a scalar local declared outside the loop. Such a loop gives the same
+result, bit for bit, however its range is split, so results do not depend on the thread count.
 
 Which loop: in each top-level nest of a kernel, the outermost provable loop along the chain of
 perfectly nested loops whose extent is symbolic or at least MIN_SPLIT; failing that, the
@@ -142,9 +142,11 @@ def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
 
 
 def _owned(indices_list, v: Var, extents: dict[str, int | None]) -> bool:
+    """Whether, at some index position, every access is `v*c + e` with one c and all the e
+    within a window narrower than c: iteration v then owns [v*c + lo, v*c + lo + c)."""
     rank = len(indices_list[0])
     for p in range(rank):
-        coef = None
+        coef, lo, hi = None, None, None
         for indices in indices_list:
             form = _affine(indices[p], v.name)
             if form is None:
@@ -152,12 +154,15 @@ def _owned(indices_list, v: Var, extents: dict[str, int | None]) -> bool:
             c, rest = form
             if c < 1 or (coef is not None and c != coef):
                 break
-            lo, hi = _range(rest, extents) if rest is not None else (0, 0)
-            if lo is None or lo < 0 or hi >= c:
+            r_lo, r_hi = _range(rest, extents) if rest is not None else (0, 0)
+            if r_lo is None:
                 break
             coef = c
+            lo = r_lo if lo is None else min(lo, r_lo)
+            hi = r_hi if hi is None else max(hi, r_hi)
         else:
-            return True
+            if hi - lo < coef:
+                return True
     return False
 
 
