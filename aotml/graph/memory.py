@@ -1,10 +1,11 @@
 """Memory planning: place every intermediate in one workspace arena.
 
 Each temporary is live over a range of steps (lowering gives them: from the launch that writes
-it to the last launch that reads it, after fusion). Temporaries are placed
-largest first at the lowest 64-byte-aligned offset that overlaps no placed tensor whose lifetime
-intersects its own (a kernel's inputs are still live while it writes its output, so they never
-share bytes with it). Returns the offsets and the arena size, and the liveness lower bound:
+it to the last launch that reads it, after fusion). Temporaries are placed one by one at the
+lowest 64-byte-aligned offset that overlaps no placed tensor whose lifetime intersects its
+own, in three orders (largest first, earliest first, most byte-steps first), and the smallest
+arena is kept. A kernel's inputs are still live while it writes its output, so they never
+share bytes with it. Returns the offsets and the arena size, and the liveness lower bound:
 the most bytes simultaneously live at any step.
 
 Symbolic sizes: a temporary whose symbols all have upper bounds is planned at its size at the
@@ -93,21 +94,34 @@ def _merge(a: Sym, b: Sym) -> Dim:
 
 
 def _plan_static(items: list[Lifetime], nbytes) -> MemoryPlan:
-    """First fit, largest first, on sizes known at build time."""
-    placed: list[tuple[int, int, tuple[int, int]]] = []  # (offset, size, lifetime)
-    offsets: dict[object, int] = {}
-    for t in sorted(items, key=lambda t: (-nbytes(t), t.start)):
+    """First fit in a few orders (largest first; earliest first; longest-lived bytes first),
+    keeping the smallest arena: no order wins on every program, and each try is cheap."""
+    orders = (lambda t: (-nbytes(t), t.start),
+              lambda t: (t.start, -nbytes(t)),
+              lambda t: (-(t.end - t.start + 1) * nbytes(t), t.start))
+    best: tuple[int, dict[object, int]] | None = None
+    for order in orders:
+        placed = _first_fit(sorted(items, key=order), nbytes)
+        total = max((off + _align(nbytes(t)) for t, off in placed), default=0)
+        if best is None or total < best[0]:
+            best = (total, {t.key: off for t, off in placed})
+    steps = max((t.end for t in items), default=-1) + 1
+    bound = max((sum(nbytes(t) for t in items if t.start <= i <= t.end)
+                 for i in range(steps)), default=0)
+    return MemoryPlan(best[1], best[0], bound)
+
+
+def _first_fit(items: list[Lifetime], nbytes) -> list[tuple[Lifetime, int]]:
+    """Each item, in order, at the lowest aligned offset free over its lifetime."""
+    placed: list[tuple[Lifetime, int]] = []
+    for t in items:
         size = _align(nbytes(t))
-        busy = sorted((off, sz) for off, sz, (s, e) in placed if s <= t.end and t.start <= e)
+        busy = sorted((off, _align(nbytes(p))) for p, off in placed
+                      if p.start <= t.end and t.start <= p.end)
         offset = 0
         for off, sz in busy:
             if offset + size <= off:
                 break
             offset = max(offset, off + sz)
-        placed.append((offset, size, (t.start, t.end)))
-        offsets[t.key] = offset
-    total = max((off + sz for off, sz, _ in placed), default=0)
-    steps = max((t.end for t in items), default=-1) + 1
-    bound = max((sum(nbytes(t) for t in items if t.start <= i <= t.end)
-                 for i in range(steps)), default=0)
-    return MemoryPlan(offsets, total, bound)
+        placed.append((t, offset))
+    return placed
