@@ -91,13 +91,7 @@ class CpuTarget:
 
     def emit(self, program: L.Program, dump: frozenset[str] = frozenset()) -> Emitted:
         tm = self.target_machine()
-        module = build_module(program, self, tm)
-        text = str(module)
-        try:
-            ref = llvm.parse_assembly(text)
-            ref.verify()
-        except RuntimeError as e:
-            raise InternalError(f"generated LLVM IR does not verify: {e}") from None
+        ref = parse_verified(str(build_module(program, self, tm)))
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt_level)
         pto.loop_vectorization = self.opt_level >= 2
         pto.slp_vectorization = self.opt_level >= 2
@@ -110,6 +104,16 @@ class CpuTarget:
         if "asm" in dump:
             dumps["asm"] = tm.emit_assembly(ref)
         return Emitted(tm.emit_object(ref), dumps)
+
+
+def parse_verified(text: str) -> llvm.ModuleRef:
+    """Generated LLVM IR parsed and verified; a failure is a compiler bug."""
+    try:
+        ref = llvm.parse_assembly(text)
+        ref.verify()
+    except RuntimeError as e:
+        raise InternalError(f"generated LLVM IR does not verify: {e}") from None
+    return ref
 
 
 def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) -> ir.Module:
@@ -199,10 +203,7 @@ class _KernelEmitter:
         params = [PTR] * len(kernel.args) + [I64] * (len(symbols) + len(captured))
         if ranged is not None:
             params += [I64, I64]
-        fn = ir.Function(module, ir.FunctionType(I32, params), name=name or kernel.name)
-        fn.linkage = "internal"
-        fn.attributes = _FunctionAttributes(attrs)
-        fn.attributes.add("nounwind")
+        fn = self._function(name or kernel.name, params)
         for arg, buf in zip(fn.args, kernel.args):
             arg.name = buf.name
             arg.add_attribute("noalias")
@@ -216,6 +217,14 @@ class _KernelEmitter:
         self.locals: dict[str, ir.Value] = {}
         self.ranged = ranged
         self.parallel_count = 0
+
+    def _function(self, name: str, params: list) -> ir.Function:
+        """The function a kernel (or a parallel loop's range) is emitted into."""
+        fn = ir.Function(self.module, ir.FunctionType(I32, params), name=name)
+        fn.linkage = "internal"
+        fn.attributes = _FunctionAttributes(self.attrs)
+        fn.attributes.add("nounwind")
+        return fn
 
     def emit(self) -> ir.Function:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))

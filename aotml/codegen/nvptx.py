@@ -25,8 +25,17 @@ from pathlib import Path
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from aotml.codegen.llvm_cpu import F32, I32, I64, PTR, _init_llvm, _KernelEmitter, dim_value
-from aotml.errors import CompileError, InternalError
+from aotml.codegen.llvm_cpu import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    _init_llvm,
+    _KernelEmitter,
+    dim_value,
+    parse_verified,
+)
+from aotml.errors import CompileError
 from aotml.loops import ir as L
 
 TRIPLE = "nvptx64-nvidia-cuda"
@@ -77,11 +86,7 @@ def emit_ptx(program: L.Program, arch: str, opt_level: int = 3) -> str:
     for fn in kernels:
         annotations.add(module.add_metadata([fn, "kernel", I32(1)]))
     text = str(module)
-    try:
-        ref = llvm.parse_assembly(text)
-        ref.verify()
-    except RuntimeError as e:
-        raise InternalError(f"generated NVPTX IR does not verify: {e}") from None
+    ref = parse_verified(text)
     if any(name in text for name in _LIBDEVICE.values()):
         path = libdevice_path()
         if path is None:
@@ -121,26 +126,15 @@ class _GpuKernelEmitter(_KernelEmitter):
 
     def __init__(self, module: ir.Module, kernel: L.Kernel, messages: dict[str, int],
                  symbols: tuple[str, ...]):
-        self.module, self.kernel, self.messages, self.attrs = module, kernel, messages, {}
-        self.symbol_names = symbols
-        params = [PTR] * len(kernel.args) + [I64] * len(symbols) + [PTR]
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=kernel.name)
-        fn.attributes.add("nounwind")
-        for arg, buf in zip(fn.args, kernel.args):
-            arg.name = buf.name
-            arg.add_attribute("noalias")
-        n = len(kernel.args)
-        self.symbols = dict(zip(symbols, fn.args[n:n + len(symbols)]))
-        for s, arg in self.symbols.items():
-            arg.name = s
-        self.status = fn.args[-1]
+        super().__init__(module, kernel, {}, messages, symbols)
+        self.status = self.fn.args[-1]
         self.status.name = "status"
-        self.fn = fn
-        self.base = {buf.name: arg for buf, arg in zip(kernel.args, fn.args)}
-        self.vars: dict[str, ir.Value] = {}
-        self.locals: dict[str, ir.Value] = {}
-        self.ranged = None
-        self.parallel_count = 0
+
+    def _function(self, name: str, params: list) -> ir.Function:
+        # an entry: external, returning nothing, with the status word as its last parameter
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), params + [PTR]), name=name)
+        fn.attributes.add("nounwind")
+        return fn
 
     def emit(self) -> ir.Function:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
