@@ -36,6 +36,7 @@ from aotml.loops.ir import (
     MulAdd,
     Select,
     Stmt,
+    Store,
     Unary,
     Var,
 )
@@ -767,6 +768,69 @@ def _attention_reference(xs, attrs):
 
 
 def _attention_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    q, k, v = ins
+    if out.dtype == "f32" and all(isinstance(d, int) for d in (*k.shape[-2:], v.shape[-1])):
+        return _attention_tiled(out, ins, attrs, names)
+    return _attention_rows(out, ins, attrs, names)
+
+
+def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    """Attention as two register-tiled matmuls around a softmax, per head: kᵀ is copied into a
+    scratch [D, Sk], the scores s = q·kᵀ are computed by matmul tiles into a scratch [Sq, Sk],
+    each row of s becomes its softmax (scale and causal mask applied) in place, and the output
+    is the tiled product s·v. The scratches are indexed by the head, so heads are independent
+    (and run in parallel); the matmuls read their operands where they are (no shared panel
+    scratch). Dot products run along k's rows in the old per-row form, across 16 keys at once
+    here."""
+    from aotml.ops.nn import tiled_matmul
+
+    q, k, v = ins
+    lead_shape = out.shape[:-2]
+    sq, head = q.shape[-2:]
+    keys, dv = k.shape[-2], v.shape[-1]
+    kt = names.scratch_buffer("kt", "f32", (*lead_shape, head, keys))
+    scores = names.scratch_buffer("scores", "f32", (*lead_shape, sq, keys))
+    scale = const(_scale(attrs, head), "f32")
+
+    def per_head(lead):
+        lead = tuple(lead)
+        d, j = names.var("d"), names.var("j")
+        k_at = (*broadcast_indices(lead, k.shape[:-2], lead_shape), j, d)
+        transpose = For(d, head, (For(j, keys, (Store(kt, (*lead, d, j), k.load(k_at)),)),))
+        kt_op = Operand(kt.shape, buffer=kt)
+        s_op = Operand(scores.shape, buffer=scores)
+        qi = broadcast_indices(lead, q.shape[:-2], lead_shape)
+        logits = tiled_matmul(scores, q, kt_op, lead, qi, lead, sq, keys, head, names,
+                              pack=False)
+        row = names.var("r")
+        m, total, inv = names.var("m", "f32"), names.var("l", "f32"), names.var("inv", "f32")
+        j1, j2, j3 = names.var("j"), names.var("j"), names.var("j")
+
+        def logit(jv):
+            value: Expr = Binary("mul", Load(scores, (*lead, row, jv)), scale)
+            if attrs["causal"]:  # key j is visible to query `row` when j <= row
+                value = Select(Compare("le", jv, row), value, const(-math.inf, "f32"))
+            return value
+
+        softmax = For(row, sq, (
+            Local(m, const(-math.inf, "f32")),
+            For(j1, keys, (Assign(m, Binary("max", m, logit(j1))),)),
+            Local(total, const(0, "f32")),
+            For(j2, keys, (Store(scores, (*lead, row, j2),
+                                 Unary("exp", Binary("sub", logit(j2), m))),
+                           _accumulate(total, Load(scores, (*lead, row, j2))))),
+            Local(inv, Binary("div", const(1, "f32"), total)),
+            For(j3, keys, (Store(scores, (*lead, row, j3),
+                                 Binary("mul", Load(scores, (*lead, row, j3)), inv)),)),
+        ))
+        vi = broadcast_indices(lead, v.shape[:-2], lead_shape)
+        weighted = tiled_matmul(out, s_op, v, lead, lead, vi, sq, dv, keys, names, pack=False)
+        return [transpose, *logits, softmax, *weighted]
+
+    return loop_nest(lead_shape, names, per_head, prefix="h")
+
+
+def _attention_rows(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
     # Per query row: a pass for the row max, one for the softmax denominator, one for the
     # weighted sum of values. There is no scratch buffer for the scores, so each pass recomputes
     # them (a D-term dot product). With an f32 output the weighted sum accumulates in the output

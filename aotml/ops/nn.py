@@ -82,12 +82,13 @@ def _matmul_infer(types, attrs):
 # TILE_COLS values of b and TILE_ROWS of a for TILE_ROWS * TILE_COLS multiply-adds.
 TILE_ROWS, TILE_COLS = 4, 16
 # Rows per cache block of a big matmul, and the fewest rows for which b is packed (see
-# _tiled_matmul).
+# tiled_matmul).
 BLOCK_ROWS = 64
 PACK_MIN_ROWS = 32
 
 
-def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
+def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
+                 pack: bool = True) -> list:
     """Register tiles: TILE_ROWS x TILE_COLS accumulators in scalar locals (LLVM's SLP
     vectorizer packs each row of them into vector registers), one multiply-add each per step
     of k, every output element stored once (so an elementwise epilogue can be fused into the
@@ -98,11 +99,12 @@ def _tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names) -> list:
     scratch buffer, panel after panel ([n // TILE_COLS, k, TILE_COLS]): a tile then reads its
     K x 16 panel contiguously, where in b each of its k rows lies a row stride apart (with a
     power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
-    flops."""
+    flops. `pack=False` reads b where it is (a caller whose b is already laid out so, or
+    that needs the kernel free of shared scratch)."""
     nt, tail = n // TILE_COLS, n % TILE_COLS
     panels = None
     stmts: list = []
-    if isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
+    if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
         panels = names.scratch_buffer("panels", "f32", (nt, k, TILE_COLS))
         p, r, c = names.var("p"), names.var("k"), names.var("c")
         col = Binary("add", Binary("mul", p, Const(TILE_COLS, "i64")), c)
@@ -188,7 +190,7 @@ def _matmul_lower(out: Buffer, ins, attrs, names: Names):
         product = Binary("mul", a.load(ai + (i, r)), b.load(bi + (r, j)))
         if compute_dtype(out.dtype) == out.dtype:
             if out.dtype == "f32" and isinstance(n, int):
-                return _tiled_matmul(out, a, b, at, ai, bi, m, n, k, names)
+                return tiled_matmul(out, a, b, at, ai, bi, m, n, k, names)
             # i-k-j order: the innermost loop walks b and the output contiguously, so it
             # vectorizes; the output itself is the accumulator.
             zero = For(j, n, (store(out, o, const(0, out.dtype)),))
