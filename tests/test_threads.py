@@ -121,6 +121,12 @@ model m {
     param w: f32[11, 5, 3, 3]
     output y = relu(conv2d(x, w, padding=1))
 }""", {"w": (11, 5, 3, 3)}, {"x": (2, 5, 41, 37)}),
+    # each matrix of the batch packs its own panels: the batch loop runs in parallel
+    "batched_matmul": ("""model m {
+    input a: f32[5, 40, 37]
+    input b: f32[5, 37, 50]
+    output y = a @ b
+}""", {}, {"a": (5, 40, 37), "b": (5, 37, 50)}),
     "reduce": ("""model m {
     input x: f32[513, 300]
     output y = sum(exp(x * 0.1), axis=1)

@@ -105,10 +105,12 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     panels = None
     stmts: list = []
     if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
-        panels = names.scratch_buffer("panels", "f32", (nt, k, TILE_COLS))
+        # one set of panels per matrix of a batch: the batch loop stays independent (and
+        # parallel), each matrix reading only its own copy
+        panels = names.scratch_buffer("panels", "f32", (*out.shape[:-2], nt, k, TILE_COLS))
         p, r, c = names.var("p"), names.var("k"), names.var("c")
         col = Binary("add", Binary("mul", p, Const(TILE_COLS, "i64")), c)
-        copy = Store(panels, (p, r, c), b.load(bi + (r, col)))
+        copy = Store(panels, (*at, p, r, c), b.load(bi + (r, col)))
         stmts.append(For(p, nt, (For(r, k, (For(c, TILE_COLS, (copy,)),)),)))
 
     def tile(rows: list[Expr], cols: list[Expr], panel: Expr | None = None) -> list:
@@ -116,7 +118,7 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
         init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
         if panel is not None and panels is not None:
-            b_vals = [Load(panels, (panel, r, Const(c, "i64"))) for c in range(len(cols))]
+            b_vals = [Load(panels, (*at, panel, r, Const(c, "i64"))) for c in range(len(cols))]
         else:
             b_vals = [b.load(bi + (r, col)) for col in cols]
         step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
