@@ -42,6 +42,8 @@ from aotml.loops.ir import (
     map_expr,
 )
 
+# Math functions that compile to a call per element (no vector math library is linked).
+CALLS = frozenset({"exp", "log", "tanh", "erf"})
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
 MAX_INLINED_SIZE = 64  # the largest expression (in nodes) inlined into a consumer
 
@@ -135,6 +137,9 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     cw = _pointwise(c)
     if cw is None or cw.buffer.shape != t.shape or not _reads_only_at(cw.value, t, cw.vars):
         return f"{head}: {c.name} is not elementwise over {t.name} (no epilogue to fuse)"
+    if _calls(cw.value):
+        return f"{head}: {c.name} calls a math function (exp, log, tanh, erf, pow), which " \
+               f"in {producer}'s stores would keep its accumulators out of vector registers"
     if _reads(k.body, t) != 0:
         return f"{head}: {producer} reads back {t.name} as it accumulates, so its stores " \
                "are not final values"
@@ -165,6 +170,13 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     order.remove(c.name)
     del by_name[c.name]
     return None
+
+
+def _calls(e: Expr) -> bool:
+    """Whether `e` computes a function that compiles to a scalar library call."""
+    if (isinstance(e, Unary) and e.op in CALLS) or (isinstance(e, Binary) and e.op == "pow"):
+        return True
+    return any(_calls(c) for c in children(e))
 
 
 def _reads_only_at(e: Expr, buf: Buffer, vars_: tuple[Var, ...]) -> bool:
