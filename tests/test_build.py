@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import aotml
-from conftest import REPO
+from conftest import NO_WEIGHTS_MLP, REPO
 
 SOURCE = """weights "w.npz"
 model det {
@@ -127,7 +127,8 @@ def test_an_object_for_aarch64_is_produced_with_neon_code(tmp_path):
     from aotml.driver import build
     from aotml.errors import CompileError
 
-    src = REPO / "examples" / "mlp.mlg"
+    src = tmp_path / "mlp.mlg"
+    src.write_text(NO_WEIGHTS_MLP)
     result = build(src, tmp_path / "mlp.o", target_triple="aarch64-linux-gnu", dump="asm")
     data = (tmp_path / "mlp.o").read_bytes()
     assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183  # AArch64

@@ -16,7 +16,7 @@ from aotml.errors import CompileError
 from aotml.gpu.mapping import map_program
 from aotml.graph.passes import run_pipeline
 from aotml.loops.lower import lower_graph
-from conftest import REPO
+from conftest import NO_WEIGHTS_MLP, REPO
 
 needs_ptxas = pytest.mark.skipif(not have_ptxas(), reason="no ptxas on PATH")
 
@@ -60,8 +60,9 @@ def test_ptxas_rejection_is_reported():
 
 @needs_ptxas
 def test_the_cli_writes_one_ptx_module_per_architecture(tmp_path):
+    (tmp_path / "mlp.mlg").write_text(NO_WEIGHTS_MLP)
     out = tmp_path / "mlp.ptx"
-    proc = subprocess.run([sys.executable, "-m", "aotml", "build", str(REPO / "examples/mlp.mlg"),
+    proc = subprocess.run([sys.executable, "-m", "aotml", "build", str(tmp_path / "mlp.mlg"),
                            "--target", "cuda:sm_80,sm_90", "-o", str(out)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -71,9 +72,11 @@ def test_the_cli_writes_one_ptx_module_per_architecture(tmp_path):
 
 
 def test_a_cuda_library_is_refused_with_a_hint(tmp_path):
+    src = tmp_path / "mlp.mlg"
+    src.write_text(NO_WEIGHTS_MLP)
     with pytest.raises(CompileError, match="runtime cannot launch GPU kernels") as e:
-        build(REPO / "examples" / "mlp.mlg", tmp_path / "mlp.so", target="cuda")
+        build(src, tmp_path / "mlp.so", target="cuda")
     assert e.value.hint == "-o mlp.ptx"
     assert not (tmp_path / "mlp.so").exists()
     with pytest.raises(CompileError, match="unknown CUDA architecture 'sm_12'"):
-        build(REPO / "examples" / "mlp.mlg", tmp_path / "mlp.ptx", target="cuda:sm_12")
+        build(src, tmp_path / "mlp.ptx", target="cuda:sm_12")
