@@ -96,6 +96,13 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
 TARGETS = ("cpu", "grid-emulation", "cuda")
 
 
+def _print_dumps(dumps: dict[str, str], stream) -> None:
+    if stream is not None:
+        for stage in (*DUMP_STAGES, "report"):
+            if stage in dumps:
+                print(f";; ---- {stage} ----\n{dumps[stage]}", file=stream)
+
+
 def _build_ptx(program: Program, archs: tuple[str, ...], out: Path, dumps: dict[str, str],
                stages: frozenset[str], dump_stream) -> BuildResult:
     """PTX for each architecture, each assembled by ptxas when it is installed, written as
@@ -113,11 +120,9 @@ def _build_ptx(program: Program, archs: tuple[str, ...], out: Path, dumps: dict[
             raise InternalError(f"ptxas rejects the PTX for {arch}:\n{problem}")
         dest = out if len(archs) == 1 else out.with_suffix(f".{arch}.ptx")
         files[dest] = ptx.encode()
-        dumps.setdefault("ptx", ptx)
-    if dump_stream is not None:
-        for stage in (*DUMP_STAGES, "report"):
-            if stage in dumps and (stage in stages or stage == "report"):
-                print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
+        if "ptx" in stages:
+            dumps.setdefault("ptx", ptx)
+    _print_dumps(dumps, dump_stream)
     write_atomically(files)
     return BuildResult(out, None, program, dumps)
 
@@ -159,10 +164,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     emitted = machine.emit(program, stages)
     dumps.update(emitted.dumps)
-    if dump_stream is not None:
-        for stage in (*DUMP_STAGES, "report"):
-            if stage in dumps:
-                print(f";; ---- {stage} ----\n{dumps[stage]}", file=dump_stream)
+    _print_dumps(dumps, dump_stream)
 
     digest = hashlib.sha256()
     for part in (__version__.encode(), source_bytes, machine.describe().encode(),

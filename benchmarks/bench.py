@@ -564,6 +564,20 @@ class Peers:
     def module_runners(self, case: Case, module, args: tuple, tag: str) -> None:
         self.torch_runners(case, lambda: module(*args), module, args, tag)
 
+    def torch_module(self, case: Case, module, x: np.ndarray, stem: str, key: str) -> None:
+        """ONNX Runtime on the module's export (cached by `key`) and torch on `module(x)`."""
+        import torch
+
+        tx = torch.from_numpy(x)
+        onnx_path = export_onnx(stem, module, (tx,), ["x"], key) if self.ort else None
+        self.ort_runners(case, onnx_path, {"x": x})
+        self.module_runners(case, module, (tx,), stem)
+
+    def without_torch(self, case: Case) -> None:
+        """The cells of the peers that need the torch module, marked missing."""
+        self.ort_runners(case, None, {}, "n/a (exported from torch, missing)")
+        self.torch_runners(case, None)
+
     def _eager(self, fn):
         import torch
 
@@ -939,14 +953,10 @@ def mlp_cases(peers: Peers) -> list[Case]:
             for i, layer in zip((1, 2, 3), (module[0], module[2], module[4])):
                 layer.weight.data = torch.from_numpy(w[f"l{i}_w"].copy())
                 layer.bias.data = torch.from_numpy(w[f"l{i}_b"].copy())
-            tx = torch.from_numpy(x)
-            onnx_path = export_onnx(f"mlp_b{batch}", module, (tx,), ["x"],
-                                    digest(built.model.build_hash, batch)) if peers.ort else None
-            peers.ort_runners(case, onnx_path, {"x": x})
-            peers.module_runners(case, module, (tx,), f"mlp{batch}")
+            peers.torch_module(case, module, x, f"mlp_b{batch}",
+                               digest(built.model.build_hash, batch))
         else:
-            peers.ort_runners(case, None, {}, "n/a (exported from torch, missing)")
-            peers.torch_runners(case, None)
+            peers.without_torch(case)
         cases.append(case)
     return cases
 
@@ -996,14 +1006,9 @@ def cnn_case(peers: Peers) -> Case:
         for layer, name in ((module[0], "c1"), (module[3], "c2"), (module[7], "fc")):
             layer.weight.data = torch.from_numpy(w[f"{name}_w"].copy())
             layer.bias.data = torch.from_numpy(w[f"{name}_b"].copy())
-        tx = torch.from_numpy(x)
-        onnx_path = export_onnx("cnn", module, (tx,), ["x"],
-                                built.model.build_hash) if peers.ort else None
-        peers.ort_runners(case, onnx_path, {"x": x})
-        peers.module_runners(case, module, (tx,), "cnn")
+        peers.torch_module(case, module, x, "cnn", built.model.build_hash)
     else:
-        peers.ort_runners(case, None, {}, "n/a (exported from torch, missing)")
-        peers.torch_runners(case, None)
+        peers.without_torch(case)
     return case
 
 
@@ -1094,14 +1099,9 @@ def encoder_case(peers: Peers) -> Case:
         for name in ("ln1", "ln2"):
             getattr(module, name).weight.data = torch.from_numpy(w[f"{name}_g"].copy())
             getattr(module, name).bias.data = torch.from_numpy(w[f"{name}_b"].copy())
-        tx = torch.from_numpy(x)
-        onnx_path = export_onnx("encoder", module, (tx,), ["x"],
-                                built.model.build_hash) if peers.ort else None
-        peers.ort_runners(case, onnx_path, {"x": x})
-        peers.module_runners(case, module, (tx,), "encoder")
+        peers.torch_module(case, module, x, "encoder", built.model.build_hash)
     else:
-        peers.ort_runners(case, None, {}, "n/a (exported from torch, missing)")
-        peers.torch_runners(case, None)
+        peers.without_torch(case)
     return case
 
 

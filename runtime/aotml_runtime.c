@@ -357,8 +357,7 @@ static struct {
     void *ctx;
     int64_t extent, chunks;
     _Atomic uint64_t generation;
-    _Atomic int64_t remaining; /* ranges of the job not yet finished by a worker */
-    _Atomic uint64_t pending;  /* 1 until the last worker's range of the job is done */
+    _Atomic uint64_t remaining; /* ranges of the job not yet finished by a worker */
     int status[MAX_THREADS];   /* each range's status, read once `remaining` is 0 */
     uint64_t base_generation;  /* the generation when the workers were started */
     int stop;
@@ -381,13 +380,14 @@ static uint64_t now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* Spins (reading the clock every 64 pauses) until *value != unwanted or SPIN_NS pass;
- * returns whether it changed. */
-static int spin_while_equal(const _Atomic uint64_t *value, uint64_t unwanted) {
+/* Spins (reading the clock every 64 pauses) until (*value == target) == want_equal, or until
+ * SPIN_NS pass; returns whether the wait ended that way. */
+static int spin_until(const _Atomic uint64_t *value, uint64_t target, int want_equal) {
     uint64_t deadline = now_ns() + SPIN_NS;
     for (;;) {
         for (int k = 0; k < 64; k++) {
-            if (atomic_load_explicit(value, memory_order_acquire) != unwanted) return 1;
+            if ((atomic_load_explicit(value, memory_order_acquire) == target) == want_equal)
+                return 1;
             cpu_relax();
         }
         if (now_ns() > deadline) return 0;
@@ -422,7 +422,7 @@ static void *worker_main(void *arg) {
     uint64_t seen = pool.base_generation; /* a job published before this thread ran is its */
     in_parallel = 1;
     for (;;) {
-        spin_while_equal(&pool.generation, seen);
+        spin_until(&pool.generation, seen, 0);
         pthread_mutex_lock(&pool.lock);
         while (atomic_load(&pool.generation) == seen && !pool.stop)
             pthread_cond_wait(&pool.wake, &pool.lock);
@@ -442,7 +442,6 @@ static void *worker_main(void *arg) {
         pool.status[index] = fn(ctx, begin, end);
         if (atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&pool.lock);
-            atomic_store_explicit(&pool.pending, 0, memory_order_release);
             pthread_cond_signal(&pool.done);
             pthread_mutex_unlock(&pool.lock);
         }
@@ -509,8 +508,7 @@ AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t exte
     pool.ctx = ctx;
     pool.extent = extent;
     pool.chunks = chunks;
-    atomic_store(&pool.remaining, chunks - 1);
-    atomic_store(&pool.pending, 1);
+    atomic_store(&pool.remaining, (uint64_t)(chunks - 1));
     atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
@@ -520,9 +518,9 @@ AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t exte
     in_parallel = 1;
     int status = fn(ctx, begin, end);
     in_parallel = 0;
-    if (!spin_while_equal(&pool.pending, 1)) {
+    if (!spin_until(&pool.remaining, 0, 1)) {
         pthread_mutex_lock(&pool.lock);
-        while (atomic_load(&pool.pending)) pthread_cond_wait(&pool.done, &pool.lock);
+        while (atomic_load(&pool.remaining)) pthread_cond_wait(&pool.done, &pool.lock);
         pthread_mutex_unlock(&pool.lock);
     }
     /* the check that failed first in loop order, as a serial run would report: each range

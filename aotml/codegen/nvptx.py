@@ -94,8 +94,9 @@ def emit_ptx(program: L.Program, arch: str, opt_level: int = 3) -> str:
                                "needs the CUDA toolkit's libdevice.10.bc: none was found",
                                hint="set CUDA_HOME to the toolkit's folder")
         ref.link_in(llvm.parse_bitcode(path.read_bytes()))
+        entries = {k.name for k in kernels}
         for fn in ref.functions:  # keep the kernels; the library's other functions can go
-            if not fn.is_declaration and fn.name not in {k.name for k in kernels}:
+            if not fn.is_declaration and fn.name not in entries:
                 fn.linkage = "internal"
     pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
     pb = llvm.create_pass_builder(tm, pto)

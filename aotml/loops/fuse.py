@@ -146,8 +146,7 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     between = [by_name[name] for name in order[at + 1:order.index(c.name)]]
     read = {b.name for b in c.args} - {t.name, cw.buffer.name}
     for other in between:
-        touched = {b.name for b in other.args}
-        if touched & (set(other.outputs) & read) or cw.buffer.name in touched:
+        if set(other.outputs) & read or any(b.name == cw.buffer.name for b in other.args):
             return f"{head}: {other.name}, launched in between, writes what {c.name} reads"
     if any(b.name == cw.buffer.name for b in k.args):
         return f"{head}: {producer} reads {cw.buffer.name}"

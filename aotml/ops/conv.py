@@ -41,6 +41,7 @@ from aotml.loops.ir import (
     Var,
 )
 from aotml.ops.core import broadcast_shapes, same_dtype
+from aotml.ops.nn import tiled_matmul
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
 # ---------------------------------------------------------------------------------------------
@@ -782,8 +783,6 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
     (and run in parallel); the matmuls read their operands where they are (no shared panel
     scratch). Dot products run along k's rows in the old per-row form, across 16 keys at once
     here."""
-    from aotml.ops.nn import tiled_matmul
-
     q, k, v = ins
     lead_shape = out.shape[:-2]
     sq, head = q.shape[-2:]

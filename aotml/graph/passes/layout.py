@@ -21,8 +21,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from aotml import ops
 from aotml.graph.ir import Graph, Node, Param, TensorType, Value
+from aotml.graph.passes.simplify import Context
 
 
 def pretranspose_weights(graph: Graph) -> Graph:
@@ -30,14 +30,8 @@ def pretranspose_weights(graph: Graph) -> Graph:
     new_params = list(graph.params)
     transposed: dict[int, Value] = {}
     nodes: list[Node] = []
+    context = Context(graph, nodes)  # its `make` types a new node and appends it to `nodes`
     replaced: dict[int, Value] = {}
-
-    def make(op: str, inputs: tuple[Value, ...], like: Node, attrs=()) -> Value:
-        definition = ops.REGISTRY[op]
-        bound = definition.bind_attrs(dict(attrs))
-        result = Value(like.result.name, definition.infer(tuple(v.type for v in inputs), bound))
-        nodes.append(Node(op, inputs, tuple(sorted(bound.items())), result, like.span))
-        return result
 
     for node in graph.nodes:
         node = replace(node, inputs=tuple(replaced.get(v.uid, v) for v in node.inputs))
@@ -51,9 +45,9 @@ def pretranspose_weights(graph: Graph) -> Graph:
             value = Value(f"{w.name}_t", TensorType(w.type.dtype, data.shape))
             new_params.append(Param(value, data, params[w.uid].span))
             transposed[w.uid] = value
-        y = make("matmul", (x, transposed[w.uid]), node)
+        y = context.make("matmul", (x, transposed[w.uid]), {}, node)
         if len(node.inputs) == 3:
-            y = make("add", (y, node.inputs[2]), node)
+            y = context.make("add", (y, node.inputs[2]), {}, node)
         replaced[node.result.uid] = y
     outputs = [(name, replaced.get(v.uid, v)) for name, v in graph.outputs]
     return replace(graph, params=new_params, nodes=nodes, outputs=outputs)
