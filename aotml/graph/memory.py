@@ -3,10 +3,11 @@
 Each temporary is live over a range of steps (lowering gives them: from the launch that writes
 it to the last launch that reads it, after fusion). Temporaries are placed one by one at the
 lowest 64-byte-aligned offset that overlaps no placed tensor whose lifetime intersects its
-own, in three orders (largest first, earliest first, most byte-steps first), and the smallest
-arena is kept. A kernel's inputs are still live while it writes its output, so they never
-share bytes with it. Returns the offsets and the arena size, and the liveness lower bound:
-the most bytes simultaneously live at any step.
+own, in several orders (largest first, earliest first, most byte-steps first, then seeded
+shuffles until one meets the lower bound), and the smallest arena is kept. A kernel's inputs
+are still live while it writes its output, so they never share bytes with it. Returns the
+offsets and the arena size, and the liveness lower bound: the most bytes simultaneously live
+at any step.
 
 Symbolic sizes: a temporary whose symbols all have upper bounds is planned at its size at the
 bounds (a smaller run-time size fits in its slot). The others get offsets that are polynomials
@@ -18,11 +19,13 @@ rounded up term by term to a multiple of 64, so every offset stays aligned.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from aotml.graph.symbolic import Dim, Sym, evaluate, round_up_terms, symbols_of
 
 ALIGN = 64
+SHUFFLES = 64  # seeded random orders tried after the three heuristic ones
 
 
 def _align(n: int) -> int:
@@ -94,20 +97,29 @@ def _merge(a: Sym, b: Sym) -> Dim:
 
 
 def _plan_static(items: list[Lifetime], nbytes) -> MemoryPlan:
-    """First fit in a few orders (largest first; earliest first; longest-lived bytes first),
-    keeping the smallest arena: no order wins on every program, and each try is cheap."""
-    orders = (lambda t: (-nbytes(t), t.start),
-              lambda t: (t.start, -nbytes(t)),
-              lambda t: (-(t.end - t.start + 1) * nbytes(t), t.start))
-    best: tuple[int, dict[object, int]] | None = None
-    for order in orders:
-        placed = _first_fit(sorted(items, key=order), nbytes)
-        total = max((off + _align(nbytes(t)) for t, off in placed), default=0)
-        if best is None or total < best[0]:
-            best = (total, {t.key: off for t, off in placed})
+    """First fit in a few orders, keeping the smallest arena: largest first, earliest first,
+    most byte-steps first, then seeded shuffles (the same every build) until one reaches the
+    liveness lower bound. No order wins on every program, and each try is cheap."""
     steps = max((t.end for t in items), default=-1) + 1
     bound = max((sum(nbytes(t) for t in items if t.start <= i <= t.end)
                  for i in range(steps)), default=0)
+    orders = [sorted(items, key=key) for key in (
+        lambda t: (-nbytes(t), t.start),
+        lambda t: (t.start, -nbytes(t)),
+        lambda t: (-(t.end - t.start + 1) * nbytes(t), t.start))]
+    shuffler = random.Random(0)
+    for _ in range(SHUFFLES):
+        order = list(items)
+        shuffler.shuffle(order)
+        orders.append(order)
+    best: tuple[int, dict[object, int]] | None = None
+    for order in orders:
+        placed = _first_fit(order, nbytes)
+        total = max((off + _align(nbytes(t)) for t, off in placed), default=0)
+        if best is None or total < best[0]:
+            best = (total, {t.key: off for t, off in placed})
+        if best[0] <= bound:  # nothing does better
+            break
     return MemoryPlan(best[1], best[0], bound)
 
 
