@@ -22,11 +22,12 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, **options) -> Pa
     return _build(source, out_so, **options).so_path
 
 
-def load(path: str | os.PathLike):
-    """Load a compiled model; returns an `aotml.loader.Model`."""
+def load(path: str | os.PathLike, device: str | None = None):
+    """Load a compiled model; returns an `aotml.loader.Model`. `device` ("auto", "cpu",
+    "cuda", "cuda:N") chooses where its runs go; see `Model.select_device`."""
     from aotml.loader import load as _load
 
-    return _load(path)
+    return _load(path, device)
 
 
 def interpret(source: str | os.PathLike, precise: bool = False,

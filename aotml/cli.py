@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--target-triple", default=None, help="LLVM triple (default: this host)")
     p.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3)
-    p.add_argument("--target", default="cpu", help="cpu (default); grid-emulation: the "
-                   "GPU-mapped kernels run on this CPU, block by block, thread by thread; "
-                   "cuda[:sm_80,sm_90]: PTX for each architecture (-o NAME.ptx)")
+    p.add_argument("--target", default="cpu", help="cpu (default); cuda[:sm_80,sm_90]: a "
+                   "library whose kernels run on the GPU (PTX for each architecture inside; "
+                   "-o NAME.ptx writes the PTX alone); cpu,cuda[:...]: both, the GPU used "
+                   "when one is present; grid-emulation: the GPU-mapped kernels run on this "
+                   "CPU, block by block, thread by thread")
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
     p.add_argument("--report", action="store_true", help="print each kernel with the ops fused "
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", help="a built .so, or an .mlg with --interpret")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
     p.add_argument("--output-dir", default=None, help="write each output as NAME.npy here")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU when the library "
+                   "has GPU code and one is present), cpu, cuda, cuda:N")
     p.add_argument("--interpret", action="store_true", help="run the .mlg with the reference "
                    "interpreter instead of a compiled library")
 
@@ -127,8 +131,9 @@ def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
             raise CompileError(f"--input takes NAME=FILE.npy, got '{spec}'")
         try:
             arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise CompileError(f"cannot read input '{name}' from '{path}': {e}") from None
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+            raise CompileError(f"cannot read input '{name}' from '{path}': "
+                               f"{e or 'the file is empty'}") from None
     return arrays
 
 
@@ -141,7 +146,10 @@ def _run(args) -> int:
     else:
         if args.file.endswith(".mlg"):
             raise CompileError(f"'{args.file}' is source: build it first, or add --interpret")
-        results = aotml.load(args.file)(**arrays)
+        model = aotml.load(args.file, args.device)
+        results = model(**arrays)
+        if "cuda" in model.devices:  # where a library with GPU code ran is worth saying
+            print(f"ran on {model.device}", file=sys.stderr)
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -22,6 +22,7 @@ from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.codegen.nvptx import emit_ptx, parse_archs, ptx_problems
 from aotml.errors import CompileError, InternalError
 from aotml.frontend import parse, parse_file
+from aotml.gpu.host import plan_launches
 from aotml.gpu.mapping import map_program
 from aotml.graph.elaborate import elaborate
 from aotml.graph.ir import Graph, print_graph
@@ -96,6 +97,28 @@ def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
 TARGETS = ("cpu", "grid-emulation", "cuda")
 
 
+def parse_target(spec: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """`cpu`, `grid-emulation`, `cuda[:sm_80,sm_90]` or `cpu,cuda[:...]` -> (kinds, CUDA
+    architectures). In `cpu,cuda:sm_80,sm_90` the items after `cuda:` that name an
+    architecture belong to it."""
+    kinds: list[str] = []
+    archs: list[str] = []
+    for item in (x.strip() for x in spec.split(",")):
+        kind, colon, arch = item.partition(":")
+        if item.startswith("sm_") and kinds and kinds[-1] == "cuda" and archs:
+            archs.append(item)
+        elif kind in TARGETS and kind not in kinds and (not colon or (kind == "cuda" and arch)):
+            kinds.append(kind)
+            if colon:
+                archs.append(arch)
+        else:
+            raise CompileError(f"unknown target '{spec}'; known: cpu, grid-emulation, "
+                               "cuda[:sm_80,sm_90,...], cpu,cuda[:...]")
+    if "grid-emulation" in kinds and len(kinds) > 1:
+        raise CompileError(f"target '{spec}': grid-emulation stands alone")
+    return frozenset(kinds), parse_archs(",".join(archs)) if "cuda" in kinds else ()
+
+
 def _print_dumps(dumps: dict[str, str], stream) -> None:
     if stream is not None:
         for stage in (*DUMP_STAGES, "report"):
@@ -103,28 +126,25 @@ def _print_dumps(dumps: dict[str, str], stream) -> None:
                 print(f";; ---- {stage} ----\n{dumps[stage]}", file=stream)
 
 
-def _build_ptx(program: Program, archs: tuple[str, ...], out: Path, dumps: dict[str, str],
-               stages: frozenset[str], dump_stream) -> BuildResult:
-    """PTX for each architecture, each assembled by ptxas when it is installed, written as
-    `out` (one architecture) or `NAME.sm_XX.ptx` beside it. The runtime does not launch
-    GPU kernels yet, so a CUDA build writes PTX only (an `out` ending in .ptx)."""
-    if out.suffix != ".ptx":
-        raise CompileError("the cuda target writes PTX modules: the runtime cannot launch GPU "
-                           "kernels from a library yet",
-                           hint=f"-o {out.with_suffix('.ptx').name}")
-    files = {}
+def _emit_ptx(program: Program, archs: tuple[str, ...], dumps: dict[str, str],
+              stages: frozenset[str]) -> dict[str, str]:
+    """PTX for each architecture, each assembled by ptxas when it is installed."""
+    modules = {}
     for arch in archs:
         ptx = emit_ptx(program, arch)
         problem = ptx_problems(ptx, arch)
         if problem:
             raise InternalError(f"ptxas rejects the PTX for {arch}:\n{problem}")
-        dest = out if len(archs) == 1 else out.with_suffix(f".{arch}.ptx")
-        files[dest] = ptx.encode()
+        modules[arch] = ptx
         if "ptx" in stages:
             dumps.setdefault("ptx", ptx)
-    _print_dumps(dumps, dump_stream)
-    write_atomically(files)
-    return BuildResult(out, None, program, dumps)
+    return modules
+
+
+def _write_ptx(modules: dict[str, str], out: Path) -> None:
+    """The modules as `out` (one architecture) or `NAME.sm_XX.ptx` beside it."""
+    write_atomically({out if len(modules) == 1 else out.with_suffix(f".{arch}.ptx"): ptx.encode()
+                      for arch, ptx in modules.items()})
 
 
 def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: str | None = None,
@@ -133,11 +153,17 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
           max_bytes: int | None = None, report: bool = False,
           target: str = "cpu") -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
-    `.h`). `max_bytes` caps what an ONNX model may ask for. `target` is "cpu" or
-    "grid-emulation": the GPU-mapped kernels (gpu/mapping.py) compiled for this CPU, every
-    block and thread run in turn, which tests the GPU mapping without a GPU. An `out_so`
-    ending in `.o` gets the kernels' object alone, unlinked: the way to compile for another
-    target (`target_triple="aarch64-linux-gnu"`), which this host cannot link."""
+    `.h`). `max_bytes` caps what an ONNX model may ask for. `target` is
+    - "cpu";
+    - "grid-emulation": the GPU-mapped kernels (gpu/mapping.py) compiled for this CPU, every
+      block and thread run in turn, which tests the GPU mapping without a GPU;
+    - "cuda[:sm_80,sm_90]": a library whose kernels run on the GPU (PTX for each architecture
+      embedded, launched by the runtime through the CUDA driver), or with an `out_so` ending
+      in `.ptx` the PTX modules alone;
+    - "cpu,cuda[:...]": both, the runtime choosing the GPU when one is usable.
+    An `out_so` ending in `.o` gets the CPU kernels' object alone, unlinked: the way to
+    compile for another target (`target_triple="aarch64-linux-gnu"`), which this host cannot
+    link."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
@@ -148,23 +174,34 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         dumps["graph"] = print_graph(graph)
     notes: list[str] = []
     program, plan, weights = lower_graph(graph, notes)
-    kind, _, archs = target.partition(":")
-    if kind not in TARGETS or (archs and kind != "cuda"):
-        raise CompileError(f"unknown target '{target}'; known: cpu, grid-emulation, "
-                           "cuda[:sm_80,sm_90,...]")
+    kinds, archs = parse_target(target)
     cpu_program = program
-    if kind in ("grid-emulation", "cuda"):
-        program = map_program(program)
+    gpu_program = map_program(program) if kinds & {"grid-emulation", "cuda"} else None
     if "loops" in stages:
-        dumps["loops"] = print_program(program)
+        shown = [print_program(cpu_program)] if "cpu" in kinds else []
+        if gpu_program is not None:
+            shown.append(print_program(gpu_program))
+        dumps["loops"] = "\n".join(shown)
     if report:
         dumps["report"] = build_report(cpu_program, plan.lower_bound, notes)
-    if kind == "cuda":
-        return _build_ptx(program, parse_archs(archs), out_so, dumps, stages, dump_stream)
+    if "cuda" in kinds and out_so.suffix in (".ptx", ".o"):
+        if out_so.suffix == ".o" or "cpu" in kinds:
+            raise CompileError(f"a {target} build writes a library or, for cuda alone, PTX "
+                               "modules", hint=f"-o {out_so.with_suffix('.so').name}")
+        modules = _emit_ptx(gpu_program, archs, dumps, stages)
+        _print_dumps(dumps, dump_stream)
+        _write_ptx(modules, out_so)
+        return BuildResult(out_so, None, gpu_program, dumps)
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
-    emitted = machine.emit(program, stages)
-    dumps.update(emitted.dumps)
+    emitted = None
+    if kinds & {"cpu", "grid-emulation"}:
+        emitted = machine.emit(gpu_program if "grid-emulation" in kinds else cpu_program, stages)
+        dumps.update(emitted.dumps)
+    gpu = None
+    if "cuda" in kinds:
+        gpu = plan_launches(gpu_program, _emit_ptx(gpu_program, archs, dumps, stages))
     _print_dumps(dumps, dump_stream)
+    program = cpu_program if "cpu" in kinds else gpu_program
 
     digest = hashlib.sha256()
     for part in (__version__.encode(), source_bytes, machine.describe().encode(),
@@ -173,6 +210,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     for p in graph.params:
         digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
     manifest = manifest_of(program, digest.hexdigest(), __version__, source_name)
+    if emitted is None:  # the GPU keeps its workspace in device memory
+        manifest = replace(manifest, workspace_bytes=0)
     if out_so.suffix == ".o":
         write_atomically({header_path: generate_header(manifest).encode(),
                           out_so: emitted.object_code})
@@ -183,8 +222,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
                            hint=f"write the kernels' object instead: -o "
                                 f"{out_so.with_suffix('.o').name}")
     with tempfile.TemporaryDirectory(prefix="aotml-build-") as tmp:
-        linked = link_library(emitted.object_code, weights, program.weights_bytes, manifest,
-                              Path(tmp), soname=out_so.name)
+        linked = link_library(emitted and emitted.object_code, weights, program.weights_bytes,
+                              manifest, Path(tmp), soname=out_so.name, gpu=gpu)
         # the header first: the library is replaced only once its header is in place
         write_atomically({header_path: generate_header(manifest).encode(),
                           out_so: linked.read_bytes()})

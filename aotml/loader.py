@@ -38,6 +38,9 @@ typedef struct aotml_model {
     const char *(*last_error)(void);
     int (*set_num_threads)(int n);
     int (*num_threads)(void);
+    uint32_t devices;
+    int (*select_device)(const char *name);
+    const char *(*device)(void);
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
 """
@@ -67,7 +70,7 @@ class TensorInfo:
 class Model:
     """A loaded model. Call it with keyword arrays; returns a dict of output arrays."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, device: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise LoadError(f"no such model file: '{self.path}'")
@@ -96,7 +99,28 @@ class Model:
         # for symbols within their bounds (None when an unbounded one changes it)
         self.workspace_bytes = int(m.workspace_bytes) if m.workspace_bytes or \
             all(b is not None for b in self.symbols.values()) else None
+        # the code the library holds: "cpu", "cuda"
+        self.devices = tuple(d for bit, d in ((1, "cpu"), (2, "cuda")) if m.devices & bit)
+        if device is not None:
+            self.select_device(device)
         self._prepare_fast_path()
+
+    def select_device(self, device: str) -> None:
+        """Send runs to `device`: "auto" (the default: the GPU when the library has GPU code
+        and a usable GPU is present, else the CPU), "cpu", "cuda" or "cuda:N". The choice
+        belongs to the model's library, like the thread pool. LoadError says why a device
+        cannot be used (no GPU code in the library, no CUDA driver or device, no PTX for its
+        architecture)."""
+        if not isinstance(device, str):
+            raise LoadError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+        if self._model.select_device(device.encode()) != 0:
+            raise LoadError(f"{self.name}: {_ffi.string(self._model.last_error()).decode()}")
+
+    @property
+    def device(self) -> str:
+        """Where runs go now: "cpu", or "cuda:0 (NAME, sm_90)". Under "auto", reading it makes
+        the choice (it loads the CUDA driver if the library has GPU code)."""
+        return _ffi.string(self._model.device()).decode()
 
     def _prepare_fast_path(self) -> None:
         """What every call would otherwise recompute: names, numpy dtypes and shapes to check
@@ -424,5 +448,5 @@ def _check(model: str, kind: str, t: TensorInfo, a, shape=None) -> np.ndarray:
     return a
 
 
-def load(path: str | os.PathLike) -> Model:
-    return Model(path)
+def load(path: str | os.PathLike, device: str | None = None) -> Model:
+    return Model(path, device)

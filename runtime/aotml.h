@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define AOTML_ABI_VERSION 3
+#define AOTML_ABI_VERSION 4
 
 typedef enum aotml_status {
     AOTML_OK = 0,
@@ -35,9 +35,16 @@ typedef enum aotml_status {
     AOTML_ERR_OUT_OF_MEMORY = 6,  /* the generic entry could not allocate a workspace */
     AOTML_ERR_RUNTIME = 7,        /* a check inside the model failed (e.g. an index out of
                                      range); the outputs are then unspecified */
-    AOTML_ERR_SHAPE = 8           /* an input shape disagrees with the model or with another
+    AOTML_ERR_SHAPE = 8,          /* an input shape disagrees with the model or with another
                                      input, or a symbol is out of its range */
+    AOTML_ERR_DEVICE = 9          /* the device asked for cannot be used (no GPU code in the
+                                     library, no CUDA driver or device, no PTX for its
+                                     architecture), or it failed (the CUDA error is named) */
 } aotml_status;
+
+/* The devices a library has code for (aotml_model.devices). */
+#define AOTML_DEVICE_CPU 1u
+#define AOTML_DEVICE_CUDA 2u
 
 typedef enum aotml_dtype {
     AOTML_F32 = 1,
@@ -105,6 +112,20 @@ typedef struct aotml_model {
      * alone on its calling thread, so concurrent runs never oversubscribe the cores. */
     int (*set_num_threads)(int n);
     int (*num_threads)(void);
+    /* AOTML_DEVICE_* bits: the code this library holds. */
+    uint32_t devices;
+    /* Where runs go, for every caller of this library (like the thread pool): "cpu", "cuda"
+     * (device 0), "cuda:N", or "auto", the default: the GPU when the library has GPU code and a
+     * CUDA driver with a usable device is present, else the CPU. Choosing a GPU loads the
+     * driver (dlopen; nothing links against CUDA), loads the PTX for the device's
+     * architecture and uploads the weights, once; failures return AOTML_ERR_DEVICE with the
+     * reason. GPU runs take the same host buffers (copied in and out on one stream) and keep
+     * their workspace in device memory, allocated on the first run and grown when a larger
+     * one is needed; they are serialized per library. */
+    int (*select_device)(const char *name);
+    /* The device runs go to now: "cpu", or "cuda:0 (NAME, sm_90)". Under "auto", asking
+     * makes the choice. */
+    const char *(*device)(void);
 } aotml_model;
 
 #ifdef __cplusplus

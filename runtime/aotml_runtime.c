@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,19 +20,20 @@
 
 static _Thread_local char last_error[512];
 
-static int fail(int status, const char *fmt, ...) {
+AOTML_HIDDEN int aotml_rt_fail(int status, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
     return status;
 }
+#define fail aotml_rt_fail
 
 AOTML_HIDDEN const char *aotml_rt_last_error(void) { return last_error; }
 
 /* Evaluates the polynomial at *p and moves *p past it. Returns 0 when the value exceeds
  * MAX_BYTES (or a step overflows). */
-static int eval_poly(const int64_t **p, const int64_t *symbols, uint64_t *out) {
+AOTML_HIDDEN int aotml_rt_eval_poly(const int64_t **p, const int64_t *symbols, uint64_t *out) {
     const int64_t *q = *p;
     int64_t n_terms = *q++;
     uint64_t total = 0;
@@ -47,6 +49,7 @@ static int eval_poly(const int64_t **p, const int64_t *symbols, uint64_t *out) {
     *out = total;
     return ok && total <= MAX_BYTES;
 }
+#define eval_poly aotml_rt_eval_poly
 
 static const aotml_tensor_info *tensor(const aotml_model *m, uint32_t index, const char **kind) {
     *kind = index < m->n_inputs ? "input" : "output";
@@ -185,8 +188,8 @@ AOTML_HIDDEN int aotml_rt_workspace_size(const aotml_impl *impl, const int64_t *
     return AOTML_OK;
 }
 
-/* The byte size of tensor `index` for valid symbols. */
-static uint64_t tensor_bytes(const aotml_impl *impl, const int64_t *symbols, uint32_t index) {
+AOTML_HIDDEN uint64_t aotml_rt_tensor_bytes(const aotml_impl *impl, const int64_t *symbols,
+                                            uint32_t index) {
     const char *kind;
     const aotml_tensor_info *t = tensor(impl->model, index, &kind);
     if (impl->model->n_symbols == 0) return t->bytes;
@@ -195,6 +198,7 @@ static uint64_t tensor_bytes(const aotml_impl *impl, const int64_t *symbols, uin
     for (int32_t k = 0; k <= t->rank; k++) eval_poly(&p, symbols, &value);
     return value;
 }
+#define tensor_bytes aotml_rt_tensor_bytes
 
 static int check_tensors(const aotml_impl *impl, const int64_t *symbols, int outputs,
                          const void *const *ptrs, const uint64_t *bytes, uint32_t given,
@@ -297,8 +301,13 @@ static int run(const aotml_impl *impl, const int64_t *symbols, const void *const
     }
     rc = check_overlap(impl, symbols, inputs, outputs, workspace, needed);
     if (rc == AOTML_OK) {
-        int check = impl->entry(inputs, outputs, workspace, impl->weights, symbols);
-        if (check == 0)
+        int check = AOTML_GPU_DECLINED;
+        if (impl->gpu_run) check = impl->gpu_run(impl, symbols, inputs, outputs);
+        if (check == AOTML_GPU_DECLINED)
+            check = impl->entry(inputs, outputs, workspace, impl->weights, symbols);
+        if (check < 0)
+            rc = -check; /* a device error, its message already set */
+        else if (check == 0)
             last_error[0] = '\0';
         else if (check > 0 && (uint32_t)check <= impl->n_errors)
             rc = fail(AOTML_ERR_RUNTIME, "%s", impl->errors[check - 1]);
@@ -309,6 +318,17 @@ static int run(const aotml_impl *impl, const int64_t *symbols, const void *const
     free(owned);
     return rc;
 }
+
+AOTML_HIDDEN int aotml_rt_cpu_select_device(const char *name) {
+    if (!name) return fail(AOTML_ERR_NULL_POINTER, "the device name is NULL");
+    if (strcmp(name, "cpu") == 0 || strcmp(name, "auto") == 0) return AOTML_OK;
+    if (strncmp(name, "cuda", 4) == 0)
+        return fail(AOTML_ERR_DEVICE, "this library has no GPU code (it was built for the CPU "
+                    "only); rebuild it with --target cpu,cuda to run on '%s'", name);
+    return fail(AOTML_ERR_DEVICE, "unknown device '%s'; known: auto, cpu, cuda, cuda:N", name);
+}
+
+AOTML_HIDDEN const char *aotml_rt_cpu_device(void) { return "cpu"; }
 
 AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const int64_t *symbols,
                               const void *const *inputs, const uint64_t *input_bytes,

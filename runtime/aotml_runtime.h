@@ -16,6 +16,50 @@ typedef int (*aotml_entry_fn)(const void *const *inputs, void *const *outputs,
 /* A size as a polynomial over the symbols, in an int64 array: the number of terms, then per
  * term its coefficient (positive), its degree, and the index of each symbol factor. A static
  * size is one term of degree 0. */
+
+/* The GPU side of a library built for CUDA: PTX per architecture, and the launches of one run.
+ * A kernel takes a pointer per buffer argument, then the value of every symbol (int64), then a
+ * pointer to the run's status word (int32; a failed check stores its message number there). */
+enum { AOTML_GPU_INPUT = 0, AOTML_GPU_OUTPUT = 1, AOTML_GPU_WORKSPACE = 2, AOTML_GPU_WEIGHTS = 3 };
+
+typedef struct aotml_gpu_arg {
+    int32_t region;            /* an AOTML_GPU_* region */
+    uint32_t index;            /* the input or output number */
+    const int64_t *offset;     /* bytes into the workspace or the weights: a polynomial */
+} aotml_gpu_arg;
+
+typedef struct aotml_gpu_launch {
+    uint32_t kernel;           /* index into aotml_gpu.kernels */
+    uint32_t n_args;
+    const aotml_gpu_arg *args;
+    const int64_t *points;     /* the launch's index space (a polynomial); blocks of `threads`
+                                  threads cover it, the last one guarded */
+    uint32_t threads;
+} aotml_gpu_launch;
+
+typedef struct aotml_gpu_module {
+    uint32_t sm;               /* compute capability it was compiled for: 80 for sm_80 */
+    const char *ptx;           /* NUL-terminated PTX text */
+} aotml_gpu_module;
+
+typedef struct aotml_gpu {
+    uint32_t n_modules;        /* ascending sm */
+    const aotml_gpu_module *modules;
+    uint32_t n_kernels;
+    const char *const *kernels;
+    uint32_t n_launches;
+    const aotml_gpu_launch *launches;
+    const int64_t *workspace;  /* device workspace bytes: a polynomial */
+} aotml_gpu;
+
+struct aotml_impl;
+/* What gpu_run returns when the run should go to the CPU instead (device "cpu", or "auto"
+ * with no usable GPU). Otherwise it returns as the entry does, or -status on a device error
+ * with the message set. */
+#define AOTML_GPU_DECLINED (-1000)
+typedef int (*aotml_gpu_run_fn)(const struct aotml_impl *impl, const int64_t *symbols,
+                                const void *const *inputs, void *const *outputs);
+
 typedef struct aotml_impl {
     const aotml_model *model;
     aotml_entry_fn entry;
@@ -25,6 +69,8 @@ typedef struct aotml_impl {
     /* per tensor (inputs, then outputs): the polynomials of its rank dims, then of its bytes */
     const int64_t *const *sizes;
     const int64_t *workspace;       /* the workspace bytes' polynomial */
+    const aotml_gpu *gpu;           /* NULL for a CPU-only library */
+    aotml_gpu_run_fn gpu_run;       /* NULL for a CPU-only library */
 } aotml_impl;
 
 AOTML_HIDDEN int aotml_rt_bind(const aotml_impl *impl, const int64_t *const *input_shapes,
@@ -43,6 +89,23 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
                                     const void *const *inputs, void *const *outputs,
                                     void *workspace);
 AOTML_HIDDEN const char *aotml_rt_last_error(void);
+/* Sets the calling thread's error message; returns `status`. */
+AOTML_HIDDEN int aotml_rt_fail(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Evaluates the polynomial at *p, moving *p past it; 0 when the value exceeds 2^62. */
+AOTML_HIDDEN int aotml_rt_eval_poly(const int64_t **p, const int64_t *symbols, uint64_t *out);
+/* The byte size of tensor `index` (inputs, then outputs) for valid symbols. */
+AOTML_HIDDEN uint64_t aotml_rt_tensor_bytes(const aotml_impl *impl, const int64_t *symbols,
+                                            uint32_t index);
+
+/* Device choice for a library without GPU code: "cpu" and "auto" are accepted. */
+AOTML_HIDDEN int aotml_rt_cpu_select_device(const char *name);
+AOTML_HIDDEN const char *aotml_rt_cpu_device(void);
+/* ...and for one with GPU code (aotml_cuda.c); `impl` is the library's. */
+AOTML_HIDDEN int aotml_rt_gpu_select_device(const aotml_impl *impl, const char *name);
+AOTML_HIDDEN const char *aotml_rt_gpu_device(const aotml_impl *impl);
+AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols,
+                                  const void *const *inputs, void *const *outputs);
 
 /* A range [begin, end) of a parallel loop's iterations, run by one thread; returns 0 or a
  * failed check's status, as the entry does. */

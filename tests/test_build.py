@@ -60,7 +60,7 @@ def test_library_exports_only_the_model_api(tmp_path):
         pytest.skip("nm not available")
     exported = {line.split()[-1] for line in out.stdout.splitlines() if " T " in line}
     assert exported == {"aotml_model_v1", "det_model", "det_run", "det_last_error",
-                        "det_set_num_threads"}
+                        "det_set_num_threads", "det_select_device"}
 
 
 @pytest.mark.slow

@@ -387,7 +387,7 @@ def test_error_statuses_match_header(model_m):
     header = model_m.header.read_text()
     for name, value in [("AOTML_OK", 0), ("AOTML_ERR_NULL_POINTER", 1), ("AOTML_ERR_ARG_COUNT", 2),
                         ("AOTML_ERR_ARG_SIZE", 3), ("AOTML_ERR_WORKSPACE", 4),
-                        ("AOTML_ERR_OVERLAP", 5)]:
+                        ("AOTML_ERR_OVERLAP", 5), ("AOTML_ERR_DEVICE", 9)]:
         assert re.search(rf"\b{name} = {value}\b", header), name
 
 
@@ -476,7 +476,7 @@ def test_manifest_from_c(model_m, tmp_path):
         else:
             rows[key] = rest
     abi, abi_macro = map(int, rows["abi"].split())
-    assert abi == abi_macro == 3
+    assert abi == abi_macro == 4
     assert rows["threads"] == "3 3 1"
     assert rows["name"] == "m"
     assert rows["version"] == aotml.__version__

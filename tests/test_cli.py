@@ -285,6 +285,22 @@ def test_run_missing_input_file(cli, mlp_so, tmp_path):
     assert str(missing) in err
 
 
+def test_run_empty_input_file(cli, mlp_so, tmp_path):
+    """An empty --input file exits 1 naming the input, not as an internal error."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    rc, _, err = cli("run", mlp_so, "--input", f"x={empty}")
+    assert rc == 1
+    assert err.startswith(f"error: cannot read input 'x' from '{empty}'")
+
+
+def test_run_on_a_device_the_library_has_no_code_for(cli, mlp_dir, mlp_so):
+    """--device cuda on a CPU-only library exits 1 saying how to rebuild."""
+    rc, out, err = cli("run", mlp_so, "-i", f"x={mlp_dir / 'x.npy'}", "--device", "cuda")
+    assert rc == 1 and out == ""
+    assert "no GPU code" in err and "--target cpu,cuda" in err
+
+
 def test_run_missing_library(cli, tmp_path):
     """Running a library that does not exist exits 1 naming it."""
     missing = tmp_path / "absent.so"

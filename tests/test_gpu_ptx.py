@@ -11,7 +11,7 @@ import pytest
 from opcheck import all_samples, case_id, source
 
 from aotml.codegen.nvptx import DEFAULT_ARCHS, emit_ptx, have_ptxas, libdevice_path, ptx_problems
-from aotml.driver import build, source_graph
+from aotml.driver import build, parse_target, source_graph
 from aotml.errors import CompileError
 from aotml.gpu.mapping import map_program
 from aotml.graph.passes import run_pipeline
@@ -71,12 +71,42 @@ def test_the_cli_writes_one_ptx_module_per_architecture(tmp_path):
         assert f".target {arch}" in text and ".entry k0_matmul_g0(" in text
 
 
-def test_a_cuda_library_is_refused_with_a_hint(tmp_path):
+def test_a_cuda_object_is_refused_with_a_hint(tmp_path):
     src = tmp_path / "mlp.mlg"
     src.write_text(NO_WEIGHTS_MLP)
-    with pytest.raises(CompileError, match="runtime cannot launch GPU kernels") as e:
-        build(src, tmp_path / "mlp.so", target="cuda")
-    assert e.value.hint == "-o mlp.ptx"
-    assert not (tmp_path / "mlp.so").exists()
+    for target in ("cuda", "cpu,cuda"):
+        with pytest.raises(CompileError, match="writes a library") as e:
+            build(src, tmp_path / "mlp.o", target=target)
+        assert e.value.hint == "-o mlp.so"
+    with pytest.raises(CompileError, match="writes a library"):
+        build(src, tmp_path / "mlp.ptx", target="cpu,cuda")
+    assert list(tmp_path.iterdir()) == [src]
     with pytest.raises(CompileError, match="unknown CUDA architecture 'sm_12'"):
         build(src, tmp_path / "mlp.ptx", target="cuda:sm_12")
+
+
+@pytest.mark.parametrize("spec, kinds, archs", [
+    ("cpu", {"cpu"}, ()),
+    ("grid-emulation", {"grid-emulation"}, ()),
+    ("cuda", {"cuda"}, ("sm_80", "sm_90")),
+    ("cuda:sm_90", {"cuda"}, ("sm_90",)),
+    ("cpu,cuda", {"cpu", "cuda"}, ("sm_80", "sm_90")),
+    ("cpu,cuda:sm_80,sm_86", {"cpu", "cuda"}, ("sm_80", "sm_86")),
+    ("cuda:sm_90,cpu", {"cpu", "cuda"}, ("sm_90",)),
+])
+def test_target_specs(spec, kinds, archs):
+    assert parse_target(spec) == (frozenset(kinds), archs)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gpu", "unknown target 'gpu'"),
+    ("cpu,cpu", "unknown target"),
+    ("cpu:sm_80", "unknown target"),
+    ("sm_80", "unknown target"),
+    ("cuda:", "unknown target"),
+    ("grid-emulation,cuda", "grid-emulation stands alone"),
+    ("cuda:sm_12", "unknown CUDA architecture 'sm_12'"),
+])
+def test_bad_target_specs(spec, message):
+    with pytest.raises(CompileError, match=message):
+        parse_target(spec)

@@ -160,14 +160,17 @@ class _GpuKernelEmitter(_KernelEmitter):
         if not s.bind:
             self._loop(s, I64(0), dim_value(self.b, s.extent, self.symbols))
             return
-        register = "ctaid.x" if s.bind == "block.x" else "tid.x"
-        read = self._declare(f"llvm.nvvm.read.ptx.sreg.{register}", I32, [])
-        value = self.b.zext(self.b.call(read, []), I64, name=s.var.name)
+        value = self._special("ctaid.x" if s.bind == "block.x" else "tid.x", s.var.name)
         if s.step != 1:
             value = self.b.mul(value, I64(s.step), flags=["nuw", "nsw"], name=s.var.name)
         self.vars[s.var.name] = value
         self._stmts(s.body)
         del self.vars[s.var.name]
+
+    def _special(self, register: str, name: str) -> ir.Value:
+        """The thread's block or thread index (`ctaid.x`, `tid.x`) as an i64."""
+        read = self._declare(f"llvm.nvvm.read.ptx.sreg.{register}", I32, [])
+        return self.b.zext(self.b.call(read, []), I64, name=name)
 
     def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
         if dt == "f32" and op in _LIBDEVICE:

@@ -1,0 +1,72 @@
+"""GPU kernels compiled for the CPU one thread at a time, for a stand-in CUDA driver.
+
+The runtime's GPU side (runtime/aotml_cuda.c) cannot run without a CUDA driver. To test it on
+machines without a GPU, the tests load a stand-in driver (tests/fake_cuda.c) that does what a
+driver does with host memory, and runs each launched kernel from a library this module
+compiles: the same mapped kernels as the PTX (the same emitter, `_GpuKernelEmitter`), for the
+CPU, with the block and thread indices read from two globals the stand-in sets before calling
+each thread. Each kernel `K` is exported as `void aotml_emu_K(void **params)`, taking the
+parameter array of `cuLaunchKernel` as it is. What differs from the GPU is only the math
+library: exp, log, tanh, erf and pow are the CPU's, not libdevice's.
+
+With that, a run through the stand-in checks everything of the host side against the
+reference: driver loading, PTX choice, weights upload, the arena's layout, each kernel's
+parameters, the grid of each launch, the copies and the status word.
+"""
+
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+from aotml.codegen.llvm_cpu import I64, PTR, CpuTarget, _KernelEmitter, parse_verified
+from aotml.codegen.nvptx import _GpuKernelEmitter
+from aotml.loops import ir as L
+
+# the globals the stand-in driver sets before it runs a thread
+INDEX_GLOBALS = {"ctaid.x": "aotml_emu_ctaid_x", "tid.x": "aotml_emu_tid_x"}
+
+
+def emulation_object(program: L.Program) -> bytes:
+    """An object exporting `aotml_emu_K(void **params)` for each kernel K of a GPU-mapped
+    program, and the index globals, for the host CPU."""
+    target = CpuTarget(opt_level=1)
+    tm = target.target_machine()
+    module = ir.Module(name=f"{program.name}_emulation")
+    module.triple = target.triple
+    module.data_layout = str(tm.target_data)
+    for name in INDEX_GLOBALS.values():
+        g = ir.GlobalVariable(module, I64, name)
+        g.initializer = I64(0)
+    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    symbols = tuple(s for s, _ in program.symbols)
+    for kernel in program.kernels:
+        fn = _ThreadEmitter(module, kernel, messages, symbols).emit()
+        fn.linkage = "internal"
+        _wrapper(module, kernel, fn)
+    ref = parse_verified(str(module))
+    return tm.emit_object(ref)
+
+
+def _wrapper(module: ir.Module, kernel: L.Kernel, fn: ir.Function) -> None:
+    wrapper = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]),
+                          name=f"aotml_emu_{kernel.name}")
+    b = ir.IRBuilder(wrapper.append_basic_block("entry"))
+    args = []
+    for k, param in enumerate(fn.args):
+        slot = b.load(b.gep(wrapper.args[0], [I64(k)], source_etype=PTR), typ=PTR)
+        args.append(b.load(slot, typ=param.type))
+    b.call(fn, args)
+    b.ret_void()
+
+
+class _ThreadEmitter(_GpuKernelEmitter):
+    """A mapped kernel as one GPU thread runs it, on the CPU."""
+
+    def _special(self, register: str, name: str) -> ir.Value:
+        return self.b.load(self.module.get_global(INDEX_GLOBALS[register]), name=name, typ=I64)
+
+    def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
+        return _KernelEmitter._unary(self, op, x, dt)
+
+    def _binary(self, op: str, x: ir.Value, y: ir.Value, dt: str) -> ir.Value:
+        return _KernelEmitter._binary(self, op, x, y, dt)
