@@ -16,6 +16,7 @@ import functools
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
+from aotml.codegen import vecmath
 from aotml.codegen.target import Capabilities, Emitted
 from aotml.errors import CompileError, InternalError
 from aotml.graph.symbolic import Sym
@@ -412,13 +413,13 @@ class _KernelEmitter:
             return b.fneg(x)
         elif op == "abs":
             return b.call(self._declare("llvm.fabs.f32", F32, [F32]), [x])
-        elif op in ("exp", "log", "sqrt"):
-            return b.call(self._declare(f"llvm.{op}.f32", F32, [F32]), [x])
+        elif op in vecmath.FUNCTIONS:  # inline polynomials: libm calls would not vectorize
+            return vecmath.FUNCTIONS[op](b, x)
+        elif op == "sqrt":
+            return b.call(self._declare("llvm.sqrt.f32", F32, [F32]), [x])
         elif op == "rsqrt":
             sqrt = b.call(self._declare("llvm.sqrt.f32", F32, [F32]), [x])
             return b.fdiv(F32(1.0), sqrt)
-        elif op in ("tanh", "erf"):
-            return b.call(self._libm(op + "f"), [x])
         raise InternalError(f"CPU codegen has no unary {op} on {dt}")
 
     def _binary(self, op: str, x: ir.Value, y: ir.Value, dt: str) -> ir.Value:
@@ -481,12 +482,6 @@ class _KernelEmitter:
         quiet_nan = b.or_(b.lshr(bits, I32(16)), I32(0x40))
         is_nan = b.fcmp_unordered("uno", x, x)
         return b.trunc(b.select(is_nan, quiet_nan, rounded), I16)
-
-    def _libm(self, name: str) -> ir.Function:
-        fn = self._declare(name, F32, [F32])
-        if "nounwind" not in fn.attributes:
-            fn.attributes.add("nounwind")
-        return fn
 
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         try:

@@ -29,6 +29,7 @@ from aotml.loops.ir import (
     Compare,
     Expr,
     For,
+    If,
     Kernel,
     Launch,
     Load,
@@ -42,8 +43,6 @@ from aotml.loops.ir import (
     map_expr,
 )
 
-# Math functions that compile to a call per element (no vector math library is linked).
-CALLS = frozenset({"exp", "log", "tanh", "erf"})
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
 MAX_INLINED_SIZE = 64  # the largest expression (in nodes) inlined into a consumer
 
@@ -138,8 +137,8 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     if cw is None or cw.buffer.shape != t.shape or not _reads_only_at(cw.value, t, cw.vars):
         return f"{head}: {c.name} is not elementwise over {t.name} (no epilogue to fuse)"
     if _calls(cw.value):
-        return f"{head}: {c.name} calls a math function (exp, log, tanh, erf, pow), which " \
-               f"in {producer}'s stores would keep its accumulators out of vector registers"
+        return f"{head}: {c.name} calls pow, a library call per element, which in " \
+               f"{producer}'s stores would keep its accumulators out of vector registers"
     if _reads(k.body, t) != 0:
         return f"{head}: {producer} reads back {t.name} as it accumulates, so its stores " \
                "are not final values"
@@ -152,7 +151,7 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
         return f"{head}: {producer} reads {cw.buffer.name}"
 
     def stmt(s):
-        if isinstance(s, For):
+        if isinstance(s, (For, If)):
             return replace(s, body=tuple(stmt(b) for b in s.body))
         if isinstance(s, Store) and s.buffer == t:
             subst = dict(zip(cw.vars, s.indices))
@@ -172,8 +171,9 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
 
 
 def _calls(e: Expr) -> bool:
-    """Whether `e` computes a function that compiles to a scalar library call."""
-    if (isinstance(e, Unary) and e.op in CALLS) or (isinstance(e, Binary) and e.op == "pow"):
+    """Whether `e` computes pow, which compiles to a scalar library call (exp, log, tanh and
+    erf are inline polynomials: codegen/vecmath.py)."""
+    if isinstance(e, Binary) and e.op == "pow":
         return True
     return any(_calls(c) for c in children(e))
 
@@ -242,7 +242,7 @@ def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
 def _most_loads_per_statement(stmts, buf: Buffer) -> int:
     most = 0
     for s in stmts:
-        if isinstance(s, For):
+        if isinstance(s, (For, If)):
             most = max(most, _most_loads_per_statement(s.body, buf))
         else:
             value = {Store: "value", Local: "init", Assign: "value"}.get(type(s), "cond")
@@ -260,6 +260,8 @@ def _reads(stmts, buf: Buffer, trips=1):
     for s in stmts:
         if isinstance(s, For):
             total = total + _reads(s.body, buf, trips * s.extent)
+        elif isinstance(s, If):  # (counted as if it always held)
+            total = total + trips * _loads(s.cond, buf) + _reads(s.body, buf, trips)
         elif isinstance(s, Store):
             total = total + trips * (_loads(s.value, buf)
                                      + sum(_loads(i, buf) for i in s.indices))
@@ -289,6 +291,8 @@ def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
     def stmt(s):
         if isinstance(s, For):
             return replace(s, body=tuple(stmt(b) for b in s.body))
+        if isinstance(s, If):
+            return If(expr(s.cond), tuple(stmt(b) for b in s.body))
         if isinstance(s, Store):
             return Store(s.buffer, tuple(expr(i) for i in s.indices), expr(s.value))
         if isinstance(s, Local):
