@@ -80,6 +80,7 @@ class BuildResult:
     header_path: Path | None  # None for PTX
     program: Program
     dumps: dict[str, str]
+    gpu_program: Program | None = None  # the GPU-mapped program, for targets with one
 
 
 def parse_dump(spec: str | Iterable[str] | None) -> frozenset[str]:
@@ -172,18 +173,22 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     dumps: dict[str, str] = {}
     if "graph" in stages:
         dumps["graph"] = print_graph(graph)
-    notes: list[str] = []
-    program, plan, weights = lower_graph(graph, notes)
     kinds, archs = parse_target(target)
-    cpu_program = program
-    gpu_program = map_program(program) if kinds & {"grid-emulation", "cuda"} else None
+    notes: list[str] = []
+    cpu_program = gpu_program = None
+    if "cpu" in kinds:
+        cpu_program, plan, weights = lower_graph(graph, notes)
+        reported = cpu_program
+    if kinds & {"grid-emulation", "cuda"}:
+        # lowered again: ops with a GPU schedule take it (the weights come out the same)
+        lowered, gpu_plan, weights = lower_graph(graph, [] if cpu_program else notes, gpu=True)
+        gpu_program = map_program(lowered)
+        if cpu_program is None:
+            plan, reported = gpu_plan, lowered
     if "loops" in stages:
-        shown = [print_program(cpu_program)] if "cpu" in kinds else []
-        if gpu_program is not None:
-            shown.append(print_program(gpu_program))
-        dumps["loops"] = "\n".join(shown)
+        dumps["loops"] = "\n".join(print_program(p) for p in (cpu_program, gpu_program) if p)
     if report:
-        dumps["report"] = build_report(cpu_program, plan.lower_bound, notes)
+        dumps["report"] = build_report(reported, plan.lower_bound, notes)
     if "cuda" in kinds and out_so.suffix in (".ptx", ".o"):
         if out_so.suffix == ".o" or "cpu" in kinds:
             raise CompileError(f"a {target} build writes a library or, for cuda alone, PTX "
@@ -191,7 +196,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         modules = _emit_ptx(gpu_program, archs, dumps, stages)
         _print_dumps(dumps, dump_stream)
         _write_ptx(modules, out_so)
-        return BuildResult(out_so, None, gpu_program, dumps)
+        return BuildResult(out_so, None, gpu_program, dumps, gpu_program)
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     emitted = None
     if kinds & {"cpu", "grid-emulation"}:
@@ -215,7 +220,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     if out_so.suffix == ".o":
         write_atomically({header_path: generate_header(manifest).encode(),
                           out_so: emitted.object_code})
-        return BuildResult(out_so, header_path, program, dumps)
+        return BuildResult(out_so, header_path, program, dumps, gpu_program)
     host = llvm.get_process_triple()
     if machine.triple.split("-")[0] != host.split("-")[0]:
         raise CompileError(f"cannot link a library for {machine.triple} on this {host} host",
@@ -227,5 +232,5 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         # the header first: the library is replaced only once its header is in place
         write_atomically({header_path: generate_header(manifest).encode(),
                           out_so: linked.read_bytes()})
-    return BuildResult(out_so, header_path, program, dumps)
+    return BuildResult(out_so, header_path, program, dumps, gpu_program)
 

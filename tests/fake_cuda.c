@@ -4,8 +4,8 @@
  * Device memory is host memory. A module "loads" when its text is PTX for an architecture the
  * device can run; a function exists when the module has its .entry. A launch runs the kernel's
  * CPU emulation (aotml/gpu/emulate.py, the library $FAKE_CUDA_EMULATION names when the module
- * is loaded), one thread after another over the grid it is given, so a wrong grid or
- * parameter shows in the results.
+ * is loaded), one block after another over the grid it is given, so a wrong grid or
+ * parameter shows in the results; a block size other than the kernel's is refused.
  *
  * Knobs (environment):
  *   FAKE_CUDA_SM           the device's compute capability as 80, 90 (default 90)
@@ -27,7 +27,7 @@ typedef int CUresult;
 typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;
 typedef struct { const char *ptx; void *emulation; } module_t;
-typedef struct { void (*run)(void **); int64_t *ctaid_x, *tid_x; } function_t;
+typedef struct { void (*run)(void **); int64_t *ctaid_x; const int32_t *threads; } function_t;
 
 static int initialized, pushed;
 
@@ -171,11 +171,13 @@ CUresult cuModuleGetFunction(void **fn, void *module, const char *name) {
     char symbol[512];
     snprintf(symbol, sizeof symbol, "aotml_emu_%s", name);
     f->run = NULL;
-    f->ctaid_x = f->tid_x = NULL;
+    f->ctaid_x = NULL;
+    f->threads = NULL;
     if (m->emulation) {
         f->run = (void (*)(void **))dlsym(m->emulation, symbol);
         f->ctaid_x = dlsym(m->emulation, "aotml_emu_ctaid_x");
-        f->tid_x = dlsym(m->emulation, "aotml_emu_tid_x");
+        snprintf(symbol, sizeof symbol, "aotml_emu_%s_threads", name);
+        f->threads = dlsym(m->emulation, symbol);
     }
     *fn = f;
     return 0;
@@ -250,15 +252,15 @@ CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigne
     long rc = knob("FAKE_CUDA_LAUNCH_ERROR", 0);
     if (rc) return (CUresult)rc;
     function_t *f = fn;
-    if (!f->run || !f->ctaid_x || !f->tid_x) return 500;
-    if (gx == 0 || gy != 1 || gz != 1 || bx == 0 || bx > 1024 || by != 1 || bz != 1 || shared)
-        return 1; /* CUDA_ERROR_INVALID_VALUE: the runtime launches 1-D grids only */
+    if (!f->run || !f->ctaid_x || !f->threads) return 500;
+    /* CUDA_ERROR_INVALID_VALUE: the runtime launches 1-D grids of the kernel's block size */
+    if (gx == 0 || gy != 1 || gz != 1 || bx != (unsigned)*f->threads || by != 1 || bz != 1 ||
+        shared)
+        return 1;
     note("launch %u %u", gx, bx);
-    for (unsigned b = 0; b < gx; b++)
-        for (unsigned t = 0; t < bx; t++) {
-            *f->ctaid_x = b;
-            *f->tid_x = t;
-            f->run(params);
-        }
+    for (unsigned b = 0; b < gx; b++) {
+        *f->ctaid_x = b;
+        f->run(params);
+    }
     return 0;
 }

@@ -17,7 +17,6 @@ import aotml
 from aotml.codegen.nvptx import libdevice_path
 from aotml.driver import build
 from aotml.gpu.emulate import emulation_object
-from aotml.gpu.mapping import map_program
 from conftest import NO_WEIGHTS_MLP, REPO, rand
 
 CC = shutil.which("cc")
@@ -85,8 +84,7 @@ def gpu(driver, tmp_path, monkeypatch):
             np.savez(folder / "weights.npz", **weights)
         (folder / "m.mlg").write_text(source)
         result = build(folder / "m.mlg", folder / "m.so", target=target)
-        program = result.program if "cpu" not in target else map_program(result.program)
-        (folder / "emu.o").write_bytes(emulation_object(program))
+        (folder / "emu.o").write_bytes(emulation_object(result.gpu_program))
         subprocess.run([CC, "-shared", "-o", str(folder / "emu.so"), str(folder / "emu.o")],
                        check=True)
         monkeypatch.setenv("FAKE_CUDA_EMULATION", str(folder / "emu.so"))

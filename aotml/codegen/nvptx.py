@@ -3,8 +3,13 @@
 Each mapped kernel becomes a PTX `.entry` (marked through `nvvm.annotations`) taking its
 buffers as pointers, the symbols' values as i64, and a pointer to a status word. Bound loops do
 not loop: a `block.x` loop's variable is `ctaid.x * step`, a `thread.x` loop's is `tid.x`; the
-launcher gives the grid `ceil(extent / step)` blocks of the thread loop's extent. A failed
-run-time check stores its message number in the status word and ends the thread. Everything
+launcher gives the grid `ceil(extent / step)` blocks of the thread loop's extent. A kernel in
+block form (gpu/schedules.py) has several thread loops: each is one barrier phase, ended by
+`bar.sync`; its shared buffers are globals in the shared address space (one per block), its
+local ones a per-thread array that LLVM promotes to registers (the thread index, their first,
+is dropped). A failed run-time check stores its message number in the status word and ends
+the thread (block-form kernels have no checks: a thread that ended early would leave the
+others at a barrier). Everything
 else (loops, locals, arithmetic, conversions) is the CPU emitter's, on the same scalar
 semantics: exp, log, tanh, erf and pow call libdevice (`__nv_expf`, ...), linked from the CUDA
 toolkit's `libdevice.10.bc` when a kernel uses one.
@@ -20,12 +25,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from aotml.codegen.llvm_cpu import (
+    _STORAGE,
     F32,
     I32,
     I64,
@@ -35,10 +42,13 @@ from aotml.codegen.llvm_cpu import (
     dim_value,
     parse_verified,
 )
-from aotml.errors import CompileError
+from aotml.errors import CompileError, InternalError
+from aotml.gpu.host import thread_extents
+from aotml.graph.symbolic import Dim, product
 from aotml.loops import ir as L
 
 TRIPLE = "nvptx64-nvidia-cuda"
+SHARED = 3  # NVPTX's shared-memory address space
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 # PTX ISA version per architecture (ptx78 is the first to know sm_90)
 _PTX_FEATURES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx78"}
@@ -127,9 +137,15 @@ class _GpuKernelEmitter(_KernelEmitter):
 
     def __init__(self, module: ir.Module, kernel: L.Kernel, messages: dict[str, int],
                  symbols: tuple[str, ...]):
-        super().__init__(module, kernel, {}, messages, symbols)
+        # shared and local buffers are the kernel's own storage, not parameters
+        self.onchip = tuple(b for b in kernel.args if b.scope != "global")
+        params = replace(kernel, args=tuple(b for b in kernel.args if b.scope == "global"))
+        super().__init__(module, params, {}, messages, symbols)
+        self.kernel = kernel
         self.status = self.fn.args[-1]
         self.status.name = "status"
+        # several thread loops: barrier phases (gpu/schedules.py)
+        self.block_form = sum(1 for _ in thread_extents(kernel.body)) > 1
 
     def _function(self, name: str, params: list) -> ir.Function:
         # an entry: external, returning nothing, with the status word as its last parameter
@@ -139,12 +155,38 @@ class _GpuKernelEmitter(_KernelEmitter):
 
     def emit(self) -> ir.Function:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        for buf in self.onchip:
+            self.base[buf.name] = self._storage(buf)
         self._stmts(self.kernel.body)
         self.b.ret_void()
         return self.fn
 
+    def _storage(self, buf: L.Buffer) -> ir.Value:
+        """Where a shared buffer (a global in the shared address space, one per block) or a
+        local one (one row per thread: the thread's own array, promoted to registers) lives."""
+        if buf.scope == "shared":
+            g = ir.GlobalVariable(self.module, ir.ArrayType(_STORAGE[buf.dtype],
+                                                            static_size(buf.shape)),
+                                  f"{self.kernel.name}.{buf.name}", addrspace=SHARED)
+            g.linkage = "internal"
+            g.align = 16
+            g.initializer = ir.Constant(g.value_type, ir.Undefined)
+            g.type = ir.PointerType(addrspace=SHARED)  # llvmlite types it [n x T]*; LLVM: ptr
+            return g
+        with self.b.goto_entry_block():
+            return self.b.alloca(_STORAGE[buf.dtype], static_size(buf.shape[1:]), name=buf.name)
+
+    def _address(self, buf: L.Buffer, indices) -> ir.Value:
+        if buf.scope == "local":  # the row of this thread: drop the thread index
+            return super()._address(L.Buffer(buf.name, buf.dtype, buf.shape[1:]), indices[1:])
+        return super()._address(buf, indices)
+
     def _stmts(self, stmts) -> None:
         for s in stmts:
+            if isinstance(s, L.Assert) and self.block_form:
+                # ending a thread early would leave the others waiting at a barrier
+                raise InternalError(f"run-time check in block-form GPU kernel "
+                                    f"{self.kernel.name}")
             if isinstance(s, L.Assert):
                 ok = self.fn.append_basic_block("check.ok")
                 failed = self.fn.append_basic_block("check.failed")
@@ -166,6 +208,12 @@ class _GpuKernelEmitter(_KernelEmitter):
         self.vars[s.var.name] = value
         self._stmts(s.body)
         del self.vars[s.var.name]
+        if s.bind == "thread.x" and self.block_form:
+            self._barrier()
+
+    def _barrier(self) -> None:
+        """The end of a barrier phase: every thread of the block waits here for the others."""
+        self.b.call(self._declare("llvm.nvvm.barrier0", ir.VoidType(), []), [])
 
     def _special(self, register: str, name: str) -> ir.Value:
         """The thread's block or thread index (`ctaid.x`, `tid.x`) as an i64."""
@@ -182,3 +230,10 @@ class _GpuKernelEmitter(_KernelEmitter):
             return self.b.call(self._declare(_LIBDEVICE["pow"], F32, [F32, F32]), [x, y])
         return super()._binary(op, x, y, dt)
 
+
+
+def static_size(shape: tuple[Dim, ...]) -> int:
+    n = product(shape)
+    if not isinstance(n, int):
+        raise InternalError(f"on-chip GPU buffer of symbolic shape {shape}")
+    return n

@@ -1,13 +1,16 @@
-"""GPU kernels compiled for the CPU one thread at a time, for a stand-in CUDA driver.
+"""GPU kernels compiled for the CPU one block at a time, for a stand-in CUDA driver.
 
 The runtime's GPU side (runtime/aotml_cuda.c) cannot run without a CUDA driver. To test it on
 machines without a GPU, the tests load a stand-in driver (tests/fake_cuda.c) that does what a
 driver does with host memory, and runs each launched kernel from a library this module
 compiles: the same mapped kernels as the PTX (the same emitter, `_GpuKernelEmitter`), for the
-CPU, with the block and thread indices read from two globals the stand-in sets before calling
-each thread. Each kernel `K` is exported as `void aotml_emu_K(void **params)`, taking the
-parameter array of `cuLaunchKernel` as it is. What differs from the GPU is only the math
-library: exp, log, tanh, erf and pow are the CPU's, not libdevice's.
+CPU. The block index is read from a global the stand-in sets before it runs each block; the
+thread loops run as loops, one barrier phase after another, as the grid emulation runs them;
+shared and local buffers are the library's own globals (the stand-in runs one block at a
+time). Each kernel `K` is exported as `void aotml_emu_K(void **params)`, taking the parameter
+array of `cuLaunchKernel` as it is, with `aotml_emu_K_threads`, the block size it was
+written for, which the stand-in checks against the launch's. What differs from the GPU is only
+the math library: exp, log, tanh, erf and pow are the CPU's, not libdevice's.
 
 With that, a run through the stand-in checks everything of the host side against the
 reference: driver loading, PTX choice, weights upload, the arena's layout, each kernel's
@@ -18,12 +21,20 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from aotml.codegen.llvm_cpu import I64, PTR, CpuTarget, _KernelEmitter, parse_verified
-from aotml.codegen.nvptx import _GpuKernelEmitter
+from aotml.codegen.llvm_cpu import (
+    _STORAGE,
+    I32,
+    I64,
+    PTR,
+    CpuTarget,
+    _KernelEmitter,
+    parse_verified,
+)
+from aotml.codegen.nvptx import _GpuKernelEmitter, static_size
+from aotml.gpu.host import grid
 from aotml.loops import ir as L
 
-# the globals the stand-in driver sets before it runs a thread
-INDEX_GLOBALS = {"ctaid.x": "aotml_emu_ctaid_x", "tid.x": "aotml_emu_tid_x"}
+BLOCK_INDEX = "aotml_emu_ctaid_x"  # the global the stand-in sets before it runs a block
 
 
 def emulation_object(program: L.Program) -> bytes:
@@ -34,15 +45,17 @@ def emulation_object(program: L.Program) -> bytes:
     module = ir.Module(name=f"{program.name}_emulation")
     module.triple = target.triple
     module.data_layout = str(tm.target_data)
-    for name in INDEX_GLOBALS.values():
-        g = ir.GlobalVariable(module, I64, name)
-        g.initializer = I64(0)
+    g = ir.GlobalVariable(module, I64, BLOCK_INDEX)
+    g.initializer = I64(0)
     messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
     symbols = tuple(s for s, _ in program.symbols)
     for kernel in program.kernels:
-        fn = _ThreadEmitter(module, kernel, messages, symbols).emit()
+        fn = _BlockEmitter(module, kernel, messages, symbols).emit()
         fn.linkage = "internal"
         _wrapper(module, kernel, fn)
+        threads = ir.GlobalVariable(module, I32, f"aotml_emu_{kernel.name}_threads")
+        threads.initializer = I32(grid(kernel.body, kernel.name)[1])
+        threads.global_constant = True
     ref = parse_verified(str(module))
     return tm.emit_object(ref)
 
@@ -59,11 +72,29 @@ def _wrapper(module: ir.Module, kernel: L.Kernel, fn: ir.Function) -> None:
     b.ret_void()
 
 
-class _ThreadEmitter(_GpuKernelEmitter):
-    """A mapped kernel as one GPU thread runs it, on the CPU."""
+class _BlockEmitter(_GpuKernelEmitter):
+    """A mapped kernel as one GPU block runs it, on the CPU."""
 
     def _special(self, register: str, name: str) -> ir.Value:
-        return self.b.load(self.module.get_global(INDEX_GLOBALS[register]), name=name, typ=I64)
+        return self.b.load(self.module.get_global(BLOCK_INDEX), name=name, typ=I64)
+
+    def _for(self, s: L.For) -> None:
+        if s.bind == "thread.x":  # every thread of the block in turn, phase by phase
+            self._loop(s, I64(0), I64(s.extent))
+        else:
+            super()._for(s)
+
+    def _storage(self, buf: L.Buffer) -> ir.Value:
+        # every thread's row of a local buffer: the thread loops are loops here
+        storage = ir.ArrayType(_STORAGE[buf.dtype], static_size(buf.shape))
+        g = ir.GlobalVariable(self.module, storage, f"{self.kernel.name}.{buf.name}")
+        g.linkage = "internal"
+        g.initializer = ir.Constant(g.value_type, None)
+        g.type = PTR  # llvmlite types it [n x T]*; LLVM: ptr
+        return g
+
+    def _address(self, buf: L.Buffer, indices) -> ir.Value:
+        return _KernelEmitter._address(self, buf, indices)
 
     def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
         return _KernelEmitter._unary(self, op, x, dt)

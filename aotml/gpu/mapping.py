@@ -20,8 +20,8 @@ runs serially in that thread:
 Top-level statements that are not such nests (a scalar accumulated across the whole body, a
 nest with no independent loop, a tail tile) run on one thread of one block, as one GPU kernel
 per run of them between nests: correct, and slow.
-Every op therefore has a mapping; faster schedules for the big ones (tiled matmul in shared
-memory, reductions by warp shuffles) are specializations that come on top of this one.
+Every op therefore has a mapping; faster schedules for the big ones (the tiled matmul in shared
+memory) are written in block form by gpu/schedules.py and pass through unchanged.
 
 Bound loops are ordinary loops to the CPU code generator, so the mapped program runs on the CPU
 as it is (`--target grid-emulation`): every block, every thread, with the same index
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from aotml.gpu.schedules import in_block_form
 from aotml.graph.symbolic import Dim, Sym, product
 from aotml.loops.ir import (
     INDEX,
@@ -67,7 +68,10 @@ def map_program(program: Program, block: int = BLOCK) -> Program:
 
 
 def map_kernel(kernel: Kernel, block: int = BLOCK) -> list[Kernel]:
-    """The GPU kernels that run `kernel`, in launch order."""
+    """The GPU kernels that run `kernel`, in launch order. A kernel a GPU schedule wrote in
+    block form (gpu/schedules.py) is one GPU kernel as it is."""
+    if in_block_form(kernel.body):
+        return [replace(kernel, name=f"{kernel.name}_g0", body=(_serial(kernel.body[0]),))]
     bodies: list[For] = []
     run: list = []  # consecutive statements that run on one thread
     stmts = list(kernel.body)

@@ -91,13 +91,14 @@ class Names:
         self._n[prefix] = k + 1
         return Var(f"{prefix}{k}", dtype)
 
-    def scratch_buffer(self, prefix: str, dtype: str, shape: tuple[Dim, ...]) -> Buffer:
+    def scratch_buffer(self, prefix: str, dtype: str, shape: tuple[Dim, ...],
+                       scope: str = "global") -> Buffer:
         base = f"{self.scope}_{prefix}"
         name, k = base, 1
         while name in self.taken:
             name, k = f"{base}_{k}", k + 1
         self.taken.add(name)
-        buf = Buffer(name, dtype, tuple(shape))
+        buf = Buffer(name, dtype, tuple(shape), scope)
         self.scratch.append(buf)
         return buf
 

@@ -35,13 +35,25 @@ COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
 REGIONS = ("input", "output", "param", "workspace", "view")
 
 
+SCOPES = ("global", "shared", "local")
+
+
 @dataclass(frozen=True)
 class Buffer:
-    """A dense row-major tensor in memory."""
+    """A dense row-major tensor in memory. Its scope matters to a GPU kernel in block form
+    (gpu/schedules.py): "global" is device memory; "shared" is one copy per block, in the
+    block's shared memory; "local" is one row per thread (its first index is always the thread
+    loop's variable), in the thread's registers. Everywhere else (the CPU, the grid emulation)
+    every buffer is a buffer: shared and local ones are kernel scratch."""
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    scope: str = "global"
+
+    def __post_init__(self):
+        if self.scope not in SCOPES:
+            raise InternalError(f"unknown buffer scope {self.scope!r}")
 
     @property
     def nbytes(self) -> Dim:
@@ -489,7 +501,8 @@ def format_stmts(stmts, indent: int) -> list[str]:
 
 
 def _shape(b: Buffer) -> str:
-    return f"{b.dtype}[{', '.join(map(str, b.shape))}]"
+    scope = "" if b.scope == "global" else f"{b.scope} "
+    return f"{scope}{b.dtype}[{', '.join(map(str, b.shape))}]"
 
 
 def print_kernel(k: Kernel) -> str:

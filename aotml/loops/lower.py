@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from aotml import ops
 from aotml.errors import CompileError
+from aotml.gpu.schedules import GPU_LOWERINGS
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
 from aotml.graph.symbolic import SymbolicError
@@ -23,9 +24,11 @@ from aotml.loops.schedule import parallelize
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
 
-def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, MemoryPlan, list]:
+def lower_graph(graph: Graph, notes: list[str] | None = None,
+                gpu: bool = False) -> tuple[Program, MemoryPlan, list]:
     """The program, the memory plan, and the weights: a list of (offset, array). Why kernels
-    were not fused is appended to `notes`."""
+    were not fused is appended to `notes`. `gpu` lowers the ops that have a GPU schedule
+    (gpu/schedules.py) through it, in block form."""
     taken: set[str] = set()
 
     def buffer_for(v: Value, base: str | None = None) -> Buffer:
@@ -80,7 +83,11 @@ def lower_graph(graph: Graph, notes: list[str] | None = None) -> tuple[Program, 
         out = buffers[node.result.uid]
         names = Names(f"k{i}", taken)
         try:
-            body = ops.REGISTRY[node.op].lower(out, operands, node.attr, names)
+            body = None
+            if gpu and node.op in GPU_LOWERINGS:
+                body = GPU_LOWERINGS[node.op](out, operands, node.attr, names)
+            if body is None:
+                body = ops.REGISTRY[node.op].lower(out, operands, node.attr, names)
         except SymbolicError as err:
             raise CompileError(f"'{node.op}' cannot be compiled for the symbolic shape "
                                f"{node.result.type}: {err}", node.span,

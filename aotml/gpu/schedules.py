@@ -1,0 +1,211 @@
+"""GPU schedules: op lowerings written in *block form*, for the ops where the generic mapping
+(gpu/mapping.py: one thread per independent point, each running the CPU's loops) starves the
+GPU. A GPU build lowers an op through its schedule here when there is one and it accepts the
+shapes, and through the op's own lowering otherwise.
+
+Block form. The kernel body is one `block.x` loop (stepping by the block's thread count, as
+the mapping's grids do) whose body runs once per block. Inside it, `thread.x` loops over the
+block's threads hold the per-thread work; consecutive thread loops are *barrier phases*: every
+thread finishes one before any starts the next. The GPU code generator runs each thread loop's
+body as the thread `tid.x` and puts a barrier after it; the CPU (the grid emulation) runs the
+thread loops as loops, one after another, which is the same order of effects. Statements
+between thread loops run on every thread alike and must be uniform (the same for every thread
+of the block: block indices, bounds), so every thread reaches every barrier.
+
+Memory in block form: "shared" buffers are the block's shared memory; a "local" buffer has one
+row per thread, indexed first by the thread loop's variable, and lives in registers on the GPU
+(see loops/ir.py, Buffer.scope). A value that must survive from one phase to the next (an
+accumulator) lives in a local buffer, not in a Local.
+
+Matmul: each block computes a BM x BN tile of the output with THREADS threads, each thread a
+TM x TN register tile. The K dimension is walked in steps of BK: in one phase the block copies
+a BM x BK slice of `a` (transposed, padded a column against bank conflicts) and a BK x BN
+slice of `b` into shared memory, each thread loading BM*BK/THREADS elements with neighbouring
+threads reading neighbouring addresses (coalesced); in the next phase each thread reads TM
+values of the `a` slice and TN of the `b` slice per step of k and does TM*TN multiply-adds.
+Loads past the edges read a clamped, in-bounds address and select zero; stores past them are
+guarded. Row blocks vary fastest across the grid, so neighbouring blocks share their slice
+of `b` in the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aotml.graph.symbolic import Dim, Sym, product
+from aotml.loops.build import Names, Operand, broadcast_indices, idx, store
+from aotml.loops.ir import (
+    INDEX,
+    Binary,
+    Buffer,
+    Compare,
+    Const,
+    Expr,
+    For,
+    If,
+    Load,
+    Local,
+    MulAdd,
+    Select,
+    Store,
+    Var,
+)
+
+BM, BN, BK = 64, 64, 16  # the block's output tile and its step along k
+TM, TN = 4, 4            # each thread's register tile
+THREADS = (BM // TM) * (BN // TN)
+
+
+def _i(v: int) -> Expr:
+    return Const(v, INDEX)
+
+
+def _op(op: str, x: Expr, y: Expr) -> Expr:
+    return Binary(op, x, y)
+
+
+def _all(conds: list[Expr]) -> Expr | None:
+    out = None
+    for c in conds:
+        out = c if out is None else Binary("and", out, c)
+    return out
+
+
+def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> list | None:
+    """The block-form matmul (see the module docstring), or None for shapes it does not take:
+    a result other than f32, or a symbolic n or k (m and the batch dims may be symbolic)."""
+    a, b = ins
+    m, n = out.shape[-2:]
+    k = a.shape[-1]
+    if out.dtype != "f32" or a.buffer is None or b.buffer is None \
+            or not isinstance(n, int) or not isinstance(k, int):
+        return None
+    batch = out.shape[:-2]
+    col_blocks, k_steps = -(-n // BN), -(-k // BK)
+    row_blocks: Expr = _i(-(-m // BM)) if isinstance(m, int) else \
+        _op("idiv", _op("add", idx(m), _i(BM - 1)), _i(BM))
+    batches: Dim = product(batch) if batch else 1
+    # The grid: THREADS points per block. With a symbolic m, ceil(m / BM) is no polynomial, so
+    # the grid covers batches * col_blocks * (m + BM - 1) / BM blocks, rounded up, which is at
+    # least the row blocks there are; the blocks past them do nothing.
+    if isinstance(m, int):
+        points: Dim = batches * col_blocks * -(-m // BM) * THREADS
+    else:
+        points = batches * col_blocks * (m + BM - 1) * (THREADS // BM)
+    at_edge_m = isinstance(m, Sym) or m % BM != 0
+    at_edge_n, at_edge_k = n % BN != 0, k % BK != 0
+
+    a_tile = names.scratch_buffer("a_tile", "f32", (BK, BM + 1), scope="shared")
+    b_tile = names.scratch_buffer("b_tile", "f32", (BK, BN), scope="shared")
+    acc = names.scratch_buffer("acc", "f32", (THREADS, TM * TN), scope="local")
+    bv, blk = names.var("block"), names.var("blk")
+    rb, cb, bt = names.var("rb"), names.var("cb"), names.var("bt")
+    k0 = names.var("k0")
+    uniform: list = [
+        Local(blk, _op("idiv", bv, _i(THREADS))),
+    ]
+    inside: list = [
+        Local(rb, _op("irem", blk, row_blocks)),
+        Local(cb, _op("irem", _op("idiv", blk, row_blocks), _i(col_blocks))),
+        Local(bt, _op("idiv", _op("idiv", blk, row_blocks), _i(col_blocks))),
+    ]
+    # the batch index, dim by dim (row-major over `batch`)
+    at: list[Expr] = []
+    rest: Expr = bt
+    for d in reversed(batch):
+        v = names.var("b")
+        inside.append(Local(v, _op("irem", rest, idx(d))))
+        at.insert(0, v)
+        rest = _op("idiv", rest, idx(d))
+    ai = broadcast_indices(at, a.shape[:-2], batch)
+    bi = broadcast_indices(at, b.shape[:-2], batch)
+    row0 = _op("mul", rb, _i(BM))
+    col0 = _op("mul", cb, _i(BN))
+
+    def phase(body: Callable[[Var], list]) -> For:
+        t = names.var("t")
+        return For(t, THREADS, tuple(body(t)), bind="thread.x")
+
+    def zero(t: Var) -> list:
+        return [Store(acc, (t, _i(q)), Const(0.0, "f32")) for q in range(TM * TN)]
+
+    def load_tiles(t: Var) -> list:
+        stmts: list = []
+        kbase = _op("mul", k0, _i(BK))
+        for step in range(BM * BK // THREADS):
+            flat = _op("add", t, _i(step * THREADS))
+            mm, kk = names.var("mm"), names.var("kk")
+            row, col = _op("add", row0, mm), _op("add", kbase, kk)
+            inside_ = _all(([Compare("lt", row, idx(m))] if at_edge_m else [])
+                           + ([Compare("lt", col, _i(k))] if at_edge_k else []))
+            value: Expr = a.load(ai + (_op("min", row, idx(m) if isinstance(m, Sym)
+                                            else _i(m - 1)) if at_edge_m else row,
+                                       _op("min", col, _i(k - 1)) if at_edge_k else col))
+            if isinstance(m, Sym) and at_edge_m:  # clamp to m - 1 at run time
+                value = a.load(ai + (_op("min", row, _op("sub", idx(m), _i(1))),
+                                     _op("min", col, _i(k - 1)) if at_edge_k else col))
+            if inside_ is not None:
+                value = Select(inside_, value, Const(0.0, "f32"))
+            stmts += [Local(mm, _op("idiv", flat, _i(BK))), Local(kk, _op("irem", flat, _i(BK))),
+                      Store(a_tile, (kk, mm), value)]
+        for step in range(BK * BN // THREADS):
+            flat = _op("add", t, _i(step * THREADS))
+            kk, nn = names.var("kk"), names.var("nn")
+            row, col = _op("add", kbase, kk), _op("add", col0, nn)
+            inside_ = _all(([Compare("lt", row, _i(k))] if at_edge_k else [])
+                           + ([Compare("lt", col, _i(n))] if at_edge_n else []))
+            value = b.load(bi + (_op("min", row, _i(k - 1)) if at_edge_k else row,
+                                 _op("min", col, _i(n - 1)) if at_edge_n else col))
+            if inside_ is not None:
+                value = Select(inside_, value, Const(0.0, "f32"))
+            stmts += [Local(kk, _op("idiv", flat, _i(BN))), Local(nn, _op("irem", flat, _i(BN))),
+                      Store(b_tile, (kk, nn), value)]
+        return stmts
+
+    def thread_tile(t: Var) -> tuple[Var, Var, list]:
+        ty, tx = names.var("ty"), names.var("tx")
+        return ty, tx, [Local(ty, _op("idiv", t, _i(BN // TN))),
+                        Local(tx, _op("irem", t, _i(BN // TN)))]
+
+    def compute(t: Var) -> list:
+        ty, tx, head = thread_tile(t)
+        kk = names.var("kk")
+        av = [names.var("a", "f32") for _ in range(TM)]
+        bw = [names.var("b", "f32") for _ in range(TN)]
+        step = [Local(av[i], Load(a_tile, (kk, _op("add", _op("mul", ty, _i(TM)), _i(i)))))
+                for i in range(TM)]
+        step += [Local(bw[j], Load(b_tile, (kk, _op("add", _op("mul", tx, _i(TN)), _i(j)))))
+                 for j in range(TN)]
+        step += [Store(acc, (t, _i(i * TN + j)),
+                       MulAdd(av[i], bw[j], Load(acc, (t, _i(i * TN + j)))))
+                 for i in range(TM) for j in range(TN)]
+        return [*head, For(kk, BK, tuple(step))]
+
+    def write(t: Var) -> list:
+        ty, tx, head = thread_tile(t)
+        stmts = list(head)
+        for i in range(TM):
+            for j in range(TN):
+                row = _op("add", row0, _op("add", _op("mul", ty, _i(TM)), _i(i)))
+                col = _op("add", col0, _op("add", _op("mul", tx, _i(TN)), _i(j)))
+                s = store(out, (*at, row, col), Load(acc, (t, _i(i * TN + j))))
+                guard = _all(([Compare("lt", row, idx(m))] if at_edge_m else [])
+                             + ([Compare("lt", col, _i(n))] if at_edge_n else []))
+                stmts.append(If(guard, (s,)) if guard is not None else s)
+        return stmts
+
+    total_blocks = _op("mul", _op("mul", row_blocks, _i(col_blocks)), idx(batches))
+    work = [*inside, phase(zero), For(k0, k_steps, (phase(load_tiles), phase(compute))),
+            phase(write)]
+    body = [*uniform, If(Compare("lt", blk, total_blocks), tuple(work))] \
+        if isinstance(m, Sym) else [*uniform, *work]
+    return [For(bv, points, tuple(body), step=THREADS, bind="block.x")]
+
+
+# op name -> its block-form lowering (same signature as OpDef.lower; None declines the shapes)
+GPU_LOWERINGS: dict[str, Callable] = {"matmul": gpu_matmul}
+
+
+def in_block_form(body) -> bool:
+    """Whether a kernel body is written in block form (one block loop around thread loops)."""
+    return len(body) == 1 and isinstance(body[0], For) and body[0].bind == "block.x"
