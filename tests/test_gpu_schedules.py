@@ -103,3 +103,37 @@ def test_the_ptx_keeps_the_tiles_on_chip(tmp_path):
         out.stderr
     smem = (BK * (BM + 1) + BK * BN) * 4
     assert f"{smem} bytes smem" in out.stderr, out.stderr
+
+
+ROWS = """model m {
+    dim N <= 9
+    input x: f32[N, 3, 300]
+    input g: f32[3, 300]
+    input b: f32[3, 300]
+    input s: f32[N, 7, 5]
+    output y = softmax(x * 2, axis=-1)
+    output z = layer_norm(x, g, b, axis=1)
+    output w = rms_norm(x, b, axis=1)
+    output v = softmax(s, axis=-1)
+}
+"""
+
+
+def test_row_reductions_take_one_block_per_row(tmp_path):
+    """softmax, layer_norm and rms_norm: partials per thread, a tree in shared memory, rows of
+    900 (a ragged share per thread), 300 and 5 (fewer elements than threads)."""
+    src = tmp_path / "m.mlg"
+    src.write_text(ROWS)
+    result = build(src, tmp_path / "m.so", target="grid-emulation")
+    model = aotml.load(result.so_path)
+    kinds = {k.name.split("_", 1)[1]: k for k in result.gpu_program.kernels}
+    for op in ("softmax_g0", "layer_norm_g0", "rms_norm_g0"):
+        assert any(b.scope == "shared" for b in kinds[op].args), op
+    rng = np.random.default_rng(11)
+    for n in (1, 4, 9):
+        arrays = {"x": rand(rng, (n, 3, 300), -6, 6), "g": rand(rng, (3, 300)),
+                  "b": rand(rng, (3, 300)), "s": rand(rng, (n, 7, 5), -30, 30)}
+        got = model(**arrays)
+        exact = aotml.interpret(src, precise=True, **arrays)
+        for name in got:
+            within(got[name], exact[name], 1e-5 + 900 * EPS32, 1e-6)

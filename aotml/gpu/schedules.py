@@ -36,6 +36,7 @@ from aotml.graph.symbolic import Dim, Sym, product
 from aotml.loops.build import Names, Operand, broadcast_indices, idx, store
 from aotml.loops.ir import (
     INDEX,
+    Assign,
     Binary,
     Buffer,
     Compare,
@@ -48,6 +49,7 @@ from aotml.loops.ir import (
     MulAdd,
     Select,
     Store,
+    Unary,
     Var,
 )
 
@@ -202,8 +204,178 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
     return [For(bv, points, tuple(body), step=THREADS, bind="block.x")]
 
 
+# Row reductions: softmax, layer_norm and rms_norm over a row of n elements run one block per
+# row. Each thread walks the row with the block's stride, keeping its partial max or sum; the
+# partials meet in shared memory and are combined by a tree (log2 of the block's threads
+# phases, halving the active threads each time); every thread then reads the total from
+# element 0 for the next pass. A row stays in the threads that read it, so the passes that
+# write the output and read it back need no barrier between them.
+MIN_ROW_THREADS, MAX_ROW_THREADS = 32, 256
+
+
+def _unflatten(flat: Expr, dims: tuple[int | Dim, ...], names: Names) -> tuple[list, list]:
+    """(Locals, indices): `flat` as row-major indices over `dims`."""
+    decls, out = [], []
+    rest = flat
+    for d in reversed(dims):
+        if d == 1:
+            out.insert(0, _i(0))
+            continue
+        v = names.var("r")
+        decls.insert(0, Local(v, _op("irem", rest, idx(d))))
+        out.insert(0, v)
+        rest = _op("idiv", rest, idx(d))
+    return decls, out
+
+
+def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list | None:
+    """One block per row of the trailing dims `shape[first:]` (static, n elements). `build(
+    row, at, walk, phase, tree, threads)` returns the block's statements: `row` the leading
+    indices, `at(j)` the full index of row element j, `walk(t, body)` thread t's share of the
+    row's elements, `phase(fn)` a thread loop, `tree(buf, op)` the phases combining buf[0..T)
+    into buf[0]."""
+    trail = shape[first:]
+    n = product(trail) if trail else 1
+    if not isinstance(n, int):
+        return None
+    threads = min(max(MIN_ROW_THREADS, 1 << (n - 1).bit_length()), MAX_ROW_THREADS)
+    rows: Dim = product(shape[:first]) if first else 1
+    bv, row = names.var("block"), names.var("row")
+    row_decls, row_at = _unflatten(row, shape[:first], names)
+
+    def at(j: Expr) -> tuple[list, tuple]:
+        decls, inner = _unflatten(j, trail, names)
+        return decls, (*row_at, *inner)
+
+    def walk(t: Var, body: Callable) -> list:
+        c, j = names.var("c"), names.var("j")
+        step = [Local(j, _op("add", _op("mul", c, _i(threads)), t))]
+        inner = body(j)
+        step += [If(Compare("lt", j, _i(n)), tuple(inner))] if n % threads else inner
+        return [For(c, -(-n // threads), tuple(step))]
+
+    def phase(fn: Callable) -> For:
+        t = names.var("t")
+        return For(t, threads, tuple(fn(t)), bind="thread.x")
+
+    def tree(buf: Buffer, op: str) -> list:
+        out, half = [], threads // 2
+        while half:
+            def combine(t, half=half):
+                other = _op("add", t, _i(half))
+                return [If(Compare("lt", t, _i(half)),
+                           (Store(buf, (t,), _op(op, Load(buf, (t,)), Load(buf, (other,)))),))]
+            out.append(phase(combine))
+            half //= 2
+        return out
+
+    body = build(row_at, at, walk, phase, tree, threads)
+    return [For(bv, rows * threads, (Local(row, _op("idiv", bv, _i(threads))), *row_decls,
+                                      *body), step=threads, bind="block.x")]
+
+
+def _f32_only(out: Buffer, ins: list[Operand]) -> bool:
+    return out.dtype == "f32" and all(o.buffer is not None and o.dtype == "f32" for o in ins)
+
+
+def gpu_softmax(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> list | None:
+    (x,) = ins
+    if not _f32_only(out, ins) or attrs["axis"] % len(x.shape) != len(x.shape) - 1:
+        return None
+
+    def build(row, at, walk, phase, tree, threads):
+        top = names.scratch_buffer("max", "f32", (threads,), scope="shared")
+        total = names.scratch_buffer("sum", "f32", (threads,), scope="shared")
+        m, s = names.var("m", "f32"), names.var("s", "f32")
+        mx, inv = names.var("mx", "f32"), names.var("inv", "f32")
+
+        def each(body):  # body(index) at every element of the thread's share
+            def at_j(j):
+                decls, i = at(j)
+                return [*decls, *body(i)]
+            return at_j
+
+        def partial_max(t):
+            return [Local(m, Const(float("-inf"), "f32")),
+                    *walk(t, each(lambda i: [Assign(m, _op("max", m, x.load(i)))])),
+                    Store(top, (t,), m)]
+
+        def exp_and_sum(t):
+            e = names.var("e", "f32")
+            return [Local(mx, Load(top, (_i(0),))), Local(s, Const(0.0, "f32")),
+                    *walk(t, each(lambda i: [
+                        Local(e, Unary("exp", _op("sub", x.load(i), mx))),
+                        Store(out, i, e), Assign(s, _op("add", s, e))])),
+                    Store(total, (t,), s)]
+
+        def scale(t):
+            return [Local(inv, _op("div", Const(1.0, "f32"), Load(total, (_i(0),)))),
+                    *walk(t, each(lambda i: [Store(out, i, _op("mul", Load(out, i), inv))]))]
+
+        return [phase(partial_max), *tree(top, "max"), phase(exp_and_sum), *tree(total, "add"),
+                phase(scale)]
+
+    return _row_blocks(x.shape, len(x.shape) - 1, names, build)
+
+
+def _gpu_norm(centered: bool):
+    def lower(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> list | None:
+        x, scale = ins[:2]
+        bias = ins[2] if centered else None
+        if not _f32_only(out, ins):
+            return None
+        first = attrs["axis"] % len(x.shape)
+        n = product(x.shape[first:])
+
+        def build(row, at, walk, phase, tree, threads):
+            sums = names.scratch_buffer("sum", "f32", (threads,), scope="shared")
+            squares = names.scratch_buffer("squares", "f32", (threads,), scope="shared")
+            s, q = names.var("s", "f32"), names.var("q", "f32")
+            mean, inv = names.var("mean", "f32"), names.var("inv", "f32")
+
+            def each(body):
+                def at_j(j):
+                    decls, i = at(j)
+                    return [*decls, *body(i, i[len(row):])]
+                return at_j
+
+            def value(i):
+                return _op("sub", x.load(i), mean) if centered else x.load(i)
+
+            def total(t):
+                return [Local(s, Const(0.0, "f32")),
+                        *walk(t, each(lambda i, p: [Assign(s, _op("add", s, x.load(i)))])),
+                        Store(sums, (t,), s)]
+
+            def square(t):
+                head = [Local(mean, _op("div", Load(sums, (_i(0),)), Const(float(n), "f32")))] \
+                    if centered else []
+                return [*head, Local(q, Const(0.0, "f32")),
+                        *walk(t, each(lambda i, p: [
+                            Assign(q, _op("add", q, _op("mul", value(i), value(i))))])),
+                        Store(squares, (t,), q)]
+
+            def normalize(t):
+                head = [Local(mean, _op("div", Load(sums, (_i(0),)), Const(float(n), "f32")))] \
+                    if centered else []
+                variance = _op("div", Load(squares, (_i(0),)), Const(float(n), "f32"))
+                rs = Unary("rsqrt", _op("add", variance, Const(float(attrs["eps"]), "f32")))
+
+                def write(i, p):
+                    y = _op("mul", _op("mul", value(i), inv), scale.load(p))
+                    return [store(out, i, _op("add", y, bias.load(p)) if centered else y)]
+                return [*head, Local(inv, rs), *walk(t, each(write))]
+
+            stats = [phase(total), *tree(sums, "add")] if centered else []
+            return [*stats, phase(square), *tree(squares, "add"), phase(normalize)]
+
+        return _row_blocks(x.shape, first, names, build) if isinstance(n, int) else None
+    return lower
+
+
 # op name -> its block-form lowering (same signature as OpDef.lower; None declines the shapes)
-GPU_LOWERINGS: dict[str, Callable] = {"matmul": gpu_matmul}
+GPU_LOWERINGS: dict[str, Callable] = {"matmul": gpu_matmul, "softmax": gpu_softmax,
+                                      "layer_norm": _gpu_norm(True), "rms_norm": _gpu_norm(False)}
 
 
 def in_block_form(body) -> bool:
