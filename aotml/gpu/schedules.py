@@ -131,35 +131,29 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
     def zero(t: Var) -> list:
         return [Store(acc, (t, _i(q)), Const(0.0, "f32")) for q in range(TM * TN)]
 
+    def edge_load(x: Operand, at_: tuple, dims: list[tuple[Expr, Dim, bool]]) -> Expr:
+        """x at `at_` + the (index, extent, may pass the edge) of its last two dims: an
+        index that may pass its edge reads at a clamped one, and the value is zero there."""
+        index = [_op("min", i, _op("sub", idx(d), _i(1))) if edge else i for i, d, edge in dims]
+        inside_ = _all([Compare("lt", i, idx(d)) for i, d, edge in dims if edge])
+        value = x.load(at_ + tuple(index))
+        return value if inside_ is None else Select(inside_, value, Const(0.0, "f32"))
+
     def load_tiles(t: Var) -> list:
         stmts: list = []
         kbase = _op("mul", k0, _i(BK))
-        for step in range(BM * BK // THREADS):
+        for step in range(BM * BK // THREADS):  # a's slice, k fastest across the threads
             flat = _op("add", t, _i(step * THREADS))
             mm, kk = names.var("mm"), names.var("kk")
-            row, col = _op("add", row0, mm), _op("add", kbase, kk)
-            inside_ = _all(([Compare("lt", row, idx(m))] if at_edge_m else [])
-                           + ([Compare("lt", col, _i(k))] if at_edge_k else []))
-            value: Expr = a.load(ai + (_op("min", row, idx(m) if isinstance(m, Sym)
-                                            else _i(m - 1)) if at_edge_m else row,
-                                       _op("min", col, _i(k - 1)) if at_edge_k else col))
-            if isinstance(m, Sym) and at_edge_m:  # clamp to m - 1 at run time
-                value = a.load(ai + (_op("min", row, _op("sub", idx(m), _i(1))),
-                                     _op("min", col, _i(k - 1)) if at_edge_k else col))
-            if inside_ is not None:
-                value = Select(inside_, value, Const(0.0, "f32"))
+            value = edge_load(a, ai, [(_op("add", row0, mm), m, at_edge_m),
+                                      (_op("add", kbase, kk), k, at_edge_k)])
             stmts += [Local(mm, _op("idiv", flat, _i(BK))), Local(kk, _op("irem", flat, _i(BK))),
                       Store(a_tile, (kk, mm), value)]
-        for step in range(BK * BN // THREADS):
+        for step in range(BK * BN // THREADS):  # b's slice, n fastest
             flat = _op("add", t, _i(step * THREADS))
             kk, nn = names.var("kk"), names.var("nn")
-            row, col = _op("add", kbase, kk), _op("add", col0, nn)
-            inside_ = _all(([Compare("lt", row, _i(k))] if at_edge_k else [])
-                           + ([Compare("lt", col, _i(n))] if at_edge_n else []))
-            value = b.load(bi + (_op("min", row, _i(k - 1)) if at_edge_k else row,
-                                 _op("min", col, _i(n - 1)) if at_edge_n else col))
-            if inside_ is not None:
-                value = Select(inside_, value, Const(0.0, "f32"))
+            value = edge_load(b, bi, [(_op("add", kbase, kk), k, at_edge_k),
+                                      (_op("add", col0, nn), n, at_edge_n)])
             stmts += [Local(kk, _op("idiv", flat, _i(BN))), Local(nn, _op("irem", flat, _i(BN))),
                       Store(b_tile, (kk, nn), value)]
         return stmts
@@ -328,7 +322,8 @@ def _gpu_norm(centered: bool):
         n = product(x.shape[first:])
 
         def build(row, at, walk, phase, tree, threads):
-            sums = names.scratch_buffer("sum", "f32", (threads,), scope="shared")
+            sums = names.scratch_buffer("sum", "f32", (threads,), scope="shared") \
+                if centered else None
             squares = names.scratch_buffer("squares", "f32", (threads,), scope="shared")
             s, q = names.var("s", "f32"), names.var("q", "f32")
             mean, inv = names.var("mean", "f32"), names.var("inv", "f32")
