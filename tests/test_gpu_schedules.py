@@ -137,3 +137,14 @@ def test_row_reductions_take_one_block_per_row(tmp_path):
         exact = aotml.interpret(src, precise=True, **arrays)
         for name in got:
             within(got[name], exact[name], 1e-5 + 900 * EPS32, 1e-6)
+
+
+def test_the_report_counts_a_block_loop_once_per_block(tmp_path):
+    # the matmul's phases do exactly 2*m*k*n flops at whole tiles; the shared and local
+    # buffers are not memory traffic
+    src = _model(tmp_path, f"{2 * BM}, {BK}", f"{BK}, {BN}")
+    result = build(src, tmp_path / "m.so", target="cuda", report=True)
+    row = next(line for line in result.dumps["report"].splitlines() if "k0_matmul" in line)
+    flops, traffic = row.split()[-2:]
+    assert int(flops) == 2 * (2 * BM) * BK * BN
+    assert int(traffic) == 4 * (2 * BM * BK + BK * BN + 2 * BM * BN)

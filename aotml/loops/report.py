@@ -9,7 +9,7 @@ a kernel that keeps its working set in cache. Both are polynomials when dims are
 
 from __future__ import annotations
 
-from aotml.graph.symbolic import Dim
+from aotml.graph.symbolic import Dim, SymbolicError
 from aotml.loops.ir import (
     Assign,
     Binary,
@@ -30,7 +30,7 @@ def flops(stmts, trips: Dim = 1) -> Dim:
     total: Dim = 0
     for s in stmts:
         if isinstance(s, For):
-            total = total + flops(s.body, trips * s.extent)
+            total = total + flops(s.body, trips * _iterations(s))
         elif isinstance(s, If):
             total = total + flops(s.body, trips)
         elif isinstance(s, (Store, Assign)):
@@ -38,6 +38,17 @@ def flops(stmts, trips: Dim = 1) -> Dim:
         elif isinstance(s, Local):
             total = total + trips * _ops(s.init)
     return total
+
+
+def _iterations(s: For) -> Dim:
+    if s.step == 1:
+        return s.extent
+    if isinstance(s.extent, int):
+        return -(-s.extent // s.step)
+    try:  # a GPU block loop over a symbolic index space: exact when the step divides it
+        return s.extent // s.step
+    except SymbolicError:
+        return s.extent
 
 
 def _ops(e) -> int:
@@ -56,7 +67,8 @@ def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:
     for k in program.kernels:
         traffic: Dim = 0
         for b in k.args:
-            traffic = traffic + b.nbytes
+            if b.scope == "global":  # (shared and local buffers are on chip)
+                traffic = traffic + b.nbytes
         ops = [part.split(" at ")[0] for part in k.origin.split("; ")] if k.origin else []
         rows.append((k.name, " + ".join(ops), str(flops(k.body)), str(traffic)))
     widths = [max(len(r[i]) for r in rows + [("kernel", "ops", "flops", "bytes")])
