@@ -1,0 +1,212 @@
+"""Issue 6's GPU check and benchmark, for a machine with an NVIDIA GPU (one run, one table).
+
+    python benchmarks/bench_gpu.py [--sizes 1024,2048,4096,8192] [--arch sm_90] [--rounds 5]
+                                   [--markdown FILE] [--build-dir build/bench_gpu] [--emulate]
+
+First it checks: each model below is built with `--target cpu,cuda:ARCH`, run on the GPU and on
+the CPU, and compared with the float64 reference interpreter (a mismatch stops the run). Then it
+times, by median over --rounds batches:
+
+  sgemm     C = A @ B for each N of --sizes. aotml's call takes host arrays and copies them to
+            the device and back, so it is compared like for like with PyTorch doing the same
+            (torch.from_numpy -> .cuda() -> @ -> .cpu(), TF32 off), and PyTorch's matmul on
+            tensors already on the device is printed beside it as the kernel's bound.
+  models    a 784-512-10 MLP at batch 64, an encoder-sized matmul + softmax + layer_norm chain:
+            aotml on the GPU, aotml on the CPU, and PyTorch on the GPU (host arrays in and out).
+
+PyTorch is optional: without it (or without CUDA in it) its columns are left out and the line
+says so. Without a usable GPU it stops at once saying why. `--emulate`, with AOTML_CUDA_DRIVER
+naming the tests' stand-in driver, runs the whole script through the kernels' CPU emulation
+(use small --sizes): a check of its plumbing anywhere; only times on a real GPU mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import aotml  # noqa: E402
+from aotml.driver import build as build_model  # noqa: E402
+
+MODELS = {
+    "mlp64": ("""model mlp64 {
+    input x: f32[64, 784]
+    input w1: f32[784, 512]
+    input w2: f32[512, 10]
+    h = relu(x @ w1)
+    output y = softmax(h @ w2, axis=-1)
+}
+""", {"x": (64, 784), "w1": (784, 512), "w2": (512, 10)}),
+    "block": ("""model block {
+    input x: f32[128, 384]
+    input w: f32[384, 1536]
+    input g: f32[1536]
+    input b: f32[1536]
+    output y = layer_norm(softmax(x @ w, axis=-1), g, b)
+}
+""", {"x": (128, 384), "w": (384, 1536), "g": (1536,), "b": (1536,)}),
+}
+
+
+def timed(fn, rounds: int, target: float = 0.2) -> float:
+    """Median seconds per call over `rounds` batches of about `target` seconds each."""
+    fn()
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < target / 4:
+        fn()
+        calls += 1
+    per_batch = max(1, int(calls * 4))
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        times.append((time.perf_counter() - t0) / per_batch)
+    return statistics.median(times)
+
+
+def torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed"
+    if not torch.cuda.is_available():
+        return None, f"torch {torch.__version__} sees no CUDA device"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch, f"torch {torch.__version__} on {torch.cuda.get_device_name()}"
+
+
+def build(folder: Path, name: str, source: str, arch: str, emulate: bool = False):
+    """The model built for the CPU and the GPU; with `emulate`, also its kernels' CPU
+    emulation, named to the tests' stand-in driver (tests/fake_cuda.c) for the next load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.mlg").write_text(source)
+    result = build_model(folder / f"{name}.mlg", folder / f"{name}.so",
+                         target=f"cpu,cuda:{arch}")
+    if emulate:
+        from aotml.gpu.emulate import emulation_object
+        obj = folder / f"{name}.emu.o"
+        obj.write_bytes(emulation_object(result.gpu_program))
+        subprocess.run(["cc", "-shared", "-o", str(obj.with_suffix(".so")), str(obj)],
+                       check=True)
+        os.environ["FAKE_CUDA_EMULATION"] = str(obj.with_suffix(".so"))
+    return folder / f"{name}.mlg", result.so_path
+
+
+def check(src: Path, so: Path, arrays: dict) -> tuple:
+    """(GPU model, CPU model): both checked against the float64 reference."""
+    gpu, cpu = aotml.load(so, "cuda"), aotml.load(so)
+    want = aotml.interpret(src, precise=True, **arrays)
+    for label, model in (("gpu", gpu), ("cpu", cpu)):
+        model.select_device("cuda" if label == "gpu" else "cpu")
+        got = model(**arrays)
+        for name, value in got.items():
+            scale = float(np.max(np.abs(want[name]))) or 1.0
+            err = float(np.max(np.abs(value - want[name]))) / scale
+            if err > 1e-4:
+                raise SystemExit(f"{src.stem} on the {label}: {name} is off by {err:.2e}")
+    gpu.select_device("cuda")  # (the choice belongs to the library: back to the GPU)
+    return gpu, cpu
+
+
+def sgemm_row(n: int, args, folder: Path, rng, torch) -> tuple[list[str], str]:
+    src, so = build(folder, f"sgemm{n}", f"model sgemm{n} {{\n    input a: f32[{n}, {n}]\n"
+                    f"    input b: f32[{n}, {n}]\n    output c = a @ b\n}}\n", args.arch,
+                    args.emulate)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    # (the float64 reference of a larger product takes longer than the whole benchmark)
+    gpu = check(src, so, {"a": a, "b": b})[0] if n <= 2048 else aotml.load(so, "cuda")
+    out = {"c": np.empty((n, n), np.float32)}
+    ours = timed(lambda: gpu(a=a, b=b, out=out), args.rounds)
+    row = [f"sgemm {n}", f"{ours * 1e3:.3f}", f"{2 * n ** 3 / ours / 1e9:.0f}"]
+    if torch is None:
+        return row + ["-", "-", "-"], gpu.device
+    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+
+    def host_roundtrip():
+        (torch.from_numpy(a).cuda() @ torch.from_numpy(b).cuda()).cpu()
+
+    def on_device():
+        ta @ tb
+        torch.cuda.synchronize()
+    theirs = timed(host_roundtrip, args.rounds)
+    return row + [f"{theirs * 1e3:.3f}", f"{ours / theirs:.2f}",
+                  f"{timed(on_device, args.rounds) * 1e3:.3f}"], gpu.device
+
+
+def model_row(name: str, source: str, shapes: dict, args, folder: Path, rng,
+              torch) -> list[str]:
+    src, so = build(folder, name, source, args.arch, args.emulate)
+    arrays = {k: rng.standard_normal(s, dtype=np.float32) * 0.1 for k, s in shapes.items()}
+    gpu, cpu = check(src, so, arrays)
+    ours = timed(lambda: gpu(**arrays), args.rounds)
+    gpu.select_device("cpu")
+    on_cpu = timed(lambda: cpu(**arrays), args.rounds)
+    gpu.select_device("cuda")
+    row = [name, f"{ours * 1e3:.3f}", f"{on_cpu * 1e3:.3f}", "-"]
+    if torch is not None and name == "mlp64":
+        w1, w2 = (torch.from_numpy(arrays[k]).cuda() for k in ("w1", "w2"))
+
+        def torch_mlp():
+            h = torch.relu(torch.from_numpy(arrays["x"]).cuda() @ w1)
+            torch.softmax(h @ w2, dim=-1).cpu()
+        row[3] = f"{timed(torch_mlp, args.rounds) * 1e3:.3f}"
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1024,2048,4096,8192")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--build-dir", default=str(REPO / "build" / "bench_gpu"))
+    p.add_argument("--emulate", action="store_true", help="for a dry run through the tests' "
+                   "stand-in driver (AOTML_CUDA_DRIVER=libfakecuda.so): times mean nothing")
+    args = p.parse_args(argv)
+    folder = Path(args.build_dir)
+    rng = np.random.default_rng(0)
+    torch, peer = torch_cuda()
+    lines = [f"aotml {aotml.__version__}; peer: {peer}", "",
+             "| case | aotml GPU (ms) | aotml GPU GFLOP/s | torch GPU, host arrays (ms) | "
+             "aotml / torch | torch on-device matmul (ms) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    device = None
+    probe = build(folder, "probe", "model probe {\n    input x: f32[3]\n    output y = x + 1\n}\n",
+                  args.arch, args.emulate)[1]
+    try:
+        aotml.load(probe, "cuda")
+    except aotml.LoadError as e:
+        print(f"no usable GPU here: {e}", file=sys.stderr)
+        return 2
+    for n in (int(x) for x in args.sizes.split(",")):
+        row, device = sgemm_row(n, args, folder, rng, torch)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| model | aotml GPU (ms) | aotml CPU (ms) | torch GPU, host arrays (ms) |",
+              "| --- | --- | --- | --- |"]
+    for name, (source, shapes) in MODELS.items():
+        lines.append("| " + " | ".join(model_row(name, source, shapes, args, folder, rng,
+                                                   torch)) + " |")
+    lines.insert(1, f"aotml ran on: {device}")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
