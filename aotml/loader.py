@@ -41,6 +41,7 @@ typedef struct aotml_model {
     uint32_t devices;
     int (*select_device)(const char *name);
     const char *(*device)(void);
+    int (*run_device)(const int64_t *symbols, const uint64_t *inputs, const uint64_t *outputs);
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
 """
@@ -121,6 +122,28 @@ class Model:
         """Where runs go now: "cpu", or "cuda:0 (NAME, sm_90)". Under "auto", reading it makes
         the choice (it loads the CUDA driver if the library has GPU code)."""
         return _ffi.string(self._model.device()).decode()
+
+    def run_device(self, inputs: dict[str, int], outputs: dict[str, int],
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+        """Run on buffers already in GPU memory, given as device addresses (a torch tensor's
+        `data_ptr()`, say), with no copy to or from the host. Nothing can check a device
+        buffer: each must be dense, of the model's dtype and of the size its shape gives.
+        `shapes` gives the inputs' shapes where the model has symbolic dims."""
+        names = [t.name for t in self.inputs], [t.name for t in self.outputs]
+        for given, want, kind in ((inputs, names[0], "input"), (outputs, names[1], "output")):
+            if sorted(given) != sorted(want):
+                raise RunError(f"{self.name}: run_device takes the {kind}s {', '.join(want)}; "
+                               f"got {', '.join(given) or 'none'}")
+        symbols = _ffi.NULL
+        if self.symbols:
+            if shapes is None or sorted(shapes) != sorted(names[0]):
+                raise RunError(f"{self.name}: its dims {', '.join(self.symbols)} come from the "
+                               f"inputs' shapes: pass shapes={{name: shape}} for every input")
+            symbols = self.bind([tuple(shapes[n]) for n in names[0]])
+        ins = _ffi.new("uint64_t[]", [int(inputs[n]) for n in names[0]] or [0])
+        outs = _ffi.new("uint64_t[]", [int(outputs[n]) for n in names[1]] or [0])
+        if self._model.run_device(symbols, ins, outs) != 0:
+            raise self._fail()
 
     def _prepare_fast_path(self) -> None:
         """What every call would otherwise recompute: names, numpy dtypes and shapes to check

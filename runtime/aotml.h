@@ -126,6 +126,10 @@ typedef struct aotml_model {
     /* The device runs go to now: "cpu", or "cuda:0 (NAME, sm_90)". Under "auto", asking
      * makes the choice. */
     const char *(*device)(void);
+    /* Runs on buffers already in GPU memory (CUdeviceptr values, dense row-major, of the sizes
+     * the symbols give: nothing can check them), with no copy to or from the host; returns
+     * once the run is done. Needs GPU code and a GPU (AOTML_ERR_DEVICE otherwise). */
+    int (*run_device)(const int64_t *symbols, const uint64_t *inputs, const uint64_t *outputs);
 } aotml_model;
 
 #ifdef __cplusplus

@@ -348,27 +348,21 @@ static uint64_t poly(const int64_t *p, const int64_t *symbols) {
     return value;
 }
 
-AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols,
-                                  const void *const *inputs, void *const *outputs) {
+/* With the lock held and the device set up: one run. Host buffers (`inputs`, `outputs`) are
+ * copied through the arena; device ones (`dev_inputs`, `dev_outputs`, when given) are used
+ * where they are. Returns as aotml_rt_gpu_run does. */
+static int launch_run(const aotml_impl *impl, const int64_t *symbols, const void *const *inputs,
+                      void *const *outputs, const uint64_t *dev_inputs,
+                      const uint64_t *dev_outputs) {
     const aotml_model *m = impl->model;
     const aotml_gpu *g = impl->gpu;
-    pthread_mutex_lock(&gpu.lock);
-    if (!on_gpu(impl)) {
-        pthread_mutex_unlock(&gpu.lock);
-        return AOTML_GPU_DECLINED;
-    }
-    if (!set_up(impl)) {
-        int rc = aotml_rt_fail(AOTML_ERR_DEVICE, "cannot run on the GPU: %s", gpu.why);
-        pthread_mutex_unlock(&gpu.lock);
-        return -rc;
-    }
-    /* the arena: workspace, inputs, outputs, status word */
+    /* the arena: workspace, then (for host buffers) inputs and outputs, then the status word */
     uint32_t n = m->n_inputs + m->n_outputs;
     uint64_t offsets[n + 1];
     uint64_t total = align_up(poly(g->workspace, symbols));
     for (uint32_t k = 0; k < n; k++) {
         offsets[k] = total;
-        total += align_up(aotml_rt_tensor_bytes(impl, symbols, k));
+        if (!dev_inputs) total += align_up(aotml_rt_tensor_bytes(impl, symbols, k));
     }
     offsets[n] = total;
     total += sizeof(int32_t);
@@ -379,7 +373,6 @@ AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols
     CUresult rc = cu.CtxPushCurrent(gpu.ctx);
     if (rc != 0) {
         describe_error(what, sizeof what, "cuCtxPushCurrent", rc);
-        pthread_mutex_unlock(&gpu.lock);
         return -aotml_rt_fail(AOTML_ERR_DEVICE, "%s", what);
     }
 #define RUN_CHECK(call, ...)                                                    \
@@ -403,7 +396,7 @@ AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols
         gpu.arena_bytes = total;
     }
     RUN_CHECK(cu.MemsetD32Async(gpu.arena + offsets[n], 0, 1, gpu.stream), "cuMemsetD32Async");
-    for (uint32_t k = 0; k < m->n_inputs; k++)
+    for (uint32_t k = 0; k < m->n_inputs && !dev_inputs; k++)
         RUN_CHECK(cu.MemcpyHtoDAsync(gpu.arena + offsets[k], inputs[k],
                                      (size_t)aotml_rt_tensor_bytes(impl, symbols, k),
                                      gpu.stream),
@@ -416,9 +409,13 @@ AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols
         for (uint32_t a = 0; a < launch->n_args; a++) {
             const aotml_gpu_arg *arg = &launch->args[a];
             switch (arg->region) {
-            case AOTML_GPU_INPUT: pointers[a] = gpu.arena + offsets[arg->index]; break;
+            case AOTML_GPU_INPUT:
+                pointers[a] = dev_inputs ? dev_inputs[arg->index]
+                                         : gpu.arena + offsets[arg->index];
+                break;
             case AOTML_GPU_OUTPUT:
-                pointers[a] = gpu.arena + offsets[m->n_inputs + arg->index];
+                pointers[a] = dev_outputs ? dev_outputs[arg->index]
+                                          : gpu.arena + offsets[m->n_inputs + arg->index];
                 break;
             case AOTML_GPU_WORKSPACE: pointers[a] = gpu.arena + poly(arg->offset, symbols); break;
             default: pointers[a] = gpu.weights + poly(arg->offset, symbols); break;
@@ -441,7 +438,7 @@ AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols
                                   launch->threads, 1, 1, 0, gpu.stream, params, NULL),
                   "cuLaunchKernel (%s)", kernel);
     }
-    for (uint32_t k = 0; k < m->n_outputs; k++)
+    for (uint32_t k = 0; k < m->n_outputs && !dev_outputs; k++)
         RUN_CHECK(cu.MemcpyDtoHAsync(outputs[k], gpu.arena + offsets[m->n_inputs + k],
                                      (size_t)aotml_rt_tensor_bytes(impl, symbols,
                                                                    m->n_inputs + k),
@@ -454,7 +451,55 @@ AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols
 done:
     if (rc != 0) cu.StreamSynchronize(gpu.stream); /* nothing queued may outlive the call */
     cu.CtxPopCurrent(&popped);
-    pthread_mutex_unlock(&gpu.lock);
     if (rc != 0) return -aotml_rt_fail(AOTML_ERR_DEVICE, "%s", what);
     return status;
+}
+
+AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols,
+                                  const void *const *inputs, void *const *outputs) {
+    pthread_mutex_lock(&gpu.lock);
+    int rc;
+    if (!on_gpu(impl))
+        rc = AOTML_GPU_DECLINED;
+    else if (!set_up(impl))
+        rc = -aotml_rt_fail(AOTML_ERR_DEVICE, "cannot run on the GPU: %s", gpu.why);
+    else
+        rc = launch_run(impl, symbols, inputs, outputs, NULL, NULL);
+    pthread_mutex_unlock(&gpu.lock);
+    return rc;
+}
+
+AOTML_HIDDEN int aotml_rt_gpu_run_device(const aotml_impl *impl, const int64_t *symbols,
+                                         const uint64_t *inputs, const uint64_t *outputs) {
+    const aotml_model *m = impl->model;
+    int rc = aotml_rt_check_symbols(impl, symbols);
+    if (rc) return rc;
+    if ((m->n_inputs && !inputs) || (m->n_outputs && !outputs))
+        return aotml_rt_fail(AOTML_ERR_NULL_POINTER, "the device pointer array is NULL");
+    for (uint32_t k = 0; k < m->n_inputs + m->n_outputs; k++) {
+        int in = k < m->n_inputs;
+        if (!(in ? inputs[k] : outputs[k - m->n_inputs]))
+            return aotml_rt_fail(AOTML_ERR_NULL_POINTER, "%s '%s' is a NULL device pointer",
+                                 in ? "input" : "output",
+                                 in ? m->inputs[k].name : m->outputs[k - m->n_inputs].name);
+    }
+    pthread_mutex_lock(&gpu.lock);
+    if (gpu.choice == CHOICE_CPU)
+        rc = aotml_rt_fail(AOTML_ERR_DEVICE, "device pointers need the GPU, but the device "
+                           "chosen is the CPU");
+    else if (!set_up(impl))
+        rc = aotml_rt_fail(AOTML_ERR_DEVICE, "cannot run on the GPU: %s", gpu.why);
+    else {
+        int check = launch_run(impl, symbols, NULL, NULL, inputs, outputs);
+        if (check < 0)
+            rc = -check;
+        else if (check > 0)
+            rc = aotml_rt_fail(AOTML_ERR_RUNTIME, "%s",
+                               (uint32_t)check <= impl->n_errors ? impl->errors[check - 1]
+                                                                 : "a run-time check failed");
+        else
+            rc = AOTML_OK;
+    }
+    pthread_mutex_unlock(&gpu.lock);
+    return rc;
 }

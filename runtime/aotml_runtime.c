@@ -66,7 +66,7 @@ static int describe_symbols(const aotml_model *m, const int64_t *symbols, char *
 }
 
 /* The symbols' values are in range and every size they give fits. */
-static int check_symbols(const aotml_impl *impl, const int64_t *symbols) {
+AOTML_HIDDEN int aotml_rt_check_symbols(const aotml_impl *impl, const int64_t *symbols) {
     const aotml_model *m = impl->model;
     if (m->n_symbols == 0) return AOTML_OK;
     if (!symbols) return fail(AOTML_ERR_NULL_POINTER, "the symbol array is NULL");
@@ -100,6 +100,8 @@ static int check_symbols(const aotml_impl *impl, const int64_t *symbols) {
     }
     return AOTML_OK;
 }
+
+#define check_symbols aotml_rt_check_symbols
 
 AOTML_HIDDEN int aotml_rt_bind(const aotml_impl *impl, const int64_t *const *input_shapes,
                                int64_t *symbols) {
@@ -329,6 +331,13 @@ AOTML_HIDDEN int aotml_rt_cpu_select_device(const char *name) {
 }
 
 AOTML_HIDDEN const char *aotml_rt_cpu_device(void) { return "cpu"; }
+
+AOTML_HIDDEN int aotml_rt_cpu_run_device(const int64_t *symbols, const uint64_t *inputs,
+                                         const uint64_t *outputs) {
+    (void)symbols, (void)inputs, (void)outputs;
+    return fail(AOTML_ERR_DEVICE, "this library has no GPU code (it was built for the CPU "
+                "only); rebuild it with --target cpu,cuda to run on device memory");
+}
 
 AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const int64_t *symbols,
                               const void *const *inputs, const uint64_t *input_bytes,

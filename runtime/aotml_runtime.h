@@ -106,6 +106,13 @@ AOTML_HIDDEN int aotml_rt_gpu_select_device(const aotml_impl *impl, const char *
 AOTML_HIDDEN const char *aotml_rt_gpu_device(const aotml_impl *impl);
 AOTML_HIDDEN int aotml_rt_gpu_run(const aotml_impl *impl, const int64_t *symbols,
                                   const void *const *inputs, void *const *outputs);
+/* A run on buffers already in device memory (CUdeviceptr values), for run_device. */
+AOTML_HIDDEN int aotml_rt_gpu_run_device(const aotml_impl *impl, const int64_t *symbols,
+                                         const uint64_t *inputs, const uint64_t *outputs);
+AOTML_HIDDEN int aotml_rt_cpu_run_device(const int64_t *symbols, const uint64_t *inputs,
+                                         const uint64_t *outputs);
+/* The symbols are in range and every size they give fits (AOTML_OK, or the failure set). */
+AOTML_HIDDEN int aotml_rt_check_symbols(const aotml_impl *impl, const int64_t *symbols);
 
 /* A range [begin, end) of a parallel loop's iterations, run by one thread; returns 0 or a
  * failed check's status, as the entry does. */

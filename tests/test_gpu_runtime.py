@@ -287,3 +287,35 @@ int main(void) {
         "unknown device 'tpu'; known: auto, cpu, cuda, cuda:N",
         "devices 3 on cuda:0 (Fake GPU 0, sm_90)",
         "cpu 1"]
+
+
+def test_run_device_uses_device_buffers_where_they_are(gpu):
+    """Device addresses in and out (here host memory: the stand-in's device memory is the
+    host's), no copies but the status word's."""
+    rng = np.random.default_rng(12)
+    m = gpu(MLP, weights=mlp_weights(rng))
+    x = rand(rng, (6, 50))
+    p, s = np.empty((6, 9), np.float32), np.empty(6, np.float32)
+    assert m.device.startswith("cuda:0")  # (set up, weights uploaded, before counting)
+    before = len(lines(gpu.log))
+    m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data, "s": s.ctypes.data},
+                 shapes={"x": x.shape})
+    close({"p": p, "s": s}, reference(m, x=x))
+    copies = [line for line in lines(gpu.log)[before:] if line.startswith(("htod", "dtoh"))]
+    assert copies == ["dtoh 4"], copies
+    with pytest.raises(aotml.RunError, match="pass shapes"):
+        m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data, "s": s.ctypes.data})
+    with pytest.raises(aotml.RunError, match="takes the outputs p, s; got p"):
+        m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data}, shapes={"x": x.shape})
+    with pytest.raises(aotml.RunError, match="output 's' is a NULL device pointer"):
+        m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data, "s": 0}, shapes={"x": x.shape})
+
+
+def test_run_device_needs_the_gpu(gpu, build_model):
+    m = gpu(NO_WEIGHTS_MLP, target="cpu,cuda")
+    m.select_device("cpu")
+    with pytest.raises(aotml.RunError, match="device pointers need the GPU"):
+        m.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})
+    cpu_only = build_model(NO_WEIGHTS_MLP)
+    with pytest.raises(aotml.RunError, match="no GPU code"):
+        cpu_only.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})

@@ -239,10 +239,15 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
         *(["static int select_device(const char *name) {",
             "    return aotml_rt_gpu_select_device(&impl, name);",
             "}",
-            "static const char *device(void) { return aotml_rt_gpu_device(&impl); }"]
+            "static const char *device(void) { return aotml_rt_gpu_device(&impl); }",
+            "static int run_device(const int64_t *syms, const uint64_t *inputs,",
+            "                      const uint64_t *outputs) {",
+            "    return aotml_rt_gpu_run_device(&impl, syms, inputs, outputs);",
+            "}"]
           if gpu is not None else
           ["#define select_device aotml_rt_cpu_select_device",
-           "#define device aotml_rt_cpu_device"]),
+           "#define device aotml_rt_cpu_device",
+           "#define run_device aotml_rt_cpu_run_device"]),
         "",
         "static const aotml_model model = {",
         f"    AOTML_ABI_VERSION, {_c_string(m.aotml_version)}, {_c_string(m.name)},",
@@ -251,6 +256,7 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
         "    generic_run, aotml_rt_last_error, aotml_rt_set_num_threads, aotml_rt_num_threads,",
         f"    {'AOTML_DEVICE_CPU' if cpu else '0'}"
         f"{' | AOTML_DEVICE_CUDA' if gpu is not None else ''}, select_device, device,",
+        "    run_device,",
         "};",
         "static const char *const errors[] = {"
         + ", ".join(_c_string(e) for e in m.errors) + (", 0};" if m.errors else "0};"),
