@@ -16,8 +16,8 @@ from opcheck import EPS32, within
 import aotml
 from aotml.codegen.nvptx import emit_ptx, have_ptxas
 from aotml.driver import build
-from aotml.gpu.host import thread_extents
 from aotml.gpu.schedules import BK, BM, BN, THREADS
+from aotml.loops.ir import thread_extents
 from conftest import rand
 
 

@@ -125,7 +125,7 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
     if target.features:
         attrs["target-features"] = target.features
 
-    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    messages = L.message_numbers(program)
     symbols = tuple(s for s, _ in program.symbols)
     kernels = {k.name: _KernelEmitter(module, k, attrs, messages, symbols).emit()
                for k in program.kernels}

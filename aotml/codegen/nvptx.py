@@ -43,7 +43,6 @@ from aotml.codegen.llvm_cpu import (
     parse_verified,
 )
 from aotml.errors import CompileError, InternalError
-from aotml.gpu.host import thread_extents
 from aotml.graph.symbolic import Dim, product
 from aotml.loops import ir as L
 
@@ -89,7 +88,7 @@ def emit_ptx(program: L.Program, arch: str, opt_level: int = 3) -> str:
     module = ir.Module(name=program.name)
     module.triple = TRIPLE
     module.data_layout = str(tm.target_data)
-    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    messages = L.message_numbers(program)
     symbols = tuple(s for s, _ in program.symbols)
     kernels = [_GpuKernelEmitter(module, k, messages, symbols).emit() for k in program.kernels]
     annotations = module.add_named_metadata("nvvm.annotations")
@@ -145,7 +144,7 @@ class _GpuKernelEmitter(_KernelEmitter):
         self.status = self.fn.args[-1]
         self.status.name = "status"
         # several thread loops: barrier phases (gpu/schedules.py)
-        self.block_form = sum(1 for _ in thread_extents(kernel.body)) > 1
+        self.block_form = sum(1 for _ in L.thread_extents(kernel.body)) > 1
 
     def _function(self, name: str, params: list) -> ir.Function:
         # an entry: external, returning nothing, with the status word as its last parameter

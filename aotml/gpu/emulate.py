@@ -47,7 +47,7 @@ def emulation_object(program: L.Program) -> bytes:
     module.data_layout = str(tm.target_data)
     g = ir.GlobalVariable(module, I64, BLOCK_INDEX)
     g.initializer = I64(0)
-    messages = {m: i + 1 for i, m in enumerate(L.assert_messages(program))}
+    messages = L.message_numbers(program)
     symbols = tuple(s for s, _ in program.symbols)
     for kernel in program.kernels:
         fn = _BlockEmitter(module, kernel, messages, symbols).emit()
@@ -85,7 +85,8 @@ class _BlockEmitter(_GpuKernelEmitter):
             super()._for(s)
 
     def _storage(self, buf: L.Buffer) -> ir.Value:
-        # every thread's row of a local buffer: the thread loops are loops here
+        # a shared buffer, or every thread's row of a local one (the thread loops are loops
+        # here): the stand-in runs one block at a time, so one copy serves
         storage = ir.ArrayType(_STORAGE[buf.dtype], static_size(buf.shape))
         g = ir.GlobalVariable(self.module, storage, f"{self.kernel.name}.{buf.name}")
         g.linkage = "internal"

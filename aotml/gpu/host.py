@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aotml.errors import CompileError, InternalError
 from aotml.graph.symbolic import Dim
-from aotml.loops.ir import For, If, Placement, Program
+from aotml.loops.ir import For, Placement, Program, thread_extents
 
 MAX_PARAMS = 256  # the runtime's per-kernel parameter table (runtime/aotml_cuda.c)
 REGIONS = {"input": 0, "output": 1, "workspace": 2, "param": 3}  # AOTML_GPU_* in C
@@ -54,14 +54,14 @@ def plan_launches(program: Program, ptx: dict[str, str]) -> GpuPlan:
     launches = []
     for launch in program.launches:
         kernel = kernels[launch.kernel]
-        params = len(kernel.args) + len(program.symbols) + 1
+        # (shared and local buffers are the kernel's own on-chip storage, not parameters)
+        args = tuple(GpuArg(p.region, p.index) for p in
+                     (_resolve(placed, buf.name) for buf in launch.args if buf.scope == "global"))
+        params = len(args) + len(program.symbols) + 1
         if params > MAX_PARAMS:
             raise CompileError(f"GPU kernel {kernel.name} takes {params} parameters, more than "
                                f"the runtime's {MAX_PARAMS}")
         points, threads = grid(kernel.body, kernel.name)
-        # (shared and local buffers are the kernel's own on-chip storage)
-        args = tuple(_arg(_resolve(placed, buf.name)) for buf in launch.args
-                     if buf.scope == "global")
         launches.append(GpuLaunch(index[launch.kernel], args, points, threads))
     sms = tuple(sorted((int(arch.removeprefix("sm_")), text) for arch, text in ptx.items()))
     return GpuPlan(names, tuple(launches), program.workspace_bytes, sms)
@@ -74,10 +74,6 @@ def _resolve(placed: dict[str, Placement], name: str) -> Placement:
     return p
 
 
-def _arg(p: Placement) -> GpuArg:
-    return GpuArg(p.region, p.index)
-
-
 def grid(body, name: str) -> tuple[Dim, int]:
     """(points, threads) of a mapped kernel: its body is one block loop stepping by the
     extent of the thread loops inside it (one, or a block form's several)."""
@@ -87,12 +83,3 @@ def grid(body, name: str) -> tuple[Dim, int]:
             return body[0].extent, body[0].step
     raise InternalError(f"GPU kernel {name} is not one block loop around thread loops of its "
                         "step")
-
-
-def thread_extents(stmts):
-    """The extent of every thread loop in `stmts`."""
-    for s in stmts:
-        if isinstance(s, For) and s.bind == "thread.x":
-            yield s.extent
-        elif isinstance(s, (For, If)):
-            yield from thread_extents(s.body)

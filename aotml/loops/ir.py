@@ -356,6 +356,21 @@ class If:
 Stmt = Union[For, Store, Local, Assign, Assert, If]
 
 
+def thread_extents(stmts):
+    """The extent of every `thread.x` loop in `stmts`, in order (a GPU kernel in block form has
+    several: its barrier phases)."""
+    for s in stmts:
+        if isinstance(s, For) and s.bind == "thread.x":
+            yield s.extent
+        elif isinstance(s, (For, If)):
+            yield from thread_extents(s.body)
+
+
+def message_numbers(program: "Program") -> dict[str, int]:
+    """Each Assert message's status number: its 1-based position in `assert_messages`."""
+    return {m: i + 1 for i, m in enumerate(assert_messages(program))}
+
+
 def assert_messages(program: "Program") -> tuple[str, ...]:
     """Every distinct Assert message of a program, in order: a failing check returns its
     1-based position here as the run's status."""
