@@ -489,17 +489,8 @@ AOTML_HIDDEN int aotml_rt_gpu_run_device(const aotml_impl *impl, const int64_t *
                            "chosen is the CPU");
     else if (!set_up(impl))
         rc = aotml_rt_fail(AOTML_ERR_DEVICE, "cannot run on the GPU: %s", gpu.why);
-    else {
-        int check = launch_run(impl, symbols, NULL, NULL, inputs, outputs);
-        if (check < 0)
-            rc = -check;
-        else if (check > 0)
-            rc = aotml_rt_fail(AOTML_ERR_RUNTIME, "%s",
-                               (uint32_t)check <= impl->n_errors ? impl->errors[check - 1]
-                                                                 : "a run-time check failed");
-        else
-            rc = AOTML_OK;
-    }
+    else
+        rc = aotml_rt_run_status(impl, launch_run(impl, symbols, NULL, NULL, inputs, outputs));
     pthread_mutex_unlock(&gpu.lock);
     return rc;
 }

@@ -268,6 +268,17 @@ static int check_overlap(const aotml_impl *impl, const int64_t *symbols,
     return AOTML_OK;
 }
 
+AOTML_HIDDEN int aotml_rt_run_status(const aotml_impl *impl, int check) {
+    if (check < 0) return -check; /* a device error, its message already set */
+    if (check == 0) {
+        last_error[0] = '\0';
+        return AOTML_OK;
+    }
+    if ((uint32_t)check <= impl->n_errors)
+        return fail(AOTML_ERR_RUNTIME, "%s", impl->errors[check - 1]);
+    return fail(AOTML_ERR_RUNTIME, "run-time check %d failed", check);
+}
+
 static int run(const aotml_impl *impl, const int64_t *symbols, const void *const *inputs,
                const uint64_t *input_bytes, uint32_t n_inputs, void *const *outputs,
                const uint64_t *output_bytes, uint32_t n_outputs, void *workspace,
@@ -307,14 +318,7 @@ static int run(const aotml_impl *impl, const int64_t *symbols, const void *const
         if (impl->gpu_run) check = impl->gpu_run(impl, symbols, inputs, outputs);
         if (check == AOTML_GPU_DECLINED)
             check = impl->entry(inputs, outputs, workspace, impl->weights, symbols);
-        if (check < 0)
-            rc = -check; /* a device error, its message already set */
-        else if (check == 0)
-            last_error[0] = '\0';
-        else if (check > 0 && (uint32_t)check <= impl->n_errors)
-            rc = fail(AOTML_ERR_RUNTIME, "%s", impl->errors[check - 1]);
-        else
-            rc = fail(AOTML_ERR_RUNTIME, "run-time check %d failed", check);
+        rc = aotml_rt_run_status(impl, check);
     }
     (void)m;
     free(owned);

@@ -89,6 +89,9 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
                                     const void *const *inputs, void *const *outputs,
                                     void *workspace);
 AOTML_HIDDEN const char *aotml_rt_last_error(void);
+/* The status of a run whose kernels returned `check` (as the entry returns; < 0: minus a
+ * device error's status, its message already set), with the message of a failed check. */
+AOTML_HIDDEN int aotml_rt_run_status(const aotml_impl *impl, int check);
 /* Sets the calling thread's error message; returns `status`. */
 AOTML_HIDDEN int aotml_rt_fail(int status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
