@@ -79,7 +79,9 @@ class Model:
         if problem:
             raise LoadError(f"cannot load '{self.path}' as an aotml model: {problem}")
         try:
-            self._lib = _ffi.dlopen(str(self.path.resolve()))
+            # global scope, so that a second library's pool calls bind to the first's: one
+            # thread pool per process (the library binds every other symbol to its own)
+            self._lib = _ffi.dlopen(str(self.path.resolve()), _ffi.RTLD_NOW | _ffi.RTLD_GLOBAL)
             self._model = self._lib.aotml_model_v1()
         except (OSError, AttributeError) as e:
             # cffi appends a note about ctypes' library search, which says nothing here
@@ -210,8 +212,8 @@ class Model:
 
     def set_num_threads(self, n: int) -> int:
         """Let runs use `n` threads, the caller's included; n < 1 restores the default
-        ($AOTML_NUM_THREADS, else the cores this process may run on). The pool belongs to the
-        model's library, so every Model loaded from it shares the setting. Results are the
+        ($AOTML_NUM_THREADS, else the cores this process may run on). The pool is the
+        process's, so every Model shares the setting. Results are the
         same bit for bit at every count. Returns the count now in force."""
         return int(self._model.set_num_threads(int(n)))
 

@@ -105,7 +105,9 @@ typedef struct aotml_model {
                uint32_t n_outputs, void *workspace, uint64_t workspace_bytes);
     /* The message of the last failed call on this thread ("" if none). */
     const char *(*last_error)(void);
-    /* The threads a run may use, the calling thread included: one pool per model library,
+    /* The threads a run may use, the calling thread included: one pool per process, shared
+     * by the model libraries in the global symbol scope (linked into the program, or loaded
+     * with RTLD_GLOBAL as aotml.load does; one loaded RTLD_LOCAL keeps a pool of its own),
      * started on first use. n < 1 restores the default: $AOTML_NUM_THREADS, else the cores
      * this process may run on. Returns the count now in force. Results are the same bit for
      * bit at every count. A run that finds the pool busy with another thread's run goes
@@ -114,7 +116,7 @@ typedef struct aotml_model {
     int (*num_threads)(void);
     /* AOTML_DEVICE_* bits: the code this library holds. */
     uint32_t devices;
-    /* Where runs go, for every caller of this library (like the thread pool): "cpu", "cuda"
+    /* Where runs go, for every caller of this library: "cpu", "cuda"
      * (device 0), "cuda:N", or "auto", the default: the GPU when the library has GPU code and a
      * CUDA driver with a usable device is present, else the CPU. Choosing a GPU loads the
      * driver (dlopen; nothing links against CUDA), loads the PTX for the device's

@@ -363,8 +363,16 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
 /* ------------------------------------------------------------------------------------------
  * The thread pool.
  *
- * One pool per library, started on the first parallel loop: `size` - 1 workers plus the
- * calling thread. A parallel loop over [0, extent) is cut into `chunks` contiguous ranges
+ * One pool per process, started on the first parallel loop: `size` - 1 workers plus the
+ * calling thread. Every model library carries this code, but its entry points
+ * (aotml_pool1_*) are the only interposable symbols a library exports (the link gives the
+ * rest local binding), so when libraries share the global symbol scope (C programs that link
+ * them; Python loads them RTLD_GLOBAL) the dynamic linker binds every library's calls to the
+ * first one loaded, and its pool serves them all. The `1` is the version of this contract:
+ * a change to what these functions mean or take gets a new name, so libraries from different
+ * aotml versions then keep pools of their own rather than call each other wrongly. A library
+ * whose calls went to another keeps that one loaded (the linker records the dependency), and
+ * a library unloaded with its workers started stops them first. A parallel loop over [0, extent) is cut into `chunks` contiguous ranges
  * (at most one per thread, each at least `grain` iterations); the caller runs range 0 and
  * worker k runs range k. The compiler only marks a loop parallel when its iterations write
  * disjoint elements, so the result is the same bit for bit whatever the split.
@@ -523,8 +531,8 @@ static void after_fork_in_child(void) {
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
 
-AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
-                                       int64_t grain) {
+AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
+                                         int64_t grain) {
     if (grain < 1) grain = 1;
     int64_t chunks = extent / grain;
     if (in_parallel || chunks < 2 || pthread_mutex_trylock(&pool.busy) != 0)
@@ -563,7 +571,7 @@ AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t exte
     return status;
 }
 
-AOTML_HIDDEN int aotml_rt_set_num_threads(int n) {
+AOTML_EXPORT int aotml_pool1_set_num_threads(int n) {
     if (n > MAX_THREADS) n = MAX_THREADS;
     pthread_mutex_lock(&pool.busy);
     stop_workers();
@@ -572,10 +580,27 @@ AOTML_HIDDEN int aotml_rt_set_num_threads(int n) {
     return pool.size;
 }
 
-AOTML_HIDDEN int aotml_rt_num_threads(void) {
+AOTML_EXPORT int aotml_pool1_num_threads(void) {
     pthread_mutex_lock(&pool.busy);
     if (pool.size == 0) pool.size = default_threads();
     int n = pool.size;
     pthread_mutex_unlock(&pool.busy);
     return n;
+}
+
+/* Through the exported names, so that the process's one pool runs them. */
+AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
+                                       int64_t grain) {
+    return aotml_pool1_parallel_for(fn, ctx, extent, grain);
+}
+AOTML_HIDDEN int aotml_rt_set_num_threads(int n) { return aotml_pool1_set_num_threads(n); }
+AOTML_HIDDEN int aotml_rt_num_threads(void) { return aotml_pool1_num_threads(); }
+
+/* A library unloaded (dlclose) must not leave workers running its code. A loop in flight
+ * holds `busy`; then the process is exiting under a running model and the workers are left
+ * to exit with it. */
+__attribute__((destructor)) static void stop_pool_on_unload(void) {
+    if (pool.started == 0 || pthread_mutex_trylock(&pool.busy) != 0) return;
+    stop_workers();
+    pthread_mutex_unlock(&pool.busy);
 }

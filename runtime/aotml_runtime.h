@@ -128,5 +128,12 @@ AOTML_HIDDEN int aotml_rt_parallel_for(aotml_task_fn fn, void *ctx, int64_t exte
  * process may run on); returns the size now in force. */
 AOTML_HIDDEN int aotml_rt_set_num_threads(int n);
 AOTML_HIDDEN int aotml_rt_num_threads(void);
+/* The pool's exported entry points, which the three above call: the process's first loaded
+ * library's serve every library (see the pool in aotml_runtime.c). The link lists them in
+ * POOL_SYMBOLS (aotml/package/artifact.py) as the only symbols left interposable. */
+AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t extent,
+                                          int64_t grain);
+AOTML_EXPORT int aotml_pool1_set_num_threads(int n);
+AOTML_EXPORT int aotml_pool1_num_threads(void);
 
 #endif

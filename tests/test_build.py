@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import aotml
+from aotml.package.artifact import POOL_SYMBOLS
 from conftest import NO_WEIGHTS_MLP, REPO
 
 SOURCE = """weights "w.npz"
@@ -51,7 +52,7 @@ def test_build_hash_tracks_weights_and_is_in_manifest_and_header(tmp_path):
     assert hash1.encode() in h1 and hash2.encode() in h2
 
 
-def test_library_exports_only_the_model_api(tmp_path):
+def test_library_exports_only_the_model_api_and_the_pool(tmp_path):
     w = np.ones((5, 3), np.float32)
     _build_in(tmp_path, w)
     out = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "out" / "det.so")],
@@ -60,7 +61,7 @@ def test_library_exports_only_the_model_api(tmp_path):
         pytest.skip("nm not available")
     exported = {line.split()[-1] for line in out.stdout.splitlines() if " T " in line}
     assert exported == {"aotml_model_v1", "det_model", "det_run", "det_last_error",
-                        "det_set_num_threads", "det_select_device"}
+                        "det_set_num_threads", "det_select_device", *POOL_SYMBOLS}
 
 
 @pytest.mark.slow

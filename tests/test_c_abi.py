@@ -648,6 +648,10 @@ int main(int argc, char **argv) {
     printf("names %s %s\n", a_model()->name, b_model()->name);
     printf("inputs %u %u\n", a_model()->n_inputs, b_model()->n_inputs);
     printf("distinct %d\n", (const void *)a_model() != (const void *)b_model());
+    /* one thread pool per process: a size set through one library is the other's */
+    int set_a = a_set_num_threads(3), seen_b = b_model()->num_threads();
+    int set_b = b_set_num_threads(2), seen_a = a_model()->num_threads();
+    printf("pool %d %d %d %d\n", set_a, seen_b, set_b, seen_a);
     write_f32(argv[4], ay, N_a_y);
     write_f32(argv[5], by, N_b_y);
     write_f32(argv[6], bn, N_b_n);
@@ -658,7 +662,7 @@ int main(int argc, char **argv) {
 
 def test_two_models_in_one_program(tmp_path):
     """Models `a` and `b` (both with an input named x) link into one program and both run
-    correctly through their own typed entries, manifests and error messages."""
+    correctly through their own typed entries, manifests and error messages, on one pool."""
     a = _build(tmp_path / "a", SOURCE_A, "a")
     b = _build(tmp_path / "b", SOURCE_B, "b")
     assert a.model.workspace_bytes > 0 and b.model.workspace_bytes > 0
@@ -678,6 +682,7 @@ def test_two_models_in_one_program(tmp_path):
         "names a b",
         "inputs 1 2",
         "distinct 1",
+        "pool 3 3 2 2",
     ]
     _check_against_reference(a.src, a_in, {"y": _read_f32(files[3], (7,))})
     _check_against_reference(b.src, b_in, {"y": _read_f32(files[4], (1, 5)),

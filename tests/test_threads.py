@@ -230,3 +230,75 @@ def test_the_default_comes_from_AOTML_NUM_THREADS(build_model):
     out = subprocess.run([sys.executable, "-c", code, str(model.path)], env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3", "3"]
+
+
+ONE_POOL_SCRIPT = """
+import os, sys
+import numpy as np
+import aotml
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+rng = np.random.default_rng(11)
+x = rng.uniform(-2, 2, (513, 300)).astype(np.float32)
+a = rng.uniform(-2, 2, (5, 40, 37)).astype(np.float32)
+b = rng.uniform(-2, 2, (5, 37, 50)).astype(np.float32)
+before = threads()
+first, second = aotml.load(sys.argv[1]), aotml.load(sys.argv[2])
+y1 = first(x=x)["y"]
+y2 = second(a=a, b=b)["y"]
+assert np.allclose(y1, np.exp(x.astype(np.float64) * 0.1).sum(axis=1), rtol=1e-5 * 300)
+assert np.allclose(y2, a.astype(np.float64) @ b, rtol=1e-5 * 37, atol=1e-5)
+print(threads() - before)
+first.set_num_threads(2)
+print(second.num_threads)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_two_libraries_in_one_process_share_one_pool(tmp_path):
+    """One pool per process: the second library loaded runs its loops on the first's workers
+    and sees its size; with a pool each, 3 threads apiece would start 4 workers. The libraries
+    even share the model name `m` (and so the names they export): each still runs its own."""
+    paths = []
+    for name in ("reduce", "batched_matmul"):
+        src = tmp_path / f"{name}.mlg"
+        src.write_text(MODELS[name][0])
+        paths.append(str(build(src, tmp_path / f"{name}.so").so_path))
+    env = {**os.environ, "AOTML_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", ONE_POOL_SCRIPT, *paths], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "2"]
+
+
+UNLOAD_SCRIPT = """
+import os, sys
+import numpy as np
+import aotml
+from aotml.loader import _ffi
+
+before = len(os.listdir("/proc/self/task"))
+model = aotml.load(sys.argv[1])
+x = np.random.default_rng(2).uniform(-2, 2, (513, 300)).astype(np.float32)
+model(x=x)
+running = len(os.listdir("/proc/self/task")) - before
+_ffi.dlclose(model._lib)
+print(running, len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_unloading_a_library_stops_its_workers(tmp_path):
+    """dlclose must not leave workers behind running code that is no longer mapped."""
+    src = tmp_path / "reduce.mlg"
+    src.write_text(MODELS["reduce"][0])
+    so = build(src, tmp_path / "reduce.so").so_path
+    env = {**os.environ, "AOTML_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", UNLOAD_SCRIPT, str(so)], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "0"]

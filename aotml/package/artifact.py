@@ -420,16 +420,24 @@ def link_library(object_code: bytes | None, weights: list, weights_bytes: int,
     for obj in objects:
         if obj.startswith("aotml_"):
             _runtime_object(cc, sources, workdir, obj.removesuffix(".o"))
+    # the pool's entry points stay interposable, every other reference binds in the library
+    (workdir / "dynamic.list").write_text("{ " + " ".join(f"{s};" for s in POOL_SYMBOLS) + " };\n")
     _run_cc([cc, "-shared", *_C_FLAGS, "-Wl,-z,noexecstack", f"-Wl,-soname,{soname}",
-             "-o", "model.so", "model.c", *objects, "-lm",
+             "-Wl,--dynamic-list=dynamic.list", "-o", "model.so", "model.c", *objects, "-lm",
              *(["-ldl"] if gpu is not None else [])], workdir)
     return workdir / "model.so"
 
 
 _RUNTIME_SOURCES = ("aotml.h", "aotml_runtime.h", "aotml_runtime.c", "aotml_cuda.c")
+# The thread pool's exported entry points: the first loaded library's serve the process (see
+# the pool in runtime/aotml_runtime.c).
+POOL_SYMBOLS = ("aotml_pool1_parallel_for", "aotml_pool1_set_num_threads",
+                "aotml_pool1_num_threads")
 # for the runtime's object and the glue alike; -pthread in the link too, for a runtime that
-# starts threads
-_C_FLAGS = ("-fPIC", "-O2", "-std=c11", "-fvisibility=hidden", "-pthread", "-I.")
+# starts threads; -fsemantic-interposition so that the runtime's own calls to the pool's entry
+# points go through the PLT, where the dynamic linker can bind them to another library's
+_C_FLAGS = ("-fPIC", "-O2", "-std=c11", "-fvisibility=hidden", "-fsemantic-interposition",
+            "-pthread", "-I.")
 _CACHE_FORMAT = b"aotml runtime object cache 1"  # changes when an entry's layout does
 _DIGEST_BYTES = hashlib.sha256().digest_size
 
