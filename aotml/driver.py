@@ -188,7 +188,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     if "loops" in stages:
         dumps["loops"] = "\n".join(print_program(p) for p in (cpu_program, gpu_program) if p)
     if report:
-        dumps["report"] = build_report(reported, plan.lower_bound, notes)
+        dumps["report"] = build_report(reported, plan, notes)
     if "cuda" in kinds and out_so.suffix in (".ptx", ".o"):
         if out_so.suffix == ".o" or "cpu" in kinds:
             raise CompileError(f"a {target} build writes a library or, for cuda alone, PTX "

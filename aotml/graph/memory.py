@@ -39,6 +39,9 @@ class MemoryPlan:
     offsets: dict[object, Dim]
     workspace_bytes: Dim
     lower_bound: int | None  # None when some size has an unbounded symbol
+    # (buffer, temporary): in-place writes, each buffer at its temporary's offset, planned as
+    # one lifetime (loops/inplace.py)
+    in_place: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

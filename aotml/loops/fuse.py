@@ -41,6 +41,7 @@ from aotml.loops.ir import (
     Var,
     children,
     map_expr,
+    map_stmt_exprs,
 )
 
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
@@ -48,7 +49,7 @@ MAX_INLINED_SIZE = 64  # the largest expression (in nodes) inlined into a consum
 
 
 @dataclass(frozen=True)
-class _Pointwise:
+class Pointwise:
     buffer: Buffer
     vars: tuple[Var, ...]
     value: Expr
@@ -67,7 +68,7 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
     # epilogues first: a bias and an activation after a matmul are computed once, in its
     # stores, rather than inlined into each of its readers
     for producer in list(order):
-        if producer in by_name and _pointwise(by_name[producer]) is None:
+        if producer in by_name and pointwise(by_name[producer]) is None:
             why = _fuse_epilogue(producer, by_name, order, temps)
             while why is None:
                 why = _fuse_epilogue(producer, by_name, order, temps)
@@ -87,7 +88,7 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
             notes.append(f"{producer} -> {', '.join(through)}: read through a view (a "
                          "reshape), which fusion does not see through yet")
             continue
-        pw = _pointwise(k)
+        pw = pointwise(k)
         if pw is None:
             continue  # (its epilogue was fused above, or why not noted)
         if pw.buffer.name not in temps:
@@ -133,8 +134,8 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
         return f"{head}: {producer}'s result has {len(consumers)} readers (an epilogue " \
                "needs exactly one)"
     c = by_name[consumers[0]]
-    cw = _pointwise(c)
-    if cw is None or cw.buffer.shape != t.shape or not _reads_only_at(cw.value, t, cw.vars):
+    cw = pointwise(c)
+    if cw is None or cw.buffer.shape != t.shape or not reads_only_at(cw.value, t, cw.vars):
         return f"{head}: {c.name} is not elementwise over {t.name} (no epilogue to fuse)"
     if _calls(cw.value):
         return f"{head}: {c.name} calls pow, a library call per element, which in " \
@@ -178,13 +179,13 @@ def _calls(e: Expr) -> bool:
     return any(_calls(c) for c in children(e))
 
 
-def _reads_only_at(e: Expr, buf: Buffer, vars_: tuple[Var, ...]) -> bool:
+def reads_only_at(e: Expr, buf: Buffer, vars_: tuple[Var, ...]) -> bool:
     if isinstance(e, Load) and e.buffer == buf:
         return e.indices == vars_
-    return all(_reads_only_at(x, buf, vars_) for x in children(e))
+    return all(reads_only_at(x, buf, vars_) for x in children(e))
 
 
-def _pointwise(k: Kernel) -> _Pointwise | None:
+def pointwise(k: Kernel) -> Pointwise | None:
     stmts, loops = k.body, []
     while len(stmts) == 1 and isinstance(stmts[0], For):
         loops.append(stmts[0])
@@ -197,7 +198,7 @@ def _pointwise(k: Kernel) -> _Pointwise | None:
         return None
     if store.buffer.name not in k.outputs or not _closed(store.value, set(vars_), store.buffer):
         return None
-    return _Pointwise(store.buffer, vars_, store.value)
+    return Pointwise(store.buffer, vars_, store.value)
 
 
 def _closed(e: Expr, vars_: set[Var], out: Buffer) -> bool:
@@ -223,7 +224,7 @@ def _cost(e: Expr) -> float:
     return own + sum(_cost(c) for c in children(e))
 
 
-def _profitable(pw: _Pointwise, consumer: Kernel) -> bool:
+def _profitable(pw: Pointwise, consumer: Kernel) -> bool:
     # an expression reading the buffer twice would hold two copies of the producer: a chain
     # of such consumers would grow exponentially (where(x > 1, x - 1, x), repeated)
     if _most_loads_per_statement(consumer.body, pw.buffer) > 1 and _cost(pw.value) > 0:
@@ -280,27 +281,11 @@ def _loads(e: Expr, buf: Buffer) -> int:
     return own + sum(_loads(c, buf) for c in children(e))
 
 
-def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
+def _inline(consumer: Kernel, producer: Kernel, pw: Pointwise) -> Kernel:
     def at_load(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer == pw.buffer:
             return map_expr(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         return e
-
-    def expr(e: Expr) -> Expr:
-        return map_expr(e, at_load)
-
-    def stmt(s):
-        if isinstance(s, For):
-            return replace(s, body=tuple(stmt(b) for b in s.body))
-        if isinstance(s, If):
-            return If(expr(s.cond), tuple(stmt(b) for b in s.body))
-        if isinstance(s, Store):
-            return Store(s.buffer, tuple(expr(i) for i in s.indices), expr(s.value))
-        if isinstance(s, Local):
-            return Local(s.var, expr(s.init))
-        if isinstance(s, Assign):
-            return Assign(s.var, expr(s.value))
-        return replace(s, cond=expr(s.cond))  # Assert
 
     reads = [b for b in producer.args if b != pw.buffer]
     args = tuple(dict.fromkeys([*(b for b in consumer.args if b != pw.buffer), *reads]))
@@ -308,5 +293,5 @@ def _inline(consumer: Kernel, producer: Kernel, pw: _Pointwise) -> Kernel:
     args = tuple(b for b in args if b.name not in consumer.outputs) + \
         tuple(b for b in args if b.name in consumer.outputs)
     origin = f"{producer.origin}; {consumer.origin}" if producer.origin else consumer.origin
-    return Kernel(consumer.name, args, consumer.outputs, tuple(stmt(s) for s in consumer.body),
+    return Kernel(consumer.name, args, consumer.outputs, map_stmt_exprs(consumer.body, at_load),
                   origin)

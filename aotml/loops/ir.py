@@ -11,7 +11,7 @@ Scalar locals (`Local`/`Assign`) hold reduction accumulators.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from aotml.dtypes import FLOATS, TABLE
@@ -354,6 +354,28 @@ class If:
 
 
 Stmt = Union[For, Store, Local, Assign, Assert, If]
+
+
+def map_stmt_exprs(stmts, f) -> tuple:
+    """`stmts` with every expression in them (conditions, indices, values) rebuilt by
+    `map_expr(e, f)`; loops and their bounds are kept."""
+    def expr(e: Expr) -> Expr:
+        return map_expr(e, f)
+
+    def stmt(s):
+        if isinstance(s, For):
+            return replace(s, body=map_stmt_exprs(s.body, f))
+        if isinstance(s, If):
+            return If(expr(s.cond), map_stmt_exprs(s.body, f))
+        if isinstance(s, Store):
+            return Store(s.buffer, tuple(expr(i) for i in s.indices), expr(s.value))
+        if isinstance(s, Local):
+            return Local(s.var, expr(s.init))
+        if isinstance(s, Assign):
+            return Assign(s.var, expr(s.value))
+        return replace(s, cond=expr(s.cond))  # Assert
+
+    return tuple(stmt(s) for s in stmts)
 
 
 def thread_extents(stmts):

@@ -18,6 +18,7 @@ from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
 from aotml.graph.symbolic import SymbolicError
 from aotml.loops.build import Names, Operand, const
 from aotml.loops.fuse import fuse
+from aotml.loops.inplace import reuse_in_place
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
 from aotml.loops.schedule import parallelize
 
@@ -105,9 +106,11 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
     roots = {name: r.name for name, r in root.items()}
     kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
                              notes, roots)
+    placed = [b for b in temps if b.name not in root]
+    kernels, launches, aliases = reuse_in_place(
+        kernels, launches, {b.name for b in placed} - scratch, roots, scratch)
     kernels = [parallelize(k) for k in kernels]
-    plan = _plan(launches, kernels, [b for b in temps if b.name not in root], graph.symbols,
-                 roots, scratch)
+    plan = _plan(launches, kernels, placed, graph.symbols, roots, scratch, aliases)
     live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     for b in temps:
         if b.name in root:
@@ -121,10 +124,11 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
 
 
 def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str],
-          scratch: set[str]) -> MemoryPlan:
+          scratch: set[str], aliases: dict[str, str]) -> MemoryPlan:
     """Workspace offsets by liveness over the launches: a temporary lives from the launch that
     writes it to the last launch that reads it or a view of it (a kernel's inputs and output
-    never share bytes: both are live at its launch); a scratch buffer, during its launch."""
+    never share bytes: both are live at its launch, but for the in-place writes in `aliases`,
+    whose buffers are planned as one); a scratch buffer, during its launch."""
     writes = {k.name: set(k.outputs) | (scratch & {b.name for b in k.args}) for k in kernels}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -134,9 +138,22 @@ def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str]
             if b.name in writes[launch.kernel]:
                 first.setdefault(name, i)
             last[name] = i
-    items = [Lifetime(b.name, b.nbytes, first[b.name], last[b.name])
-             for b in temps if b.name in first]
-    return plan(items, symbols)
+    def holder(name: str) -> str:  # the first of a chain of in-place writes
+        while name in aliases:
+            name = aliases[name]
+        return name
+
+    span: dict[str, tuple[int, int]] = {}
+    size: dict[str, object] = {}
+    for b in temps:
+        if b.name in first:
+            h = holder(b.name)
+            lo, hi = span.get(h, (first[b.name], last[b.name]))
+            span[h] = (min(lo, first[b.name]), max(hi, last[b.name]))
+            size[h] = b.nbytes  # (an in-place write keeps the size)
+    result = plan([Lifetime(h, size[h], lo, hi) for h, (lo, hi) in span.items()], symbols)
+    offsets = {**result.offsets, **{name: result.offsets[holder(name)] for name in aliases}}
+    return replace(result, offsets=offsets, in_place=tuple(aliases.items()))
 
 
 

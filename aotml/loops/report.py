@@ -4,11 +4,13 @@ against the liveness lower bound.
 
 FLOPs count the floating-point operations of the loop bodies times their trip counts (a
 transcendental function counts as one); bytes count each argument buffer once, the traffic of
-a kernel that keeps its working set in cache. Both are polynomials when dims are symbolic.
+a kernel that keeps its working set in cache, but twice for an output written in place over an
+input (read, then written). Both are polynomials when dims are symbolic.
 """
 
 from __future__ import annotations
 
+from aotml.graph.memory import MemoryPlan
 from aotml.graph.symbolic import Dim, SymbolicError
 from aotml.loops.ir import (
     Assign,
@@ -62,13 +64,15 @@ def _ops(e) -> int:
     return own + sum(_ops(c) for c in children(e))
 
 
-def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:
+def report(program: Program, plan: MemoryPlan, notes: list[str]) -> str:
     rows = []
+    over = {out for out, _ in plan.in_place}
     for k in program.kernels:
         traffic: Dim = 0
         for b in k.args:
             if b.scope == "global":  # (shared and local buffers are on chip)
-                traffic = traffic + b.nbytes
+                twice = b.name in over and b.name in k.outputs
+                traffic = traffic + b.nbytes * (2 if twice else 1)
         ops = [part.split(" at ")[0] for part in k.origin.split("; ")] if k.origin else []
         rows.append((k.name, " + ".join(ops), str(flops(k.body)), str(traffic)))
     widths = [max(len(r[i]) for r in rows + [("kernel", "ops", "flops", "bytes")])
@@ -81,6 +85,10 @@ def report(program: Program, lower_bound: int | None, notes: list[str]) -> str:
     if notes:
         lines.append("not fused:")
         lines += [f"  {n}" for n in notes]
+    if plan.in_place:
+        lines.append("in place (an output over an input that dies with its kernel):")
+        lines += [f"  {out} over {over}" for out, over in plan.in_place]
+    lower_bound = plan.lower_bound
     bound = "unknown (an unbounded symbol)" if lower_bound is None else f"{lower_bound} bytes"
     lines.append(f"workspace: {program.workspace_bytes} bytes; liveness lower bound: {bound}")
     return "\n".join(lines)
