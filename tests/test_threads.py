@@ -15,7 +15,7 @@ import pytest
 import aotml
 from aotml.driver import build
 from aotml.loops.ir import Assign, Binary, Buffer, Const, For, Kernel, Load, Local, Store, Var
-from aotml.loops.schedule import independent, parallelize
+from aotml.loops.schedule import independent, open_unit_loops, parallelize
 from conftest import REPO, rand
 
 OUT = Buffer("y", "f32", (64, 32))
@@ -129,6 +129,12 @@ model m {
     input b: f32[5, 37, 50]
     output y = a @ b
 }""", {}, {"a": (5, 40, 37), "b": (5, 37, 50)}),
+    # a batch of one: the one-iteration batch loop is opened, so packing and tiles go parallel
+    "batch1_matmul": ("""model m {
+    input a: f32[1, 96, 131]
+    input b: f32[1, 131, 200]
+    output y = a @ b
+}""", {}, {"a": (1, 96, 131), "b": (1, 131, 200)}),
     "reduce": ("""model m {
     input x: f32[513, 300]
     output y = sum(exp(x * 0.1), axis=1)
@@ -302,3 +308,17 @@ def test_unloading_a_library_stops_its_workers(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "0"]
+
+
+def test_a_loop_of_one_iteration_is_opened_so_its_nests_can_run_in_parallel():
+    src, out = Buffer("x", "f32", (4096, 64)), Buffer("y", "f32", (4096, 64))
+    pack = For(j, 64, (Store(out, (c(0), j), Load(src, (c(0), j))),))
+    rows = For(i, 4096, (For(j, 64, (Store(out, (i, j), Load(src, (i, j))),)),))
+    batch = Var("b")
+    unit = For(batch, 1, (pack, rows))
+    kernel = parallelize(Kernel("k", (src, out), ("y",), (unit,)))
+    assert [type(s).__name__ for s in kernel.body] == ["For", "For"]
+    assert kernel.body[1].var == i and kernel.body[1].parallel
+    # a local directly in the body would change scope: that loop is left as it is
+    held = For(batch, 1, (Local(t, c(0)), rows))
+    assert open_unit_loops((held,)) == (held,)

@@ -35,6 +35,7 @@ from aotml.loops.ir import (
     Store,
     Var,
     children,
+    map_stmt_exprs,
 )
 
 MIN_SPLIT = 4
@@ -42,9 +43,28 @@ GRAIN_WORK = 1 << 15  # the least work a thread's range gets: ~10 us, well above
 
 
 def parallelize(kernel: Kernel) -> Kernel:
-    """`kernel` with one loop of each profitable top-level nest marked parallel."""
+    """`kernel` with one loop of each profitable top-level nest marked parallel, after the
+    loops of one iteration at the top are opened (see `open_unit_loops`)."""
     return replace(kernel, body=tuple(_nest(s) if isinstance(s, For) else s
-                                      for s in kernel.body))
+                                      for s in open_unit_loops(kernel.body)))
+
+
+def open_unit_loops(stmts) -> tuple:
+    """`stmts` with each top-level loop of one iteration (a batch of 1: `for b0 in 0..1 {
+    pack; compute }`) replaced by its body at `b0 = 0`, when that body is loops alone (so no
+    local changes scope). Its nests then become top-level nests of their own, each free to run
+    in parallel: otherwise the one-iteration loop is the only candidate, and a matmul at batch
+    1 would run on one thread."""
+    out = []
+    for s in stmts:
+        if (isinstance(s, For) and s.extent == 1 and s.step == 1 and not s.bind
+                and not s.parallel and all(isinstance(b, For) for b in s.body)):
+            zero = Const(0, s.var.dtype)
+            out += open_unit_loops(map_stmt_exprs(s.body, lambda e, v=s.var, z=zero: z
+                                                  if e == v else e))
+        else:
+            out.append(s)
+    return tuple(out)
 
 
 def _nest(top: For) -> For:
