@@ -28,7 +28,7 @@ from aotml.graph.elaborate import elaborate
 from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
 from aotml.loops.ir import Program, print_program
-from aotml.loops.lower import lower_graph
+from aotml.loops.lower import lower_graph, share_weights
 from aotml.loops.report import report as build_report
 from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
@@ -180,8 +180,14 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         cpu_program, plan, weights = lower_graph(graph, notes)
         reported = cpu_program
     if kinds & {"grid-emulation", "cuda"}:
-        # lowered again: ops with a GPU schedule take it (the weights come out the same)
-        lowered, gpu_plan, weights = lower_graph(graph, [] if cpu_program else notes, gpu=True)
+        # lowered again: ops with a GPU schedule take it
+        lowered, gpu_plan, gpu_weights = lower_graph(graph, [] if cpu_program else notes,
+                                                     gpu=True)
+        if cpu_program is None:
+            weights = gpu_weights
+        else:  # one weights blob serves both
+            cpu_program, lowered, weights = share_weights(cpu_program, weights, lowered,
+                                                          gpu_weights)
         gpu_program = map_program(lowered)
         if cpu_program is None:
             plan, reported = gpu_plan, lowered

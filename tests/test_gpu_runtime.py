@@ -319,3 +319,19 @@ def test_run_device_needs_the_gpu(gpu, build_model):
     cpu_only = build_model(NO_WEIGHTS_MLP)
     with pytest.raises(aotml.RunError, match="no GPU code"):
         cpu_only.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})
+
+
+def test_cpu_and_cuda_share_one_weights_blob_with_different_layouts(gpu):
+    """The CPU packs w's panels at build time and drops w; the GPU's tiles read w itself: the
+    library holds both, each program reading its own at the right offset."""
+    rng = np.random.default_rng(12)
+    source = ('weights "weights.npz"\nmodel m {\n    input x: f32[96, 80]\n'
+              '    param w: f32[80, 64]\n    output y = relu(x @ w)\n}\n')
+    m = gpu(source, target="cpu,cuda", weights={"w": rand(rng, (80, 64))})
+    assert m._model.weights_bytes == 2 * 80 * 64 * 4  # the panels, then w
+    x = rand(rng, (96, 80))
+    want = reference(m, x=x)
+    close(m(x=x), want)
+    assert m.device.startswith("cuda:0")
+    m.select_device("cpu")
+    close(m(x=x), want)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from aotml import ops
-from aotml.errors import CompileError
+from aotml.errors import CompileError, InternalError
 from aotml.gpu.schedules import GPU_LOWERINGS
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
 from aotml.graph.symbolic import SymbolicError
 from aotml.loops.build import Names, Operand, const
+from aotml.loops.fold import fold_weight_layouts
 from aotml.loops.fuse import fuse
 from aotml.loops.inplace import reuse_in_place
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
@@ -52,16 +53,14 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
         buffers[v.uid] = buffer_for(v, name)
         placements.append(Placement(buffers[v.uid], "output", i, name))
 
-    weights, offset = [], 0
+    params: dict[str, tuple[Buffer, object]] = {}  # laid out once the kernels are final
     for p in graph.params:
         if p.value.type.rank == 0:
             # folded in as a constant of its compute dtype, holding its stored (rounded) value
             scalars[p.value.uid] = const(p.data.item(), p.value.type.dtype)
             continue
         buffers[p.value.uid] = buffer_for(p.value)
-        placements.append(Placement(buffers[p.value.uid], "param", offset))
-        weights.append((offset, p.data))
-        offset += (p.value.type.nbytes + ALIGN - 1) // ALIGN * ALIGN
+        params[buffers[p.value.uid].name] = (buffers[p.value.uid], p.data)
 
     temps = [buffer_for(n.result) for n in graph.nodes if n.result.uid not in output_ids]
     for n, b in zip((n for n in graph.nodes if n.result.uid not in output_ids), temps):
@@ -106,17 +105,30 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
     roots = {name: r.name for name, r in root.items()}
     kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
                              notes, roots)
-    placed = [b for b in temps if b.name not in root]
+    kernels, made = fold_weight_layouts(kernels, {n: a for n, (_, a) in params.items()},
+                                        scratch)
+    launches = [Launch(k.name, k.args) for k in kernels]
+    scratch -= set(made)
+    placed = [b for b in temps if b.name not in root and b.name not in made]
     kernels, launches, aliases = reuse_in_place(
         kernels, launches, {b.name for b in placed} - scratch, roots, scratch)
     kernels = [parallelize(k) for k in kernels]
     plan = _plan(launches, kernels, placed, graph.symbols, roots, scratch, aliases)
+    # the weights still read, then the layouts made at build time
+    read = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
+    weights, offset = [], 0
+    made_buffers = {b.name: b for b in temps if b.name in made}
+    for buf, data in [*(params[n] for n in params if n in read),
+                      *((made_buffers[n], made[n]) for n in made)]:
+        placements.append(Placement(buf, "param", offset))
+        weights.append((offset, data))
+        offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
     live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     for b in temps:
         if b.name in root:
             if root[b.name].name in live:
                 placements.append(Placement(b, "view", 0, of=root[b.name].name))
-        elif b.name in live:  # (a temporary fused away takes no memory)
+        elif b.name in live and b.name not in made:  # (fused away: no memory)
             placements.append(Placement(b, "workspace", plan.offsets[b.name]))
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
                       plan.workspace_bytes, offset, tuple(graph.symbols.items()))
@@ -167,3 +179,31 @@ def _locate_asserts(stmts, where: str) -> list:
             s = replace(s, body=tuple(_locate_asserts(s.body, where)))
         out.append(s)
     return out
+
+
+def share_weights(first: Program, first_weights: list, second: Program,
+                  second_weights: list) -> tuple[Program, Program, list]:
+    """Two lowerings of one graph (CPU and GPU) over one weights blob: `first`'s layout, then
+    the weights only `second` reads. A weight of one name is one array in both (the graph's
+    parameter, or a layout both made from it alike); a difference is a compiler bug."""
+    at = {pl.buffer.name: pl.index for pl in first.placements if pl.region == "param"}
+    data = {pl.buffer.name: dict(first_weights)[pl.index]
+            for pl in first.placements if pl.region == "param"}
+    second_data = dict(second_weights)
+    merged, end = list(first_weights), first.weights_bytes
+    placements = []
+    for pl in second.placements:
+        if pl.region == "param":
+            array = second_data[pl.index]
+            name = pl.buffer.name
+            if name not in at:
+                at[name], data[name] = end, array
+                merged.append((end, array))
+                end += (array.nbytes + ALIGN - 1) // ALIGN * ALIGN
+            elif data[name].shape != array.shape or \
+                    data[name].tobytes() != array.tobytes():
+                raise InternalError(f"the CPU and GPU lowerings disagree on weight '{name}'")
+            pl = replace(pl, index=at[name])
+        placements.append(pl)
+    return (replace(first, weights_bytes=end),
+            replace(second, placements=tuple(placements), weights_bytes=end), merged)

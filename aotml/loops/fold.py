@@ -1,0 +1,188 @@
+"""Build-time layout changes: a loop nest that only rearranges weights runs once, here.
+
+A matmul packs b's column panels into a scratch buffer before its tiles run (ops/nn.py). When b
+is a weight, that copy gives the same bytes on every run, so it is done at build time instead:
+the nest is evaluated with numpy over its whole iteration space, its scratch buffer becomes a
+weight holding the result, and the nest leaves the kernel. A weight no kernel reads any more
+is then dropped from the library (lowering lays out only the weights still read).
+
+A nest qualifies when it is a perfect nest of static loops around one store into a scratch
+buffer that nothing else in the kernel stores, and its indices and value are made of loop
+variables, integer constants and arithmetic, comparisons, selects and loads from weights —
+a copy, not a computation, so numpy's result is the compiled code's bit for bit. A nest whose
+result would take more bytes than the weights it reads (panels per matrix of a batch that
+broadcasts one weight) is left to run, so the library does not grow by copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from aotml.dtypes import TABLE
+from aotml.loops.ir import (
+    Binary,
+    Buffer,
+    Compare,
+    Const,
+    Expr,
+    For,
+    Kernel,
+    Load,
+    Select,
+    Store,
+    Var,
+    children,
+    dtype_of,
+)
+from aotml.loops.schedule import open_unit_loops
+
+MAX_POINTS = 1 << 26  # the largest nest evaluated (64M elements)
+
+
+def fold_weight_layouts(kernels: list[Kernel], weights: dict[str, np.ndarray],
+                        scratch: set[str]) -> tuple[list[Kernel], dict[str, np.ndarray]]:
+    """Kernels without their foldable nests, and the new weights: a scratch buffer's name ->
+    its contents. `weights` maps each weight buffer's name to its array."""
+    made: dict[str, np.ndarray] = {}
+    out = []
+    for k in kernels:
+        body = open_unit_loops(k.body)
+        kept = []
+        for s in body:
+            value = _fold(s, body, weights, scratch)
+            if value is None:
+                kept.append(s)
+            else:
+                made[value[0].name] = value[1]
+        if len(kept) == len(body):
+            out.append(k)
+            continue
+        used = _buffers(kept)
+        args = tuple(b for b in k.args if b.name in used or b.name in k.outputs)
+        out.append(replace(k, args=args, body=tuple(kept)))
+    return out, made
+
+
+def _fold(s, body, weights, scratch) -> tuple[Buffer, np.ndarray] | None:
+    loops = []
+    while isinstance(s, For):
+        if not isinstance(s.extent, int) or s.bind or s.parallel or len(s.body) != 1:
+            return None
+        loops.append(s)
+        s = s.body[0]
+    if not loops or not isinstance(s, Store):
+        return None
+    target = s.buffer
+    if target.name not in scratch or target.scope != "global" or \
+            not all(isinstance(d, int) for d in target.shape):
+        return None
+    if _stores_to(body, target) != 1:
+        return None
+    reads: set[str] = set()
+    if not all(_copy_expr(e, weights, reads) for e in (*s.indices, s.value)):
+        return None
+    if int(np.prod(target.shape)) * TABLE[target.dtype].numpy.itemsize > \
+            sum(weights[name].nbytes for name in reads):
+        return None
+    points = 1
+    for f in loops:
+        points *= -(-f.extent // f.step)
+    if points > MAX_POINTS:
+        return None
+    grids = np.meshgrid(*(np.arange(0, f.extent, f.step, dtype=np.int64) for f in loops),
+                        indexing="ij", sparse=True)
+    shape = tuple(len(g.ravel()) for g in grids)
+    env = {f.var.name: g for f, g in zip(loops, grids)}
+    try:
+        index = tuple(np.broadcast_to(_eval(i, env, weights), shape) for i in s.indices)
+        value = np.broadcast_to(_eval(s.value, env, weights), shape)
+    except IndexError:  # a load out of its weight's bounds: left to the run-time code
+        return None
+    if any((i < 0).any() or (i >= d).any() for i, d in zip(index, target.shape)):
+        return None
+    result = np.zeros(target.shape, dtype=TABLE[target.dtype].numpy)
+    result[index] = value
+    return target, result
+
+
+def _copy_expr(e: Expr, weights, reads: set[str]) -> bool:
+    """Whether `e` is index arithmetic, a comparison or select of such, or a load of a weight."""
+    if isinstance(e, (Var, Const)):
+        return True
+    if isinstance(e, Load):
+        if e.buffer.name not in weights:
+            return False
+        reads.add(e.buffer.name)
+    elif isinstance(e, Binary):
+        if e.op not in ("add", "sub", "mul", "idiv", "irem", "min", "max") or \
+                dtype_of(e) not in ("i32", "i64"):
+            return False
+    elif not isinstance(e, (Compare, Select)):
+        return False
+    return all(_copy_expr(c, weights, reads) for c in children(e))
+
+
+def _eval(e: Expr, env: dict, weights):
+    if isinstance(e, Var):
+        return env[e.name]
+    if isinstance(e, Const):
+        return np.asarray(e.value, dtype=TABLE[e.dtype].numpy)
+    if isinstance(e, Load):
+        return weights[e.buffer.name][tuple(_eval(i, env, weights) for i in e.indices)]
+    if isinstance(e, Select):
+        return np.where(_eval(e.cond, env, weights), _eval(e.a, env, weights),
+                        _eval(e.b, env, weights))
+    a, b = _eval(e.lhs, env, weights), _eval(e.rhs, env, weights)
+    if isinstance(e, Compare):
+        return {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+                "gt": np.greater, "ge": np.greater_equal}[e.op](a, b)
+    if e.op in ("idiv", "irem"):  # C's: truncated toward zero
+        q = _tdiv(a, b)
+        return q if e.op == "idiv" else a - q * b
+    return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "min": np.minimum,
+            "max": np.maximum}[e.op](a, b)
+
+
+def _tdiv(a, b):
+    """a / b truncated toward zero (numpy's // floors)."""
+    q = np.floor_divide(a, b)
+    return q + ((q < 0) & (q * b != a))
+
+
+def _stores_to(stmts, buf: Buffer) -> int:
+    n = 0
+    for s in stmts:
+        if isinstance(s, Store):
+            n += s.buffer == buf
+        elif hasattr(s, "body"):
+            n += _stores_to(s.body, buf)
+    return n
+
+
+def _buffers(stmts) -> set[str]:
+    """The names of the buffers `stmts` load or store."""
+    found: set[str] = set()
+
+    def expr(e: Expr) -> None:
+        if isinstance(e, Load):
+            found.add(e.buffer.name)
+        for c in children(e):
+            expr(c)
+
+    def walk(ss) -> None:
+        for s in ss:
+            if isinstance(s, Store):
+                found.add(s.buffer.name)
+                for i in s.indices:
+                    expr(i)
+                expr(s.value)
+            for field in ("cond", "init", "value"):
+                if not isinstance(s, Store) and hasattr(s, field):
+                    expr(getattr(s, field))
+            if hasattr(s, "body"):
+                walk(s.body)
+
+    walk(stmts)
+    return found

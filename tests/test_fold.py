@@ -1,0 +1,80 @@
+"""Build-time weight layouts (aotml/loops/fold.py): a matmul's packing of a constant b runs
+at build time; the library then holds the panels, not the weight, and gives the same results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import aotml
+from aotml.driver import build
+from aotml.loops.fold import _tdiv
+from conftest import rand
+
+LINEAR = """weights "weights.npz"
+model m {{
+    input x: f32[{batch}96, 200]
+    param w: f32[200, {n}]
+    output y = x @ w
+}}"""
+
+
+def _build(tmp_path, n: int, batch: str = "", **options):
+    rng = np.random.default_rng(n)
+    np.savez(tmp_path / "weights.npz", w=rand(rng, (200, n)))
+    src = tmp_path / "m.mlg"
+    src.write_text(LINEAR.format(n=n, batch=batch))
+    return src, build(src, tmp_path / "m.so", dump="loops", **options)
+
+
+def _check(src, so, shape):
+    model = aotml.load(so)
+    x = rand(np.random.default_rng(3), shape)
+    want = aotml.interpret(src, precise=True, x=x)["y"]
+    for threads in (1, 2):
+        model.set_num_threads(threads)
+        np.testing.assert_allclose(model(x=x)["y"], want, rtol=1e-5 * 200, atol=1e-5)
+    return model
+
+
+def test_the_panels_of_a_weight_are_packed_at_build_time(tmp_path):
+    src, result = _build(tmp_path, 64)
+    loops = result.dumps["loops"]
+    # the panels are a weight, the copy is gone, and w itself is no longer in the library
+    assert "buffer k0_panels: f32[4, 200, 16] param@0" in loops
+    assert "k0_panels[p" not in loops and "= w[" not in loops
+    program = result.program
+    params = {pl.buffer.name for pl in program.placements if pl.region == "param"}
+    assert params == {"k0_panels"}
+    assert program.weights_bytes == 200 * 64 * 4
+    model = _check(src, result.so_path, (96, 200))
+    assert model.workspace_bytes == 0
+
+
+def test_tail_columns_keep_the_weight_beside_its_panels(tmp_path):
+    src, result = _build(tmp_path, 70)  # 4 panels of 16, then 6 columns read from w
+    params = {pl.buffer.name for pl in result.program.placements if pl.region == "param"}
+    assert params == {"w", "k0_panels"}
+    _check(src, result.so_path, (96, 200))
+
+
+def test_panels_per_matrix_of_a_broadcast_batch_are_left_to_run(tmp_path):
+    """Three matrices sharing one weight would need three copies of it: not folded."""
+    src, result = _build(tmp_path, 64, batch="3, ")
+    params = {pl.buffer.name for pl in result.program.placements if pl.region == "param"}
+    assert params == {"w"}
+    assert "k0_panels[" in result.dumps["loops"]
+    _check(src, result.so_path, (3, 96, 200))
+
+
+def test_integer_division_truncates_toward_zero_as_in_c():
+    a = np.arange(-20, 21, dtype=np.int64)
+    for b in (1, 3, -3, 7):
+        want = np.array([int(x / b) for x in a])
+        np.testing.assert_array_equal(_tdiv(a, np.int64(b)), want)
+
+
+@pytest.mark.parametrize("target", ["grid-emulation"])
+def test_gpu_lowering_of_the_same_graph(tmp_path, target):
+    src, result = _build(tmp_path, 64, target=target)
+    _check(src, result.so_path, (96, 200))
