@@ -34,7 +34,7 @@ onnx.helper), PyTorch eager (inference_mode) and torch.compile (inductor; skippe
 1-thread output bit for bit, or that cell is a MISMATCH (an error, not timed).
 
 Threads: every peer, aotml included, runs at every count of --threads. aotml through each loaded
-model's set_num_threads (the pool belongs to the model's library; the count is set only when it
+model's set_num_threads (one pool per process, shared by every model; the count is set only when it
 differs, as a change stops and joins the workers, which restart at the next call); numpy's
 OpenBLAS through threadpoolctl when installed, else through OpenBLAS's own *_set_num_threads
 found with ctypes; torch.set_num_threads; one ONNX Runtime session per thread count
