@@ -99,8 +99,9 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     scratch buffer, panel after panel ([n // TILE_COLS, k, TILE_COLS]): a tile then reads its
     K x 16 panel contiguously, where in b each of its k rows lies a row stride apart (with a
     power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
-    flops, and none at run time when b is a weight (loops/fold.py packs it at build time). `pack=False` reads b where it is (a caller whose b is already laid out so, or
-    that needs the kernel free of shared scratch)."""
+    flops, and none at run time when b is a weight (loops/fold.py packs it at build time).
+    `pack=False` reads b where it is (a caller whose b is already laid out so, or that needs
+    the kernel free of shared scratch)."""
     nt, tail = n // TILE_COLS, n % TILE_COLS
     panels = None
     stmts: list = []
