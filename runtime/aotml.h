@@ -129,8 +129,9 @@ typedef struct aotml_model {
      * makes the choice. */
     const char *(*device)(void);
     /* Runs on buffers already in GPU memory (CUdeviceptr values, dense row-major, of the sizes
-     * the symbols give: nothing can check them), with no copy to or from the host; returns
-     * once the run is done. Needs GPU code and a GPU (AOTML_ERR_DEVICE otherwise). */
+     * the symbols give: nothing can check them, and 16-byte aligned: the kernels move 16
+     * bytes at a time), with no copy to or from the host; returns once the run is done.
+     * Needs GPU code and a GPU (AOTML_ERR_DEVICE otherwise, or for a misaligned pointer). */
     int (*run_device)(const int64_t *symbols, const uint64_t *inputs, const uint64_t *outputs);
 } aotml_model;
 

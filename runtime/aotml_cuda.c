@@ -39,6 +39,7 @@ enum {
 
 #define MAX_PARAMS 256        /* per kernel: buffers, symbols, status (checked at build) */
 #define ARENA_ALIGN 256       /* the alignment of each tensor in the device arena */
+#define GPU_BUFFER_ALIGN 16   /* what every kernel assumes of its buffers (codegen/nvptx.py) */
 #define MAX_GRID 2147483647u  /* gridDim.x */
 
 /* The driver's entry points, by their exported (versioned) names. */
@@ -478,10 +479,17 @@ AOTML_HIDDEN int aotml_rt_gpu_run_device(const aotml_impl *impl, const int64_t *
         return aotml_rt_fail(AOTML_ERR_NULL_POINTER, "the device pointer array is NULL");
     for (uint32_t k = 0; k < m->n_inputs + m->n_outputs; k++) {
         int in = k < m->n_inputs;
-        if (!(in ? inputs[k] : outputs[k - m->n_inputs]))
+        uint64_t ptr = in ? inputs[k] : outputs[k - m->n_inputs];
+        const char *kind = in ? "input" : "output";
+        const char *name = in ? m->inputs[k].name : m->outputs[k - m->n_inputs].name;
+        if (!ptr)
             return aotml_rt_fail(AOTML_ERR_NULL_POINTER, "%s '%s' is a NULL device pointer",
-                                 in ? "input" : "output",
-                                 in ? m->inputs[k].name : m->outputs[k - m->n_inputs].name);
+                                 kind, name);
+        if (ptr % GPU_BUFFER_ALIGN)
+            return aotml_rt_fail(AOTML_ERR_DEVICE, "%s '%s' at device address 0x%llx is not "
+                                 "%d-byte aligned (the kernels move %d bytes at a time): pass "
+                                 "an aligned tensor, as a fresh allocation is", kind, name,
+                                 (unsigned long long)ptr, GPU_BUFFER_ALIGN, GPU_BUFFER_ALIGN);
     }
     pthread_mutex_lock(&gpu.lock);
     if (gpu.choice == CHOICE_CPU)

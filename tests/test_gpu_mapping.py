@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from opcheck import all_samples, check, params
 
+import aotml
+from aotml.driver import build
 from aotml.gpu.mapping import map_kernel
 from aotml.loops.ir import (
     Binary,
@@ -36,18 +38,20 @@ i, j = Var("i"), Var("j")
 
 
 def test_independent_loops_become_one_guarded_index_space():
-    k = Kernel("k", (X, Y), ("y",), (For(i, 5, (For(j, 300, (
-        Store(Y, (i, j), Binary("mul", Load(X, (i, j)), Const(2.0, "f32"))),)),)),))
+    # (a row of 301: not a multiple of 4, so one element a thread; see the widening below)
+    x, y = Buffer("x", "f32", (5, 301)), Buffer("y", "f32", (5, 301))
+    k = Kernel("k", (x, y), ("y",), (For(i, 5, (For(j, 301, (
+        Store(y, (i, j), Binary("mul", Load(x, (i, j)), Const(2.0, "f32"))),)),)),))
     (g,) = map_kernel(k, block=256)
     blocks = g.body[0]
-    assert (blocks.bind, blocks.extent, blocks.step) == ("block.x", 1500, 256)
+    assert (blocks.bind, blocks.extent, blocks.step) == ("block.x", 1505, 256)
     threads = blocks.body[0]
     assert (threads.bind, threads.extent) == ("thread.x", 256)
     guard = threads.body[1]
     assert isinstance(guard, If)
     text = print_kernel(g)
-    assert "if lt(i_flat, 1500)" in text
-    assert "i: i64 = idiv(i_flat, 300)" in text and "j: i64 = irem(i_flat, 300)" in text
+    assert "if lt(i_flat, 1505)" in text
+    assert "i: i64 = idiv(i_flat, 301)" in text and "j: i64 = irem(i_flat, 301)" in text
 
 
 def test_a_shared_accumulator_runs_on_one_thread_without_splitting_its_local():
@@ -69,3 +73,20 @@ def test_emulation_runs_every_thread_of_a_partial_last_block(build_model):
     x = np.random.default_rng(1).uniform(-2, 2, (7, 61)).astype(np.float32)
     got = model(x=x)["y"]
     np.testing.assert_allclose(got, np.exp(x.astype(np.float64)) * 0.5, rtol=2e-6)
+
+
+@pytest.mark.parametrize("cols", [256, 12, 10])
+def test_pointwise_grids_take_four_elements_a_thread_where_the_row_allows(tmp_path, cols):
+    """Rows of a multiple of 4 are widened (values first, then the stores), others are not;
+    both match the reference, the in-place form too (y over t)."""
+    src = tmp_path / "m.mlg"
+    src.write_text(f"model m {{\n  input x: f32[37, {cols}]\n  input b: f32[{cols}]\n"
+                   f"  t = softmax(x, axis=-1)\n  output y = relu(t * 2.0 + b) * 0.5\n}}\n")
+    result = build(src, tmp_path / "m.so", target="grid-emulation", dump="loops")
+    assert ("i1_v3: f32 =" in result.dumps["loops"]) == (cols % 4 == 0)
+    rng = np.random.default_rng(cols)
+    x, b = rng.uniform(-2, 2, (37, cols)).astype(np.float32), \
+        rng.uniform(-1, 1, cols).astype(np.float32)
+    want = aotml.interpret(src, precise=True, x=x, b=b)["y"]
+    got = aotml.load(result.so_path)(x=x, b=b)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5 * cols, atol=1e-7)

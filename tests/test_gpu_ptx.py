@@ -110,3 +110,17 @@ def test_target_specs(spec, kinds, archs):
 def test_bad_target_specs(spec, message):
     with pytest.raises(CompileError, match=message):
         parse_target(spec)
+
+
+@needs_ptxas
+def test_a_pointwise_kernel_moves_16_bytes_per_access(tmp_path):
+    """Four consecutive elements a thread (gpu/mapping.py's _widen) on 16-byte aligned buffers:
+    the backend merges them into vector loads and stores."""
+    src = tmp_path / "m.mlg"
+    src.write_text("model m {\n    input x: f32[300, 256]\n    input b: f32[256]\n"
+                   "    output y = relu(x * 2.0 + b) * 0.5\n}\n")
+    build(src, tmp_path / "m.ptx", target="cuda:sm_90")
+    ptx = (tmp_path / "m.ptx").read_text()
+    assert ptx.count("ld.global.nc.v4.b32") == 2  # x and b
+    assert ptx.count("st.global.v4.b32") == 1
+    assert ptx_problems(ptx, "sm_90") is None

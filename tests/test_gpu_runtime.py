@@ -309,13 +309,19 @@ def test_run_device_uses_device_buffers_where_they_are(gpu):
         m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data}, shapes={"x": x.shape})
     with pytest.raises(aotml.RunError, match="output 's' is a NULL device pointer"):
         m.run_device({"x": x.ctypes.data}, {"p": p.ctypes.data, "s": 0}, shapes={"x": x.shape})
+    # the kernels move 16 bytes at a time: a pointer 4 bytes into an allocation is refused
+    with pytest.raises(aotml.RunError, match="input 'x' at device address 0x[0-9a-f]+ is not "
+                                             "16-byte aligned"):
+        m.run_device({"x": x.ctypes.data + 4}, {"p": p.ctypes.data, "s": s.ctypes.data},
+                     shapes={"x": (5, 50)})
 
 
 def test_run_device_needs_the_gpu(gpu, build_model):
     m = gpu(NO_WEIGHTS_MLP, target="cpu,cuda")
     m.select_device("cpu")
     with pytest.raises(aotml.RunError, match="device pointers need the GPU"):
-        m.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})
+        m.run_device({"x": 4096, "w": 8192}, {"y": 12288},
+                     shapes={"x": (2, 96), "w": (96, 64)})
     cpu_only = build_model(NO_WEIGHTS_MLP)
     with pytest.raises(aotml.RunError, match="no GPU code"):
         cpu_only.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})

@@ -48,6 +48,7 @@ from aotml.loops import ir as L
 
 TRIPLE = "nvptx64-nvidia-cuda"
 SHARED = 3  # NVPTX's shared-memory address space
+GLOBAL_ALIGN = 16  # the alignment every buffer argument of a GPU kernel is given (and has)
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 # PTX ISA version per architecture (ptx78 is the first to know sm_90)
 _PTX_FEATURES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx78"}
@@ -143,6 +144,11 @@ class _GpuKernelEmitter(_KernelEmitter):
         self.kernel = kernel
         self.status = self.fn.args[-1]
         self.status.name = "status"
+        # every buffer the runtime passes is 16-byte aligned (the device arena aligns tensors
+        # to 256, the planner offsets to 64; run_device checks a caller's pointers), which
+        # lets the backend merge a thread's 4 consecutive f32 accesses into one
+        for arg in self.fn.args[:len(params.args)]:
+            arg.attributes.align = GLOBAL_ALIGN
         # several thread loops: barrier phases (gpu/schedules.py)
         self.block_form = sum(1 for _ in L.thread_extents(kernel.body)) > 1
 

@@ -17,6 +17,10 @@ runs serially in that thread:
           j = irem(g, 64)
           ...the body of the j loop...
 
+A pointwise nest (one store under the collapsed loops) whose innermost extent is a multiple of
+4 gives each thread 4 consecutive elements (`_widen`), which the backend turns into 16-byte
+vector loads and stores.
+
 Top-level statements that are not such nests (a scalar accumulated across the whole body, a
 nest with no independent loop, a tail tile) run on one thread of one block, as one GPU kernel
 per run of them between nests: correct, and slow.
@@ -52,10 +56,13 @@ from aotml.loops.ir import (
     Store,
     Var,
     children,
+    dtype_of,
+    map_stmt_exprs,
 )
 from aotml.loops.schedule import independent
 
 BLOCK = 256  # threads per block
+VEC = 4  # consecutive elements per thread of a pointwise grid (16 bytes of f32)
 
 
 def map_program(program: Program, block: int = BLOCK) -> Program:
@@ -82,7 +89,7 @@ def map_kernel(kernel: Kernel, block: int = BLOCK) -> list[Kernel]:
             if run:
                 bodies.append(_single_thread(run))
                 run = []
-            bodies.append(_grid(chain, block))
+            bodies.append(_grid(_widen(chain), block))
         else:
             run.append(s)
     if run:
@@ -167,6 +174,30 @@ def _grid(chain: list[For], block: int) -> For:
     guarded = If(Compare("lt", g, _index(total)), (*reversed(recover), *chain[-1].body))
     inner = For(t, threads, (Local(g, Binary("add", b, t)), guarded), bind="thread.x")
     return For(b, total, (inner,), step=threads, bind="block.x")
+
+
+def _widen(chain: list[For]) -> list[For]:
+    """A pointwise nest (the chain is all of it, around one store) whose innermost extent is
+    a multiple of VEC, with VEC consecutive elements per iteration of that loop: the values
+    first, then the stores. Each thread then moves 16 bytes of each buffer it touches, which
+    the NVPTX backend merges into one vector load or store (the buffers are 16-byte aligned:
+    every kernel argument is `align 16`), and a block covers VEC times the elements for the
+    same index arithmetic. Loading iteration j+1's values before storing j's is safe: the
+    loop is independent, so j+1 reads back nothing j writes."""
+    last = chain[-1]
+    if len(last.body) != 1 or not isinstance(last.body[0], Store) or \
+            not isinstance(last.extent, int) or last.extent % VEC:
+        return chain
+    store, v = last.body[0], Var(f"{last.var.name}_vec")
+    values, stores = [], []
+    for u in range(VEC):
+        at = Binary("mul", v, Const(VEC, INDEX))
+        at = Binary("add", at, Const(u, INDEX)) if u else at
+        (one,) = map_stmt_exprs((store,), lambda e, at=at: at if e == last.var else e)
+        value = Var(f"{last.var.name}_v{u}", dtype_of(one.value))
+        values.append(Local(value, one.value))
+        stores.append(Store(one.buffer, one.indices, value))
+    return [*chain[:-1], For(v, last.extent // VEC, (*values, *stores))]
 
 
 def _single_thread(body) -> For:
