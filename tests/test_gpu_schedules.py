@@ -16,6 +16,7 @@ from opcheck import EPS32, within
 import aotml
 from aotml.codegen.nvptx import emit_ptx, have_ptxas
 from aotml.driver import build
+from aotml.gpu.host import plan_launches
 from aotml.gpu.schedules import BK, BM, BN, THREADS
 from aotml.loops.ir import thread_extents
 from conftest import rand
@@ -148,3 +149,21 @@ def test_the_report_counts_a_block_loop_once_per_block(tmp_path):
     flops, traffic = row.split()[-2:]
     assert int(flops) == 2 * (2 * BM) * BK * BN
     assert int(traffic) == 4 * (2 * BM * BK + BK * BN + 2 * BM * BN)
+
+
+def test_on_chip_scratch_takes_no_device_workspace(tmp_path):
+    """The tiles' shared and local buffers come last in the workspace: the grid emulation runs
+    them there, while the GPU's workspace stops before them (here: nothing at all)."""
+    src = _model(tmp_path, "70, 45", "45, 130")
+    result = _check(src, [((70, 45), (45, 130))], 45, 3)
+    program = result.gpu_program
+    onchip = [p for p in program.placements if p.region == "workspace"
+              and p.buffer.scope != "global"]
+    assert onchip and program.onchip_bytes > 0
+    assert all(p.index >= program.workspace_bytes - program.onchip_bytes for p in onchip)
+    assert plan_launches(program, {}).workspace == 0
+    # with a global temporary too, the GPU's workspace is exactly that temporary
+    (tmp_path / "two").mkdir()  # (a library of the same path would be the loaded one)
+    src = _model(tmp_path / "two", "70, 45", "45, 130", expr="softmax(a @ b, axis=-1)")
+    program = _check(src, [((70, 45), (45, 130))], 45, 4).gpu_program
+    assert plan_launches(program, {}).workspace == (70 * 130 * 4 + 63) // 64 * 64

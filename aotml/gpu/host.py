@@ -64,7 +64,8 @@ def plan_launches(program: Program, ptx: dict[str, str]) -> GpuPlan:
         points, threads = grid(kernel.body, kernel.name)
         launches.append(GpuLaunch(index[launch.kernel], args, points, threads))
     sms = tuple(sorted((int(arch.removeprefix("sm_")), text) for arch, text in ptx.items()))
-    return GpuPlan(names, tuple(launches), program.workspace_bytes, sms)
+    workspace = program.workspace_bytes - program.onchip_bytes  # (scratch on chip: none)
+    return GpuPlan(names, tuple(launches), workspace, sms)
 
 
 def _resolve(placed: dict[str, Placement], name: str) -> Placement:

@@ -42,6 +42,7 @@ class MemoryPlan:
     # (buffer, temporary): in-place writes, each buffer at its temporary's offset, planned as
     # one lifetime (loops/inplace.py)
     in_place: tuple[tuple[str, str], ...] = ()
+    onchip_bytes: int = 0  # the last bytes of the workspace: shared and local scratch
 
 
 @dataclass(frozen=True)

@@ -462,6 +462,9 @@ class Program:
     workspace_bytes: Dim
     weights_bytes: int
     symbols: tuple[tuple[str, int | None], ...] = ()
+    # the workspace's last bytes, holding shared and local scratch: on a GPU that lives on
+    # chip, so its workspace is workspace_bytes - onchip_bytes
+    onchip_bytes: int = 0
 
     def __post_init__(self):
         known = {s for s, _ in self.symbols}

@@ -131,7 +131,8 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
         elif b.name in live and b.name not in made:  # (fused away: no memory)
             placements.append(Placement(b, "workspace", plan.offsets[b.name]))
     program = Program(graph.name, tuple(placements), tuple(kernels), tuple(launches),
-                      plan.workspace_bytes, offset, tuple(graph.symbols.items()))
+                      plan.workspace_bytes, offset, tuple(graph.symbols.items()),
+                      plan.onchip_bytes)
     return program, plan, weights
 
 
@@ -163,9 +164,19 @@ def _plan(launches, kernels, temps: list[Buffer], symbols, roots: dict[str, str]
             lo, hi = span.get(h, (first[b.name], last[b.name]))
             span[h] = (min(lo, first[b.name]), max(hi, last[b.name]))
             size[h] = b.nbytes  # (an in-place write keeps the size)
-    result = plan([Lifetime(h, size[h], lo, hi) for h, (lo, hi) in span.items()], symbols)
-    offsets = {**result.offsets, **{name: result.offsets[holder(name)] for name in aliases}}
-    return replace(result, offsets=offsets, in_place=tuple(aliases.items()))
+    # shared and local scratch (a GPU schedule's) after the rest: a GPU keeps it on chip and
+    # allocates only the part before it; the grid emulation runs it in the workspace
+    onchip = {b.name for b in temps if b.scope != "global"}
+    result = plan([Lifetime(h, size[h], lo, hi) for h, (lo, hi) in span.items()
+                   if h not in onchip], symbols)
+    chip = plan([Lifetime(h, size[h], lo, hi) for h, (lo, hi) in span.items()
+                 if h in onchip], {})
+    offsets = {**result.offsets,
+               **{name: result.workspace_bytes + at for name, at in chip.offsets.items()},
+               **{name: result.offsets[holder(name)] for name in aliases}}
+    bound = None if result.lower_bound is None else result.lower_bound + chip.lower_bound
+    return MemoryPlan(offsets, result.workspace_bytes + chip.workspace_bytes, bound,
+                      tuple(aliases.items()), chip.workspace_bytes)
 
 
 
