@@ -168,7 +168,11 @@ SAMPLES: dict[str, list[Sample]] = {
                # b packed into panels (32+ rows), with column and row tails; 128+ rows also
                # take row blocks; a batch of two packs each b in turn
                _matmul((70, 45), (45, 50)), _matmul((131, 19), (19, 97)),
-               _matmul((2, 33, 8), (2, 8, 40))],
+               _matmul((2, 33, 8), (2, 8, 40)),
+               # one-row tiles four panels wide: alone, then whole panels and a tail; the
+               # last rows of a packed b reading the panels four at a time
+               _matmul((1, 30), (30, 200)), _matmul((3, 17), (17, 100)),
+               _matmul((35, 9), (9, 130))],
     "linear": [_linear((3, 7), 5), _linear((1, 33), 3, bias=False), _linear((7,), 4),
                _linear((2, 3, 7), 5), _linear((3, 7), 5, bias=False, dtype="i64"),
                _linear((3, 7), 5, dtype="f16", grid=True),

@@ -85,6 +85,7 @@ TILE_ROWS, TILE_COLS = 4, 16
 # tiled_matmul).
 BLOCK_ROWS = 64
 PACK_MIN_ROWS = 32
+WIDE_PANELS = 4  # a one-row tile spans this many panels (64 columns: 8 AVX2 accumulators)
 
 
 def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
@@ -118,8 +119,9 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         r = names.var("k")
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
         init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
-        if panel is not None and panels is not None:
-            b_vals = [Load(panels, (*at, panel, r, Const(c, "i64"))) for c in range(len(cols))]
+        if panel is not None and panels is not None:  # (a wide tile spans several panels)
+            b_vals = [Load(panels, (*at, _plus(panel, c // TILE_COLS), r,
+                                    Const(c % TILE_COLS, "i64"))) for c in range(len(cols))]
         else:
             b_vals = [b.load(bi + (r, col)) for col in cols]
         step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
@@ -140,9 +142,23 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         return tile(rows, offsets(col0, 0, TILE_COLS), jb)
 
     def across(rows: list[Expr]) -> list:
-        """One block of rows, all columns: full column tiles, then the narrower tail."""
+        """One block of rows, all columns: full column tiles, then the narrower tail. A single
+        row takes tiles WIDE_PANELS panels wide first: a 1 x 16 tile has only two vector
+        accumulators, whose FMA chains leave the FMA units idle for their latency, where
+        1 x 64 keeps eight in flight (each sum still runs over k in order: the same bits)."""
         jb = names.var("jb")
-        out_ = [For(jb, nt, tuple(full_tile(rows, jb)))] if nt else []
+        out_: list = []
+        first = 0
+        if len(rows) == 1 and nt >= WIDE_PANELS:
+            jw = names.var("jw")
+            col0 = Binary("mul", jw, Const(WIDE_PANELS * TILE_COLS, "i64"))
+            out_.append(For(jw, nt // WIDE_PANELS, tuple(tile(
+                rows, offsets(col0, 0, WIDE_PANELS * TILE_COLS),
+                Binary("mul", jw, Const(WIDE_PANELS, "i64"))))))
+            first = nt // WIDE_PANELS * WIDE_PANELS
+        if nt - first:
+            at_jb = _plus(jb, first)
+            out_.append(For(jb, nt - first, tuple(full_tile(rows, at_jb))))
         if tail:
             out_ += tile(rows, offsets(None, nt * TILE_COLS, tail))
         return out_
@@ -176,6 +192,10 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     for row in range(done + mt * TILE_ROWS, m):
         stmts += across([Const(row, "i64")])
     return stmts
+
+
+def _plus(e: Expr, c: int) -> Expr:
+    return e if c == 0 else Binary("add", e, Const(c, "i64"))
 
 
 def _matmul_lower(out: Buffer, ins, attrs, names: Names):
