@@ -113,6 +113,8 @@ SAMPLES: dict[str, list[Sample]] = {
         Sample(((1, 1, 1, 1),)),
         Sample(((2, 3, 7, 9),), terms=63, magnitude=_same_on_abs("global_avg_pool", {})),
         Sample(((1, 33, 3, 5),), terms=15, magnitude=_same_on_abs("global_avg_pool", {})),
+        # rows of 16+: partial sums in 8 lanes, a tail of 5 per row
+        Sample(((2, 3, 5, 21),), terms=105, magnitude=_same_on_abs("global_avg_pool", {})),
         Sample(((1, 3, 9, 9),), dtypes=("f16",), inputs=_grid(((1, 3, 9, 9),), "f16")),
         Sample(((2, 3, 3, 5),), dtypes=("bf16",), inputs=_grid(((2, 3, 3, 5),), "bf16")),
     ],

@@ -74,7 +74,9 @@ def _reduce(op, shape, axis=(), keepdims=False, dtype="f32", inputs=None):
 # (shape, axis, keepdims): one axis, negative, a tuple, a negative tuple, all axes (the default),
 # rank 0; each op takes the cases of its own selection
 REDUCE_CASES = [((7,), 0), ((3, 7), 0), ((3, 7), -1, True), ((2, 33, 5), (0, 2)),
-                ((2, 33, 5), (-1, 0), True), ((2, 33, 5),), ((1, 257), -1), ((),)]
+                ((2, 33, 5), (-1, 0), True), ((2, 33, 5),), ((1, 257), -1), ((),),
+                # a contiguous last axis of 16+: 8 partial sums (tail 5), under an outer loop
+                ((3, 4, 45), (1, 2))]
 
 
 def _arg(shape, attrs, dtype="f32", inputs=None):
@@ -187,7 +189,7 @@ SAMPLES: dict[str, list[Sample]] = {
     "min": [_reduce("min", *REDUCE_CASES[k]) for k in (1, 4, 5, 6)]
     + [_reduce("min", (2, 3, 7), 1, dtype="i64"),
        _reduce("min", (4, 9), (), True, dtype="bool"), _reduce("min", (3, 7), 0, dtype="bf16")],
-    "mean": [_reduce("mean", *REDUCE_CASES[k]) for k in (0, 2, 3, 5, 7)]
+    "mean": [_reduce("mean", *REDUCE_CASES[k]) for k in (0, 2, 3, 5, 7, 8)]
     + [_reduce("mean", (3, 8), 1, dtype="f16", inputs=_grid(((3, 8), "f16"))),
        _reduce("mean", (4, 2, 3), (0, 1), dtype="bf16", inputs=_grid(((4, 2, 3), "bf16")))],
     "prod": [_reduce("prod", *REDUCE_CASES[k]) for k in (0, 1, 4, 6)]

@@ -14,12 +14,15 @@ from aotml.dtypes import compute_dtype
 from aotml.graph.symbolic import Dim, Sym
 from aotml.loops.ir import (
     INDEX,
+    Assign,
+    Binary,
     Buffer,
     Cast,
     Const,
     Expr,
     For,
     Load,
+    Local,
     Size,
     Stmt,
     Store,
@@ -136,3 +139,35 @@ def with_axis(outer: Sequence[Expr], axis: int, at: Expr, keepdims: bool = False
         outer[axis] = at
         return tuple(outer)
     return tuple(outer[:axis] + [at] + outer[axis:])
+
+
+LANES = 8  # partial sums of a long float sum: one AVX2 vector of them
+
+
+def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Expr],
+             outer: Sequence[tuple[Var, Dim]] = ()) -> tuple[list, Expr] | None:
+    """A float sum over `element(r)` for r in 0..extent (inside the loops `outer`, (variable,
+    extent) pairs outermost first: their variables are free in `element`) kept in LANES
+    partial sums, element r going to sum r % LANES, combined by a tree at the end. A single
+    sum is a chain of dependent adds, one per add latency, which no compiler may reorder; the
+    lanes are independent, so LLVM's SLP vectorizer makes them one vector add per LANES
+    elements. The order of the additions changes (the same at every thread count). Returns
+    the statements and the sum, or None where extent is symbolic or under 2 * LANES."""
+    if not isinstance(extent, int) or extent < 2 * LANES:
+        return None
+    accs = [names.var("lane", dtype) for _ in range(LANES)]
+    v = names.var("r")
+    base = Binary("mul", v, Const(LANES, INDEX))
+    step = [Assign(a, Binary("add", a, element(Binary("add", base, Const(k, INDEX))
+                                              if k else base)))
+            for k, a in enumerate(accs)]
+    body: list = [For(v, extent // LANES, tuple(step))]
+    done = extent // LANES * LANES
+    body += [Assign(accs[k], Binary("add", accs[k], element(Const(done + k, INDEX))))
+             for k in range(extent % LANES)]
+    for var, n in reversed(list(outer)):
+        body = [For(var, n, tuple(body))]
+    level: list[Expr] = list(accs)
+    while len(level) > 1:
+        level = [Binary("add", level[k], level[k + 1]) for k in range(0, len(level), 2)]
+    return [*(Local(a, Const(0.0, dtype)) for a in accs), *body], level[0]

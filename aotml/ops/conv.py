@@ -22,7 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from aotml.graph.ir import TensorType
-from aotml.loops.build import Names, Operand, broadcast_indices, const, idx, loop_nest, store
+from aotml.loops.build import (
+    Names,
+    Operand,
+    broadcast_indices,
+    const,
+    idx,
+    lane_sum,
+    loop_nest,
+    store,
+)
 from aotml.loops.ir import (
     Assign,
     Binary,
@@ -708,7 +717,13 @@ def _global_avg_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
     height, width = x.shape[2:]
 
     def body(i):
-        acc, h, w = names.var("acc", "f32"), names.var("h"), names.var("w")
+        h = names.var("h")
+        lanes = lane_sum(names, "f32", width, lambda w: x.load((i[0], i[1], h, w)),
+                         outer=[(h, height)])
+        if lanes is not None:
+            stmts, total = lanes
+            return [*stmts, store(out, i, Binary("div", total, const(height * width, "f32")))]
+        acc, w = names.var("acc", "f32"), names.var("w")
         add = _accumulate(acc, x.load((i[0], i[1], h, w)))
         return [Local(acc, const(0, "f32")), For(h, height, (For(w, width, (add,)),)),
                 store(out, i, Binary("div", acc, const(height * width, "f32")))]

@@ -22,6 +22,7 @@ from aotml.loops.build import (
     broadcast_indices,
     compute_dtype,
     const,
+    lane_sum,
     loop_nest,
     store,
     with_axis,
@@ -366,8 +367,18 @@ def _reduce(name: str) -> OpDef:
         start = identity if identity is not None else _extreme(dtype, largest=combine == "min")
 
         def body(i):
-            acc = names.var("acc", dtype)
             rs = [names.var("r") for _ in axes]
+            if name in ("sum", "mean") and dtype == "f32" and axes and axes[-1] == rank - 1:
+                # the innermost reduced axis is contiguous: partial sums in vector lanes
+                lanes = lane_sum(
+                    names, dtype, x.shape[-1],
+                    lambda r: x.load(_input_index(i, [*rs[:-1], r], axes, rank, keep)),
+                    outer=[(r, x.shape[a]) for r, a in zip(rs[:-1], axes[:-1])])
+                if lanes is not None:
+                    stmts, total = lanes
+                    result = Binary("div", total, as_f32(count)) if name == "mean" else total
+                    return [*stmts, store(out, i, result)]
+            acc = names.var("acc", dtype)
             element = x.load(_input_index(i, rs, axes, rank, keep))
             loops = [Assign(acc, Binary(op, acc, element))]
             for r, a in reversed(list(zip(rs, axes))):
