@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import operator
 import os
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +50,30 @@ const aotml_model *aotml_model_v1(void);
 _DTYPES = {d.abi_code: str(d.numpy) for d in TABLE.values()}  # ABI code -> numpy dtype name
 _ffi = cffi.FFI()
 _ffi.cdef(_CDEF)
+_loaded: dict[str, tuple[int, int]] = {}  # path dlopen'ed -> the file's (device, inode) then
+_reloaded: dict[tuple[int, int], object] = {}  # (device, inode) -> its library, from a copy
+
+
+def _dlopen(path: Path):
+    """The library at `path`, loaded in the global scope, so that a second library's pool calls
+    bind to the first's: one thread pool per process (a library binds every other symbol to
+    its own).
+
+    The dynamic linker knows a loaded library by the path it was opened with, so a library
+    rebuilt at a path already loaded (a new file: builds rename into place) would come back
+    as the old one. Such a file is loaded from a private copy under a fresh name instead,
+    removed once mapped."""
+    flags = _ffi.RTLD_NOW | _ffi.RTLD_GLOBAL
+    st = os.stat(path)
+    key, identity = str(path), (st.st_dev, st.st_ino)
+    if _loaded.setdefault(key, identity) == identity:
+        return _ffi.dlopen(key, flags)
+    if identity not in _reloaded:
+        with tempfile.TemporaryDirectory(prefix="aotml-reload-") as tmp:
+            copy = Path(tmp) / path.name
+            shutil.copyfile(path, copy)
+            _reloaded[identity] = _ffi.dlopen(str(copy), flags)
+    return _reloaded[identity]
 
 
 @dataclass(frozen=True)
@@ -79,9 +105,7 @@ class Model:
         if problem:
             raise LoadError(f"cannot load '{self.path}' as an aotml model: {problem}")
         try:
-            # global scope, so that a second library's pool calls bind to the first's: one
-            # thread pool per process (the library binds every other symbol to its own)
-            self._lib = _ffi.dlopen(str(self.path.resolve()), _ffi.RTLD_NOW | _ffi.RTLD_GLOBAL)
+            self._lib = _dlopen(self.path.resolve())
             self._model = self._lib.aotml_model_v1()
         except (OSError, AttributeError) as e:
             # cffi appends a note about ctypes' library search, which says nothing here

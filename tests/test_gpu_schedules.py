@@ -163,7 +163,7 @@ def test_on_chip_scratch_takes_no_device_workspace(tmp_path):
     assert all(p.index >= program.workspace_bytes - program.onchip_bytes for p in onchip)
     assert plan_launches(program, {}).workspace == 0
     # with a global temporary too, the GPU's workspace is exactly that temporary
-    (tmp_path / "two").mkdir()  # (a library of the same path would be the loaded one)
+    (tmp_path / "two").mkdir()
     src = _model(tmp_path / "two", "70, 45", "45, 130", expr="softmax(a @ b, axis=-1)")
     program = _check(src, [((70, 45), (45, 130))], 45, 4).gpu_program
     assert plan_launches(program, {}).workspace == (70 * 130 * 4 + 63) // 64 * 64

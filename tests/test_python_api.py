@@ -320,3 +320,20 @@ def test_interpret_missing_input(model):
     with pytest.raises(aotml.RunError) as info:
         aotml.interpret(model.source_path, x=_inputs(62)["x"])
     assert "missing input 'y'" in str(info.value)
+
+
+def test_a_library_rebuilt_at_a_loaded_path_loads_as_the_new_one(tmp_path):
+    """dlopen knows a library by its path: a rebuild in place must not bring back the old code,
+    and the model already loaded keeps running the old."""
+    src, so = tmp_path / "m.mlg", tmp_path / "m.so"
+    x = np.random.default_rng(3).uniform(-2, 2, (5,)).astype(np.float32)
+    src.write_text("model m {\n    input x: f32[5]\n    output y = x * 2.0\n}\n")
+    first = aotml.load(aotml.build(src, so))
+    src.write_text("model m {\n    input x: f32[5]\n    output y = x + 3.0\n}\n")
+    second = aotml.load(aotml.build(src, so))
+    again = aotml.load(so)  # the same file once more: the same library
+    np.testing.assert_array_equal(first(x=x)["y"], x * np.float32(2.0))
+    np.testing.assert_array_equal(second(x=x)["y"], x + np.float32(3.0))
+    np.testing.assert_array_equal(again(x=x)["y"], x + np.float32(3.0))
+    assert first.build_hash != second.build_hash == again.build_hash
+    assert again._lib is second._lib
