@@ -135,7 +135,7 @@ class Model:
     def select_device(self, device: str) -> None:
         """Send runs to `device`: "auto" (the default: the GPU when the library has GPU code
         and a usable GPU is present, else the CPU), "cpu", "cuda" or "cuda:N". The choice
-        belongs to the model's library, like the thread pool. LoadError says why a device
+        belongs to the model's library (every Model of it shares it). LoadError says why a device
         cannot be used (no GPU code in the library, no CUDA driver or device, no PTX for its
         architecture)."""
         if not isinstance(device, str):

@@ -173,6 +173,7 @@ def test_a_gelu_epilogue_is_fused_but_not_pow(tmp_path):
         result = build(folder / "m.mlg", folder / "m.so", report=True)
         report = result.dumps["report"]
         assert ("calls pow" in report) != fused, report
+        assert ("k0_matmul  matmul + gelu" in report) == fused, report
         b = rng.uniform(-2, 2, (8, 19)).astype(np.float32)
         want = aotml.interpret(folder / "m.mlg", precise=True, a=a, b=b)["y"]
         got = aotml.load(result.so_path)(a=a, b=b)["y"]

@@ -100,7 +100,7 @@ def _reuse(k: Kernel, temps=("x", "y"), later=()):
                                                  Const(1.0, "f32")),))
     kernels = [producer, k, *later]
     launches = [Launch(c.name, c.args) for c in kernels]
-    return reuse_in_place(kernels, launches, set(temps), {}, set())
+    return reuse_in_place(kernels, launches, set(temps), {})
 
 
 def test_the_rule_takes_an_input_read_at_the_stored_element():

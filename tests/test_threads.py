@@ -316,7 +316,7 @@ def test_a_loop_of_one_iteration_is_opened_so_its_nests_can_run_in_parallel():
     rows = For(i, 4096, (For(j, 64, (Store(out, (i, j), Load(src, (i, j))),)),))
     batch = Var("b")
     unit = For(batch, 1, (pack, rows))
-    kernel = parallelize(Kernel("k", (src, out), ("y",), (unit,)))
+    kernel = parallelize(Kernel("k", (src, out), ("y",), open_unit_loops((unit,))))
     assert [type(s).__name__ for s in kernel.body] == ["For", "For"]
     assert kernel.body[1].var == i and kernel.body[1].parallel
     # a local directly in the body would change scope: that loop is left as it is

@@ -49,6 +49,7 @@ from aotml.loops import ir as L
 TRIPLE = "nvptx64-nvidia-cuda"
 SHARED = 3  # NVPTX's shared-memory address space
 GLOBAL_ALIGN = 16  # the alignment every buffer argument of a GPU kernel is given (and has)
+SHARED_ALIGN = 16  # of a shared buffer: its 16-byte loads and stores (ld.shared.v4)
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 # PTX ISA version per architecture (ptx78 is the first to know sm_90)
 _PTX_FEATURES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx78"}
@@ -174,7 +175,7 @@ class _GpuKernelEmitter(_KernelEmitter):
                                                             static_size(buf.shape)),
                                   f"{self.kernel.name}.{buf.name}", addrspace=SHARED)
             g.linkage = "internal"
-            g.align = 16
+            g.align = SHARED_ALIGN
             g.initializer = ir.Constant(g.value_type, ir.Undefined)
             g.type = ir.PointerType(addrspace=SHARED)  # llvmlite types it [n x T]*; LLVM: ptr
             return g
@@ -188,11 +189,11 @@ class _GpuKernelEmitter(_KernelEmitter):
 
     def _stmts(self, stmts) -> None:
         for s in stmts:
-            if isinstance(s, L.Assert) and self.block_form:
-                # ending a thread early would leave the others waiting at a barrier
-                raise InternalError(f"run-time check in block-form GPU kernel "
-                                    f"{self.kernel.name}")
             if isinstance(s, L.Assert):
+                if self.block_form:
+                    # ending a thread early would leave the others waiting at a barrier
+                    raise InternalError(f"run-time check in block-form GPU kernel "
+                                        f"{self.kernel.name}")
                 ok = self.fn.append_basic_block("check.ok")
                 failed = self.fn.append_basic_block("check.failed")
                 self.b.cbranch(self._expr(s.cond), ok, failed)

@@ -36,26 +36,27 @@ from aotml.loops.ir import (
     children,
     dtype_of,
 )
-from aotml.loops.schedule import open_unit_loops
 
 MAX_POINTS = 1 << 26  # the largest nest evaluated (64M elements)
 
 
 def fold_weight_layouts(kernels: list[Kernel], weights: dict[str, np.ndarray],
-                        scratch: set[str]) -> tuple[list[Kernel], dict[str, np.ndarray]]:
-    """Kernels without their foldable nests, and the new weights: a scratch buffer's name ->
+                        scratch: set[str]
+                        ) -> tuple[list[Kernel], dict[str, tuple[Buffer, np.ndarray]]]:
+    """Kernels without their foldable top-level nests (open loops of one iteration first:
+    schedule.open_unit_loops), and the new weights: a scratch buffer's name -> the buffer and
     its contents. `weights` maps each weight buffer's name to its array."""
-    made: dict[str, np.ndarray] = {}
+    made: dict[str, tuple[Buffer, np.ndarray]] = {}
     out = []
     for k in kernels:
-        body = open_unit_loops(k.body)
+        body = k.body
         kept = []
         for s in body:
             value = _fold(s, body, weights, scratch)
             if value is None:
                 kept.append(s)
             else:
-                made[value[0].name] = value[1]
+                made[value[0].name] = value
         if len(kept) == len(body):
             out.append(k)
             continue
@@ -86,14 +87,11 @@ def _fold(s, body, weights, scratch) -> tuple[Buffer, np.ndarray] | None:
     if int(np.prod(target.shape)) * TABLE[target.dtype].numpy.itemsize > \
             sum(weights[name].nbytes for name in reads):
         return None
-    points = 1
-    for f in loops:
-        points *= -(-f.extent // f.step)
-    if points > MAX_POINTS:
+    shape = tuple(f.trips for f in loops)
+    if int(np.prod(shape)) > MAX_POINTS:
         return None
     grids = np.meshgrid(*(np.arange(0, f.extent, f.step, dtype=np.int64) for f in loops),
                         indexing="ij", sparse=True)
-    shape = tuple(len(g.ravel()) for g in grids)
     env = {f.var.name: g for f, g in zip(loops, grids)}
     try:
         index = tuple(np.broadcast_to(_eval(i, env, weights), shape) for i in s.indices)

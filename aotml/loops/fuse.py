@@ -260,8 +260,7 @@ def _reads(stmts, buf: Buffer, trips=1):
     total = 0
     for s in stmts:
         if isinstance(s, For):
-            steps = -(-s.extent // s.step) if isinstance(s.extent, int) else s.extent
-            total = total + _reads(s.body, buf, trips * steps)
+            total = total + _reads(s.body, buf, trips * s.trips)
         elif isinstance(s, If):  # (counted as if it always held)
             total = total + trips * _loads(s.cond, buf) + _reads(s.body, buf, trips)
         elif isinstance(s, Store):

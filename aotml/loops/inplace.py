@@ -28,8 +28,7 @@ from aotml.loops.ir import Kernel, Launch, Load, map_stmt_exprs
 
 
 def reuse_in_place(kernels: list[Kernel], launches: list[Launch], temps: set[str],
-                   views: dict[str, str], scratch: set[str]
-                   ) -> tuple[list[Kernel], list[Launch], dict[str, str]]:
+                   views: dict[str, str]) -> tuple[list[Kernel], list[Launch], dict[str, str]]:
     """Kernels and launches with each legal in-place write made, and the aliases: a buffer's
     name -> the name of the temporary whose bytes it takes over. `temps` names the workspace
     temporaries (no views, no scratch), `views` maps a view's name to its buffer's."""
@@ -39,34 +38,33 @@ def reuse_in_place(kernels: list[Kernel], launches: list[Launch], temps: set[str
             last[views.get(b.name, b.name)] = i
     by_name = {k.name: k for k in kernels}
     aliases: dict[str, str] = {}
-    out_kernels, out_launches = [], []
+    out_launches = []
     for i, launch in enumerate(launches):
         k = by_name[launch.kernel]
-        over = _victim(k, i, last, temps, views, scratch)
-        if over is not None:
-            pw = pointwise(k)
-            aliases[pw.buffer.name] = over.name
-            k = _read_from(k, over, pw.buffer)
+        found = _victim(k, i, last, temps, views)
+        if found is not None:
+            over, out = found
+            aliases[out.name] = over.name
+            k = _read_from(k, over, out)
             launch = Launch(k.name, k.args)
         by_name[k.name] = k
         out_launches.append(launch)
-    out_kernels = [by_name[k.name] for k in kernels]
-    return out_kernels, out_launches, aliases
+    return [by_name[k.name] for k in kernels], out_launches, aliases
 
 
 def _victim(k: Kernel, at: int, last: dict[str, int], temps: set[str],
-            views: dict[str, str], scratch: set[str]):
-    """The input whose bytes `k`'s output may take at launch `at`, or None."""
+            views: dict[str, str]):
+    """The input whose bytes `k`'s output may take at launch `at`, and that output; or None."""
     pw = pointwise(k)
-    if pw is None or pw.buffer.name not in temps or pw.buffer.name in scratch:
+    if pw is None or pw.buffer.name not in temps:
         return None
     shown = {views[b.name] for b in k.args if b.name in views}
     for b in k.args:
-        if (b.name in temps and b.name not in scratch and b.name not in k.outputs
+        if (b.name in temps and b.name not in k.outputs
                 and b.name not in shown and b.shape == pw.buffer.shape
                 and b.dtype == pw.buffer.dtype and b.scope == pw.buffer.scope == "global"
                 and last.get(b.name) == at and reads_only_at(pw.value, b, pw.vars)):
-            return b
+            return b, pw.buffer
     return None
 
 

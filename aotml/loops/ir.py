@@ -16,7 +16,7 @@ from typing import Union
 
 from aotml.dtypes import FLOATS, TABLE
 from aotml.errors import InternalError
-from aotml.graph.symbolic import Dim, Sym, product, symbols_of
+from aotml.graph.symbolic import Dim, Sym, SymbolicError, product, symbols_of
 
 INDEX = "i64"
 DTYPES = frozenset(TABLE)
@@ -294,6 +294,20 @@ class For:
                 raise InternalError(f"loop {self.var.name} with extent {self.extent}")
         elif self.extent < 1:
             raise InternalError(f"loop {self.var.name} with extent {self.extent}")
+
+    @property
+    def trips(self) -> Dim:
+        """How many times the body runs: ceil(extent / step); for a symbolic extent (a GPU
+        block loop over a symbolic index space) exact when the step divides it, else the
+        extent, an upper bound."""
+        if self.step == 1:
+            return self.extent
+        if isinstance(self.extent, int):
+            return -(-self.extent // self.step)
+        try:
+            return self.extent // self.step
+        except SymbolicError:
+            return self.extent
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from aotml import ops
 from aotml.errors import CompileError, InternalError
 from aotml.gpu.schedules import GPU_LOWERINGS
@@ -21,7 +23,7 @@ from aotml.loops.fold import fold_weight_layouts
 from aotml.loops.fuse import fuse
 from aotml.loops.inplace import reuse_in_place
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
-from aotml.loops.schedule import parallelize
+from aotml.loops.schedule import open_unit_loops, parallelize
 
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
@@ -105,25 +107,24 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
     roots = {name: r.name for name, r in root.items()}
     kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
                              notes, roots)
+    # a loop of one iteration is opened first: its nests fold and run in parallel on their own
+    kernels = [replace(k, body=open_unit_loops(k.body)) for k in kernels]
     kernels, made = fold_weight_layouts(kernels, {n: a for n, (_, a) in params.items()},
                                         scratch)
     launches = [Launch(k.name, k.args) for k in kernels]
     scratch -= set(made)
     placed = [b for b in temps if b.name not in root and b.name not in made]
     kernels, launches, aliases = reuse_in_place(
-        kernels, launches, {b.name for b in placed} - scratch, roots, scratch)
+        kernels, launches, {b.name for b in placed} - scratch, roots)
     kernels = [parallelize(k) for k in kernels]
     plan = _plan(launches, kernels, placed, graph.symbols, roots, scratch, aliases)
+    live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     # the weights still read, then the layouts made at build time
-    read = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     weights, offset = [], 0
-    made_buffers = {b.name: b for b in temps if b.name in made}
-    for buf, data in [*(params[n] for n in params if n in read),
-                      *((made_buffers[n], made[n]) for n in made)]:
+    for buf, data in [*(params[n] for n in params if n in live), *made.values()]:
         placements.append(Placement(buf, "param", offset))
         weights.append((offset, data))
         offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
-    live = {roots.get(b.name, b.name) for launch in launches for b in launch.args}
     for b in temps:
         if b.name in root:
             if root[b.name].name in live:
@@ -198,8 +199,8 @@ def share_weights(first: Program, first_weights: list, second: Program,
     the weights only `second` reads. A weight of one name is one array in both (the graph's
     parameter, or a layout both made from it alike); a difference is a compiler bug."""
     at = {pl.buffer.name: pl.index for pl in first.placements if pl.region == "param"}
-    data = {pl.buffer.name: dict(first_weights)[pl.index]
-            for pl in first.placements if pl.region == "param"}
+    first_data = dict(first_weights)
+    data = {name: first_data[offset] for name, offset in at.items()}
     second_data = dict(second_weights)
     merged, end = list(first_weights), first.weights_bytes
     placements = []
@@ -211,8 +212,8 @@ def share_weights(first: Program, first_weights: list, second: Program,
                 at[name], data[name] = end, array
                 merged.append((end, array))
                 end += (array.nbytes + ALIGN - 1) // ALIGN * ALIGN
-            elif data[name].shape != array.shape or \
-                    data[name].tobytes() != array.tobytes():
+            elif data[name] is not array and not (data[name].shape == array.shape and
+                                                  np.array_equal(data[name], array)):
                 raise InternalError(f"the CPU and GPU lowerings disagree on weight '{name}'")
             pl = replace(pl, index=at[name])
         placements.append(pl)

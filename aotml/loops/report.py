@@ -11,7 +11,7 @@ input (read, then written). Both are polynomials when dims are symbolic.
 from __future__ import annotations
 
 from aotml.graph.memory import MemoryPlan
-from aotml.graph.symbolic import Dim, SymbolicError
+from aotml.graph.symbolic import Dim
 from aotml.loops.ir import (
     Assign,
     Binary,
@@ -32,7 +32,7 @@ def flops(stmts, trips: Dim = 1) -> Dim:
     total: Dim = 0
     for s in stmts:
         if isinstance(s, For):
-            total = total + flops(s.body, trips * _iterations(s))
+            total = total + flops(s.body, trips * s.trips)
         elif isinstance(s, If):
             total = total + flops(s.body, trips)
         elif isinstance(s, (Store, Assign)):
@@ -40,17 +40,6 @@ def flops(stmts, trips: Dim = 1) -> Dim:
         elif isinstance(s, Local):
             total = total + trips * _ops(s.init)
     return total
-
-
-def _iterations(s: For) -> Dim:
-    if s.step == 1:
-        return s.extent
-    if isinstance(s.extent, int):
-        return -(-s.extent // s.step)
-    try:  # a GPU block loop over a symbolic index space: exact when the step divides it
-        return s.extent // s.step
-    except SymbolicError:
-        return s.extent
 
 
 def _ops(e) -> int:

@@ -43,10 +43,10 @@ GRAIN_WORK = 1 << 15  # the least work a thread's range gets: ~10 us, well above
 
 
 def parallelize(kernel: Kernel) -> Kernel:
-    """`kernel` with one loop of each profitable top-level nest marked parallel, after the
-    loops of one iteration at the top are opened (see `open_unit_loops`)."""
+    """`kernel` with one loop of each profitable top-level nest marked parallel (lowering
+    opens loops of one iteration first: `open_unit_loops`)."""
     return replace(kernel, body=tuple(_nest(s) if isinstance(s, For) else s
-                                      for s in open_unit_loops(kernel.body)))
+                                      for s in kernel.body))
 
 
 def open_unit_loops(stmts) -> tuple:
