@@ -24,6 +24,7 @@ from aotml.errors import CompileError, InternalError
 from aotml.frontend import parse, parse_file
 from aotml.gpu.host import plan_launches
 from aotml.gpu.mapping import map_program
+from aotml.gpu.schedules import GPU_LOWERINGS
 from aotml.graph.elaborate import elaborate
 from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
@@ -182,7 +183,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     if kinds & {"grid-emulation", "cuda"}:
         # lowered again: ops with a GPU schedule take it
         lowered, gpu_plan, gpu_weights = lower_graph(graph, [] if cpu_program else notes,
-                                                     gpu=True)
+                                                     GPU_LOWERINGS)
         if cpu_program is None:
             weights = gpu_weights
         else:  # one weights blob serves both

@@ -31,8 +31,8 @@ from aotml.codegen.llvm_cpu import (
     parse_verified,
 )
 from aotml.codegen.nvptx import _GpuKernelEmitter, static_size
-from aotml.gpu.host import grid
 from aotml.loops import ir as L
+from aotml.loops.ir import grid
 
 BLOCK_INDEX = "aotml_emu_ctaid_x"  # the global the stand-in sets before it runs a block
 

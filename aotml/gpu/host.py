@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aotml.errors import CompileError, InternalError
+from aotml.errors import CompileError
 from aotml.graph.symbolic import Dim
-from aotml.loops.ir import For, Placement, Program, thread_extents
+from aotml.loops.ir import Placement, Program, grid
 
 MAX_PARAMS = 256  # the runtime's per-kernel parameter table (runtime/aotml_cuda.c)
 REGIONS = {"input": 0, "output": 1, "workspace": 2, "param": 3}  # AOTML_GPU_* in C
@@ -73,14 +73,3 @@ def _resolve(placed: dict[str, Placement], name: str) -> Placement:
     while p.region == "view":
         p = placed[p.of]
     return p
-
-
-def grid(body, name: str) -> tuple[Dim, int]:
-    """(points, threads) of a mapped kernel: its body is one block loop stepping by the
-    extent of the thread loops inside it (one, or a block form's several)."""
-    if len(body) == 1 and isinstance(body[0], For) and body[0].bind == "block.x":
-        extents = set(thread_extents(body[0].body))
-        if extents == {body[0].step}:
-            return body[0].extent, body[0].step
-    raise InternalError(f"GPU kernel {name} is not one block loop around thread loops of its "
-                        "step")

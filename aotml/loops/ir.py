@@ -402,6 +402,17 @@ def thread_extents(stmts):
             yield from thread_extents(s.body)
 
 
+def grid(body, name: str) -> tuple[Dim, int]:
+    """(points, threads) of a mapped kernel: its body is one block loop stepping by the
+    extent of the thread loops inside it (one, or a block form's several)."""
+    if len(body) == 1 and isinstance(body[0], For) and body[0].bind == "block.x":
+        extents = set(thread_extents(body[0].body))
+        if extents == {body[0].step}:
+            return body[0].extent, body[0].step
+    raise InternalError(f"GPU kernel {name} is not one block loop around thread loops of its "
+                        "step")
+
+
 def message_numbers(program: "Program") -> dict[str, int]:
     """Each Assert message's status number: its 1-based position in `assert_messages`."""
     return {m: i + 1 for i, m in enumerate(assert_messages(program))}

@@ -8,13 +8,13 @@ Assumes the graph passes have run (outputs are distinct node results).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from aotml import ops
 from aotml.errors import CompileError, InternalError
-from aotml.gpu.schedules import GPU_LOWERINGS
 from aotml.graph.ir import Graph, Value
 from aotml.graph.memory import ALIGN, Lifetime, MemoryPlan, plan
 from aotml.graph.symbolic import SymbolicError
@@ -29,10 +29,12 @@ VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
 
 def lower_graph(graph: Graph, notes: list[str] | None = None,
-                gpu: bool = False) -> tuple[Program, MemoryPlan, list]:
+                lowerings: dict[str, Callable] | None = None
+                ) -> tuple[Program, MemoryPlan, list]:
     """The program, the memory plan, and the weights: a list of (offset, array). Why kernels
-    were not fused is appended to `notes`. `gpu` lowers the ops that have a GPU schedule
-    (gpu/schedules.py) through it, in block form."""
+    were not fused is appended to `notes`. `lowerings` maps op names to lowerings that take
+    the place of the ops' own (a target's schedules: gpu/schedules.py's GPU_LOWERINGS); one
+    that returns None declines, and the op's own lowering runs."""
     taken: set[str] = set()
 
     def buffer_for(v: Value, base: str | None = None) -> Buffer:
@@ -86,8 +88,8 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
         names = Names(f"k{i}", taken)
         try:
             body = None
-            if gpu and node.op in GPU_LOWERINGS:
-                body = GPU_LOWERINGS[node.op](out, operands, node.attr, names)
+            if lowerings and node.op in lowerings:
+                body = lowerings[node.op](out, operands, node.attr, names)
             if body is None:
                 body = ops.REGISTRY[node.op].lower(out, operands, node.attr, names)
         except SymbolicError as err:
