@@ -33,9 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aotml.graph.symbolic import Dim, Sym, product
-from aotml.loops.build import Names, Operand, broadcast_indices, idx, store
+from aotml.loops.build import Names, Operand, all_of, broadcast_indices, idx, store
 from aotml.loops.ir import (
-    INDEX,
     Assign,
     Binary,
     Buffer,
@@ -58,21 +57,6 @@ TM, TN = 4, 4            # each thread's register tile
 THREADS = (BM // TM) * (BN // TN)
 
 
-def _i(v: int) -> Expr:
-    return Const(v, INDEX)
-
-
-def _op(op: str, x: Expr, y: Expr) -> Expr:
-    return Binary(op, x, y)
-
-
-def _all(conds: list[Expr]) -> Expr | None:
-    out = None
-    for c in conds:
-        out = c if out is None else Binary("and", out, c)
-    return out
-
-
 def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> list | None:
     """The block-form matmul (see the module docstring), or None for shapes it does not take:
     a result other than f32, or a symbolic n or k (m and the batch dims may be symbolic)."""
@@ -84,9 +68,9 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
         return None
     batch = out.shape[:-2]
     col_blocks, k_steps = -(-n // BN), -(-k // BK)
-    row_blocks: Expr = _i(-(-m // BM)) if isinstance(m, int) else \
-        _op("idiv", _op("add", idx(m), _i(BM - 1)), _i(BM))
-    batches: Dim = product(batch) if batch else 1
+    row_blocks: Expr = idx(-(-m // BM)) if isinstance(m, int) else \
+        Binary("idiv", Binary("add", idx(m), idx(BM - 1)), idx(BM))
+    batches: Dim = product(batch)
     # The grid: THREADS points per block. With a symbolic m, ceil(m / BM) is no polynomial, so
     # the grid covers batches * col_blocks * (m + BM - 1) / BM blocks, rounded up, which is at
     # least the row blocks there are; the blocks past them do nothing.
@@ -104,76 +88,78 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
     rb, cb, bt = names.var("rb"), names.var("cb"), names.var("bt")
     k0 = names.var("k0")
     uniform: list = [
-        Local(blk, _op("idiv", bv, _i(THREADS))),
+        Local(blk, Binary("idiv", bv, idx(THREADS))),
     ]
     inside: list = [
-        Local(rb, _op("irem", blk, row_blocks)),
-        Local(cb, _op("irem", _op("idiv", blk, row_blocks), _i(col_blocks))),
-        Local(bt, _op("idiv", _op("idiv", blk, row_blocks), _i(col_blocks))),
+        Local(rb, Binary("irem", blk, row_blocks)),
+        Local(cb, Binary("irem", Binary("idiv", blk, row_blocks), idx(col_blocks))),
+        Local(bt, Binary("idiv", Binary("idiv", blk, row_blocks), idx(col_blocks))),
     ]
-    # the batch index, dim by dim (row-major over `batch`)
-    at: list[Expr] = []
-    rest: Expr = bt
-    for d in reversed(batch):
-        v = names.var("b")
-        inside.append(Local(v, _op("irem", rest, idx(d))))
-        at.insert(0, v)
-        rest = _op("idiv", rest, idx(d))
+    batch_decls, at = _unflatten(bt, batch, names)  # the batch index, row-major
+    inside += batch_decls
     ai = broadcast_indices(at, a.shape[:-2], batch)
     bi = broadcast_indices(at, b.shape[:-2], batch)
-    row0 = _op("mul", rb, _i(BM))
-    col0 = _op("mul", cb, _i(BN))
+    row0 = Binary("mul", rb, idx(BM))
+    col0 = Binary("mul", cb, idx(BN))
 
     def phase(body: Callable[[Var], list]) -> For:
         t = names.var("t")
         return For(t, THREADS, tuple(body(t)), bind="thread.x")
 
     def zero(t: Var) -> list:
-        return [Store(acc, (t, _i(q)), Const(0.0, "f32")) for q in range(TM * TN)]
+        return [Store(acc, (t, idx(q)), Const(0.0, "f32")) for q in range(TM * TN)]
 
     def edge_load(x: Operand, at_: tuple, dims: list[tuple[Expr, Dim, bool]]) -> Expr:
         """x at `at_` + the (index, extent, may pass the edge) of its last two dims: an
         index that may pass its edge reads at a clamped one, and the value is zero there."""
-        index = [_op("min", i, _op("sub", idx(d), _i(1))) if edge else i for i, d, edge in dims]
-        inside_ = _all([Compare("lt", i, idx(d)) for i, d, edge in dims if edge])
+        index = [Binary("min", i, Binary("sub", idx(d), idx(1))) if edge else i
+                 for i, d, edge in dims]
+        inside_ = all_of([Compare("lt", i, idx(d)) for i, d, edge in dims if edge])
         value = x.load(at_ + tuple(index))
         return value if inside_ is None else Select(inside_, value, Const(0.0, "f32"))
 
-    def load_tiles(t: Var) -> list:
+    def stage(t: Var, x: Operand, xi: tuple, tile: Buffer, rows: int, width: int,
+              dims: list[tuple[Expr, Dim, bool]], var_names: tuple[str, str],
+              transposed: bool) -> list:
+        """x's rows x width slice into `tile` (transposed: tile[col, row]), its second dim
+        fastest across the threads: element `flat` is at (flat // width, flat % width) of
+        the slice, whose dims start at, run to and may pass the edge as `dims` say."""
         stmts: list = []
-        kbase = _op("mul", k0, _i(BK))
-        for step in range(BM * BK // THREADS):  # a's slice, k fastest across the threads
-            flat = _op("add", t, _i(step * THREADS))
-            mm, kk = names.var("mm"), names.var("kk")
-            value = edge_load(a, ai, [(_op("add", row0, mm), m, at_edge_m),
-                                      (_op("add", kbase, kk), k, at_edge_k)])
-            stmts += [Local(mm, _op("idiv", flat, _i(BK))), Local(kk, _op("irem", flat, _i(BK))),
-                      Store(a_tile, (kk, mm), value)]
-        for step in range(BK * BN // THREADS):  # b's slice, n fastest
-            flat = _op("add", t, _i(step * THREADS))
-            kk, nn = names.var("kk"), names.var("nn")
-            value = edge_load(b, bi, [(_op("add", kbase, kk), k, at_edge_k),
-                                      (_op("add", col0, nn), n, at_edge_n)])
-            stmts += [Local(kk, _op("idiv", flat, _i(BN))), Local(nn, _op("irem", flat, _i(BN))),
-                      Store(b_tile, (kk, nn), value)]
+        for step in range(rows * width // THREADS):
+            flat = Binary("add", t, idx(step * THREADS))
+            u, v = names.var(var_names[0]), names.var(var_names[1])
+            (base0, n0, edge0), (base1, n1, edge1) = dims
+            value = edge_load(x, xi, [(Binary("add", base0, u), n0, edge0),
+                                      (Binary("add", base1, v), n1, edge1)])
+            stmts += [Local(u, Binary("idiv", flat, idx(width))),
+                      Local(v, Binary("irem", flat, idx(width))),
+                      Store(tile, (v, u) if transposed else (u, v), value)]
         return stmts
+
+    def load_tiles(t: Var) -> list:
+        kbase = Binary("mul", k0, idx(BK))
+        # a's slice k fastest across the threads, stored transposed; b's n fastest
+        return [*stage(t, a, ai, a_tile, BM, BK, [(row0, m, at_edge_m), (kbase, k, at_edge_k)],
+                       ("mm", "kk"), transposed=True),
+                *stage(t, b, bi, b_tile, BK, BN, [(kbase, k, at_edge_k), (col0, n, at_edge_n)],
+                       ("kk", "nn"), transposed=False)]
 
     def thread_tile(t: Var) -> tuple[Var, Var, list]:
         ty, tx = names.var("ty"), names.var("tx")
-        return ty, tx, [Local(ty, _op("idiv", t, _i(BN // TN))),
-                        Local(tx, _op("irem", t, _i(BN // TN)))]
+        return ty, tx, [Local(ty, Binary("idiv", t, idx(BN // TN))),
+                        Local(tx, Binary("irem", t, idx(BN // TN)))]
 
     def compute(t: Var) -> list:
         ty, tx, head = thread_tile(t)
         kk = names.var("kk")
         av = [names.var("a", "f32") for _ in range(TM)]
         bw = [names.var("b", "f32") for _ in range(TN)]
-        step = [Local(av[i], Load(a_tile, (kk, _op("add", _op("mul", ty, _i(TM)), _i(i)))))
+        step = [Local(av[i], Load(a_tile, (kk, Binary("add", Binary("mul", ty, idx(TM)), idx(i)))))
                 for i in range(TM)]
-        step += [Local(bw[j], Load(b_tile, (kk, _op("add", _op("mul", tx, _i(TN)), _i(j)))))
+        step += [Local(bw[j], Load(b_tile, (kk, Binary("add", Binary("mul", tx, idx(TN)), idx(j)))))
                  for j in range(TN)]
-        step += [Store(acc, (t, _i(i * TN + j)),
-                       MulAdd(av[i], bw[j], Load(acc, (t, _i(i * TN + j)))))
+        step += [Store(acc, (t, idx(i * TN + j)),
+                       MulAdd(av[i], bw[j], Load(acc, (t, idx(i * TN + j)))))
                  for i in range(TM) for j in range(TN)]
         return [*head, For(kk, BK, tuple(step))]
 
@@ -182,15 +168,15 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
         stmts = list(head)
         for i in range(TM):
             for j in range(TN):
-                row = _op("add", row0, _op("add", _op("mul", ty, _i(TM)), _i(i)))
-                col = _op("add", col0, _op("add", _op("mul", tx, _i(TN)), _i(j)))
-                s = store(out, (*at, row, col), Load(acc, (t, _i(i * TN + j))))
-                guard = _all(([Compare("lt", row, idx(m))] if at_edge_m else [])
-                             + ([Compare("lt", col, _i(n))] if at_edge_n else []))
+                row = Binary("add", row0, Binary("add", Binary("mul", ty, idx(TM)), idx(i)))
+                col = Binary("add", col0, Binary("add", Binary("mul", tx, idx(TN)), idx(j)))
+                s = store(out, (*at, row, col), Load(acc, (t, idx(i * TN + j))))
+                guard = all_of(([Compare("lt", row, idx(m))] if at_edge_m else [])
+                             + ([Compare("lt", col, idx(n))] if at_edge_n else []))
                 stmts.append(If(guard, (s,)) if guard is not None else s)
         return stmts
 
-    total_blocks = _op("mul", _op("mul", row_blocks, _i(col_blocks)), idx(batches))
+    total_blocks = Binary("mul", Binary("mul", row_blocks, idx(col_blocks)), idx(batches))
     work = [*inside, phase(zero), For(k0, k_steps, (phase(load_tiles), phase(compute))),
             phase(write)]
     body = [*uniform, If(Compare("lt", blk, total_blocks), tuple(work))] \
@@ -213,12 +199,12 @@ def _unflatten(flat: Expr, dims: tuple[int | Dim, ...], names: Names) -> tuple[l
     rest = flat
     for d in reversed(dims):
         if d == 1:
-            out.insert(0, _i(0))
+            out.insert(0, idx(0))
             continue
         v = names.var("r")
-        decls.insert(0, Local(v, _op("irem", rest, idx(d))))
+        decls.insert(0, Local(v, Binary("irem", rest, idx(d))))
         out.insert(0, v)
-        rest = _op("idiv", rest, idx(d))
+        rest = Binary("idiv", rest, idx(d))
     return decls, out
 
 
@@ -229,11 +215,11 @@ def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list
     row's elements, `phase(fn)` a thread loop, `tree(buf, op)` the phases combining buf[0..T)
     into buf[0]."""
     trail = shape[first:]
-    n = product(trail) if trail else 1
+    n = product(trail)
     if not isinstance(n, int):
         return None
     threads = min(max(MIN_ROW_THREADS, 1 << (n - 1).bit_length()), MAX_ROW_THREADS)
-    rows: Dim = product(shape[:first]) if first else 1
+    rows: Dim = product(shape[:first])
     bv, row = names.var("block"), names.var("row")
     row_decls, row_at = _unflatten(row, shape[:first], names)
 
@@ -243,9 +229,9 @@ def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list
 
     def walk(t: Var, body: Callable) -> list:
         c, j = names.var("c"), names.var("j")
-        step = [Local(j, _op("add", _op("mul", c, _i(threads)), t))]
+        step = [Local(j, Binary("add", Binary("mul", c, idx(threads)), t))]
         inner = body(j)
-        step += [If(Compare("lt", j, _i(n)), tuple(inner))] if n % threads else inner
+        step += [If(Compare("lt", j, idx(n)), tuple(inner))] if n % threads else inner
         return [For(c, -(-n // threads), tuple(step))]
 
     def phase(fn: Callable) -> For:
@@ -256,15 +242,15 @@ def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list
         out, half = [], threads // 2
         while half:
             def combine(t, half=half):
-                other = _op("add", t, _i(half))
-                return [If(Compare("lt", t, _i(half)),
-                           (Store(buf, (t,), _op(op, Load(buf, (t,)), Load(buf, (other,)))),))]
+                other = Binary("add", t, idx(half))
+                return [If(Compare("lt", t, idx(half)),
+                           (Store(buf, (t,), Binary(op, Load(buf, (t,)), Load(buf, (other,)))),))]
             out.append(phase(combine))
             half //= 2
         return out
 
     body = build(row_at, at, walk, phase, tree, threads)
-    return [For(bv, rows * threads, (Local(row, _op("idiv", bv, _i(threads))), *row_decls,
+    return [For(bv, rows * threads, (Local(row, Binary("idiv", bv, idx(threads))), *row_decls,
                                       *body), step=threads, bind="block.x")]
 
 
@@ -291,20 +277,20 @@ def gpu_softmax(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> l
 
         def partial_max(t):
             return [Local(m, Const(float("-inf"), "f32")),
-                    *walk(t, each(lambda i: [Assign(m, _op("max", m, x.load(i)))])),
+                    *walk(t, each(lambda i: [Assign(m, Binary("max", m, x.load(i)))])),
                     Store(top, (t,), m)]
 
         def exp_and_sum(t):
             e = names.var("e", "f32")
-            return [Local(mx, Load(top, (_i(0),))), Local(s, Const(0.0, "f32")),
+            return [Local(mx, Load(top, (idx(0),))), Local(s, Const(0.0, "f32")),
                     *walk(t, each(lambda i: [
-                        Local(e, Unary("exp", _op("sub", x.load(i), mx))),
-                        Store(out, i, e), Assign(s, _op("add", s, e))])),
+                        Local(e, Unary("exp", Binary("sub", x.load(i), mx))),
+                        Store(out, i, e), Assign(s, Binary("add", s, e))])),
                     Store(total, (t,), s)]
 
         def scale(t):
-            return [Local(inv, _op("div", Const(1.0, "f32"), Load(total, (_i(0),)))),
-                    *walk(t, each(lambda i: [Store(out, i, _op("mul", Load(out, i), inv))]))]
+            return [Local(inv, Binary("div", Const(1.0, "f32"), Load(total, (idx(0),)))),
+                    *walk(t, each(lambda i: [Store(out, i, Binary("mul", Load(out, i), inv))]))]
 
         return [phase(partial_max), *tree(top, "max"), phase(exp_and_sum), *tree(total, "add"),
                 phase(scale)]
@@ -335,30 +321,30 @@ def _gpu_norm(centered: bool):
                 return at_j
 
             def value(i):
-                return _op("sub", x.load(i), mean) if centered else x.load(i)
+                return Binary("sub", x.load(i), mean) if centered else x.load(i)
 
             def total(t):
                 return [Local(s, Const(0.0, "f32")),
-                        *walk(t, each(lambda i, p: [Assign(s, _op("add", s, x.load(i)))])),
+                        *walk(t, each(lambda i, p: [Assign(s, Binary("add", s, x.load(i)))])),
                         Store(sums, (t,), s)]
 
             def square(t):
-                head = [Local(mean, _op("div", Load(sums, (_i(0),)), Const(float(n), "f32")))] \
+                head = [Local(mean, Binary("div", Load(sums, (idx(0),)), Const(float(n), "f32")))] \
                     if centered else []
                 return [*head, Local(q, Const(0.0, "f32")),
                         *walk(t, each(lambda i, p: [
-                            Assign(q, _op("add", q, _op("mul", value(i), value(i))))])),
+                            Assign(q, Binary("add", q, Binary("mul", value(i), value(i))))])),
                         Store(squares, (t,), q)]
 
             def normalize(t):
-                head = [Local(mean, _op("div", Load(sums, (_i(0),)), Const(float(n), "f32")))] \
+                head = [Local(mean, Binary("div", Load(sums, (idx(0),)), Const(float(n), "f32")))] \
                     if centered else []
-                variance = _op("div", Load(squares, (_i(0),)), Const(float(n), "f32"))
-                rs = Unary("rsqrt", _op("add", variance, Const(float(attrs["eps"]), "f32")))
+                variance = Binary("div", Load(squares, (idx(0),)), Const(float(n), "f32"))
+                rs = Unary("rsqrt", Binary("add", variance, Const(float(attrs["eps"]), "f32")))
 
                 def write(i, p):
-                    y = _op("mul", _op("mul", value(i), inv), scale.load(p))
-                    return [store(out, i, _op("add", y, bias.load(p)) if centered else y)]
+                    y = Binary("mul", Binary("mul", value(i), inv), scale.load(p))
+                    return [store(out, i, Binary("add", y, bias.load(p)) if centered else y)]
                 return [*head, Local(inv, rs), *walk(t, each(write))]
 
             stats = [phase(total), *tree(sums, "add")] if centered else []

@@ -106,6 +106,15 @@ class Names:
         return buf
 
 
+def all_of(conds: Sequence[Expr | None]) -> Expr | None:
+    """The conjunction of the conditions that are not None (None when there are none)."""
+    out = None
+    for c in conds:
+        if c is not None:
+            out = c if out is None else Binary("and", out, c)
+    return out
+
+
 def idx(i: Dim) -> Expr:
     """An index constant, or the run-time value of a symbolic one."""
     return Size(i) if isinstance(i, Sym) else Const(i, INDEX)

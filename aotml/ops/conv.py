@@ -25,6 +25,7 @@ from aotml.graph.ir import TensorType
 from aotml.loops.build import (
     Names,
     Operand,
+    all_of,
     broadcast_indices,
     const,
     idx,
@@ -193,15 +194,7 @@ def _window_index(a: _Axis, o: Var, k: Var) -> tuple[Expr, Expr | None]:
     if a.high_reach:
         inside.append(Compare("lt", at, idx(a.size)))
         clamped = Binary("min", clamped, idx(a.size - 1))
-    return clamped, _all(inside)
-
-
-def _all(conds: Sequence[Expr | None]) -> Expr | None:
-    out = None
-    for c in conds:
-        if c is not None:
-            out = c if out is None else Binary("and", out, c)
-    return out
+    return clamped, all_of(inside)
 
 
 def _padded(value: Expr, inside: Expr | None, pad_value: float) -> Expr:
@@ -215,7 +208,7 @@ def _window_loops(axes: Sequence[_Axis], oh: Var, ow: Var, names: Names,
     kh, kw = names.var("kh"), names.var("kw")
     h, inside_h = _window_index(axes[0], oh, kh)
     w, inside_w = _window_index(axes[1], ow, kw)
-    inner = body((h, w), _all([inside_h, inside_w]), (kh, kw))
+    inner = body((h, w), all_of([inside_h, inside_w]), (kh, kw))
     return [For(kh, axes[0].kernel, (For(kw, axes[1].kernel, tuple(inner)),))]
 
 
