@@ -36,6 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import TOLERANCE, rel_err  # noqa: E402  (this folder: the same check as bench.py)
+
 import aotml  # noqa: E402
 from aotml.driver import build as build_model  # noqa: E402
 
@@ -105,20 +107,18 @@ def build(folder: Path, name: str, source: str, arch: str, emulate: bool = False
     return folder / f"{name}.mlg", result.so_path
 
 
-def check(src: Path, so: Path, arrays: dict) -> tuple:
-    """(GPU model, CPU model): both checked against the float64 reference."""
-    gpu, cpu = aotml.load(so, "cuda"), aotml.load(so)
+def check(src: Path, so: Path, arrays: dict):
+    """The model, checked against the float64 reference on the GPU and on the CPU (the device
+    choice belongs to the library: select_device switches it), left on the GPU."""
+    model = aotml.load(so, "cuda")
     want = aotml.interpret(src, precise=True, **arrays)
-    for label, model in (("gpu", gpu), ("cpu", cpu)):
-        model.select_device("cuda" if label == "gpu" else "cpu")
-        got = model(**arrays)
-        for name, value in got.items():
-            scale = float(np.max(np.abs(want[name]))) or 1.0
-            err = float(np.max(np.abs(value - want[name]))) / scale
-            if err > 1e-4:
-                raise SystemExit(f"{src.stem} on the {label}: {name} is off by {err:.2e}")
-    gpu.select_device("cuda")  # (the choice belongs to the library: back to the GPU)
-    return gpu, cpu
+    for device in ("cpu", "cuda"):
+        model.select_device(device)
+        for name, value in model(**arrays).items():
+            err = rel_err(value, want[name])
+            if err > TOLERANCE:
+                raise SystemExit(f"{src.stem} on {device}: {name} is off by {err:.2e}")
+    return model
 
 
 def sgemm_row(n: int, args, folder: Path, rng, torch) -> tuple[list[str], str]:
@@ -128,7 +128,7 @@ def sgemm_row(n: int, args, folder: Path, rng, torch) -> tuple[list[str], str]:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     # (the float64 reference of a larger product takes longer than the whole benchmark)
-    gpu = check(src, so, {"a": a, "b": b})[0] if n <= 2048 else aotml.load(so, "cuda")
+    gpu = check(src, so, {"a": a, "b": b}) if n <= 2048 else aotml.load(so, "cuda")
     out = {"c": np.empty((n, n), np.float32)}
     ours = timed(lambda: gpu(a=a, b=b, out=out), args.rounds)
     if torch is None:
@@ -157,11 +157,11 @@ def model_row(name: str, source: str, shapes: dict, args, folder: Path, rng,
               torch) -> list[str]:
     src, so = build(folder, name, source, args.arch, args.emulate)
     arrays = {k: rng.standard_normal(s, dtype=np.float32) * 0.1 for k, s in shapes.items()}
-    gpu, cpu = check(src, so, arrays)
-    ours = timed(lambda: gpu(**arrays), args.rounds)
-    gpu.select_device("cpu")
-    on_cpu = timed(lambda: cpu(**arrays), args.rounds)
-    gpu.select_device("cuda")
+    model = check(src, so, arrays)
+    ours = timed(lambda: model(**arrays), args.rounds)
+    model.select_device("cpu")
+    on_cpu = timed(lambda: model(**arrays), args.rounds)
+    model.select_device("cuda")
     row = [name, f"{ours * 1e3:.3f}", f"{on_cpu * 1e3:.3f}", "-"]
     if torch is not None and name == "mlp64":
         w1, w2 = (torch.from_numpy(arrays[k]).cuda() for k in ("w1", "w2"))
