@@ -35,6 +35,9 @@ from aotml.loops.ir import (
     Var,
     children,
     dtype_of,
+    stmt_exprs,
+    walk_expr,
+    walk_stmts,
 )
 
 MAX_POINTS = 1 << 26  # the largest nest evaluated (64M elements)
@@ -150,37 +153,15 @@ def _tdiv(a, b):
 
 
 def _stores_to(stmts, buf: Buffer) -> int:
-    n = 0
-    for s in stmts:
-        if isinstance(s, Store):
-            n += s.buffer == buf
-        elif hasattr(s, "body"):
-            n += _stores_to(s.body, buf)
-    return n
+    return sum(isinstance(s, Store) and s.buffer == buf for s in walk_stmts(stmts))
 
 
 def _buffers(stmts) -> set[str]:
     """The names of the buffers `stmts` load or store."""
-    found: set[str] = set()
-
-    def expr(e: Expr) -> None:
-        if isinstance(e, Load):
-            found.add(e.buffer.name)
-        for c in children(e):
-            expr(c)
-
-    def walk(ss) -> None:
-        for s in ss:
-            if isinstance(s, Store):
-                found.add(s.buffer.name)
-                for i in s.indices:
-                    expr(i)
-                expr(s.value)
-            for field in ("cond", "init", "value"):
-                if not isinstance(s, Store) and hasattr(s, field):
-                    expr(getattr(s, field))
-            if hasattr(s, "body"):
-                walk(s.body)
-
-    walk(stmts)
+    found = set()
+    for s in walk_stmts(stmts):
+        if isinstance(s, Store):
+            found.add(s.buffer.name)
+        found |= {x.buffer.name for e in stmt_exprs(s) for x in walk_expr(e)
+                  if isinstance(x, Load)}
     return found

@@ -370,6 +370,34 @@ class If:
 Stmt = Union[For, Store, Local, Assign, Assert, If]
 
 
+def walk_stmts(stmts):
+    """Every statement of `stmts`, loop and guard bodies included, in program order."""
+    for s in stmts:
+        yield s
+        if isinstance(s, (For, If)):
+            yield from walk_stmts(s.body)
+
+
+def stmt_exprs(s) -> tuple:
+    """The expressions a statement holds itself (not those of a body)."""
+    if isinstance(s, Store):
+        return (*s.indices, s.value)
+    if isinstance(s, Local):
+        return (s.init,)
+    if isinstance(s, Assign):
+        return (s.value,)
+    if isinstance(s, (If, Assert)):
+        return (s.cond,)
+    return ()
+
+
+def walk_expr(e: Expr):
+    """`e` and every expression inside it."""
+    yield e
+    for c in children(e):
+        yield from walk_expr(c)
+
+
 def map_stmt_exprs(stmts, f) -> tuple:
     """`stmts` with every expression in them (conditions, indices, values) rebuilt by
     `map_expr(e, f)`; loops and their bounds are kept."""
