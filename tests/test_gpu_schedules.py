@@ -16,8 +16,10 @@ from opcheck import EPS32, within
 import aotml
 from aotml.codegen.nvptx import emit_ptx, have_ptxas
 from aotml.driver import build
+from aotml.gpu import schedules
 from aotml.gpu.host import plan_launches
-from aotml.gpu.schedules import BK, BM, BN, THREADS
+from aotml.gpu.schedules import BIG_TILE, SMALL_TILE
+from aotml.graph.symbolic import symbol
 from aotml.loops.ir import thread_extents
 from conftest import rand
 
@@ -41,20 +43,35 @@ def _check(src: Path, shapes: list[tuple], k: int, seed: int, target="grid-emula
     return result
 
 
-@pytest.mark.parametrize("m, k, n", [
-    (1, 1, 1),            # one element: every load and store at an edge
-    (BM, BK, BN),         # exactly one tile, no guard at all
-    (2 * BM, 3 * BK, BN), # whole tiles, several row blocks and k steps
-    (70, 45, 130),        # ragged in every dim
-    (5, 300, 3),          # long k, thin output
-])
-def test_the_tiled_matmul_matches_the_reference(tmp_path, m, k, n):
+@pytest.fixture(params=["big", "small"])
+def tile(request, monkeypatch):
+    """Each test with the tile forced: the big one at any size, or the small one."""
+    monkeypatch.setattr(schedules, "BIG_TILE_BLOCKS", 1 if request.param == "big" else 10**9)
+    return BIG_TILE if request.param == "big" else SMALL_TILE
+
+
+@pytest.mark.parametrize("shape", ["1 1 1", "one tile", "whole tiles", "70 45 130",
+                                   "5 300 3", "130 9 260"])
+def test_the_tiled_matmul_matches_the_reference(tmp_path, tile, shape):
+    m, k, n = {
+        "one tile": (tile.bm, tile.bk, tile.bn),  # no guard at all
+        "whole tiles": (2 * tile.bm, 3 * tile.bk, tile.bn),  # row blocks and k steps
+        # one element (every load and store at an edge); ragged in every dim; long k and a
+        # thin output; a ragged second row and column block with k not a multiple of VEC
+    }.get(shape) or tuple(map(int, shape.split()))
     src = _model(tmp_path, f"{m}, {k}", f"{k}, {n}")
     result = _check(src, [((m, k), (k, n))], k, seed=m * 1000 + n)
     (kernel,) = result.gpu_program.kernels
     assert {b.scope for b in kernel.args} == {"global", "shared", "local"}
     # zero, then per k step a load phase and a compute phase, then the write-back
-    assert list(thread_extents(kernel.body)) == [THREADS] * 4
+    assert list(thread_extents(kernel.body)) == [tile.threads] * 4
+
+
+def test_large_products_take_the_big_tile():
+    assert schedules.matmul_tile(2048, 2048, 1) is BIG_TILE   # 256 blocks of 128 x 128
+    assert schedules.matmul_tile(1024, 1024, 1) is SMALL_TILE  # 64 such blocks: too few
+    assert schedules.matmul_tile(1024, 1024, 2) is BIG_TILE
+    assert schedules.matmul_tile(symbol("N"), 2048, 1) is SMALL_TILE  # N may be small
 
 
 def test_batched_and_broadcast_operands(tmp_path):
@@ -88,12 +105,14 @@ def test_a_matmul_the_schedule_declines_is_mapped_as_before(tmp_path):
 
 
 @pytest.mark.skipif(not have_ptxas(), reason="no ptxas on PATH")
-def test_the_ptx_keeps_the_tiles_on_chip(tmp_path):
+def test_the_ptx_keeps_the_tiles_on_chip(tmp_path, tile):
     src = _model(tmp_path, "70, 45", "45, 130")
     result = build(src, tmp_path / "m.ptx", target="cuda:sm_90")
     ptx = emit_ptx(result.gpu_program, "sm_90")
     assert ptx.count("bar.sync") == 4  # one after each phase
-    assert ".shared" in ptx and "ld.shared" in ptx and "fma.rn.f32" in ptx
+    assert ".shared" in ptx and "fma.rn.f32" in ptx
+    # a thread's values of a step of k come in 16-byte shared-memory reads
+    assert ptx.count("ld.shared.v4.b32") == (tile.tm + tile.tn) // 4, ptx
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "m.ptx").write_text(ptx)
         out = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(Path(tmp) / "m.ptx"), "-o",
@@ -102,7 +121,7 @@ def test_the_ptx_keeps_the_tiles_on_chip(tmp_path):
     # the accumulators are in registers: no stack frame, nothing spilled
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in out.stderr, \
         out.stderr
-    smem = (BK * (BM + 1) + BK * BN) * 4
+    smem = (tile.bk * (tile.bm + 4) + tile.bk * tile.bn) * 4
     assert f"{smem} bytes smem" in out.stderr, out.stderr
 
 
@@ -143,12 +162,13 @@ def test_row_reductions_take_one_block_per_row(tmp_path):
 def test_the_report_counts_a_block_loop_once_per_block(tmp_path):
     # the matmul's phases do exactly 2*m*k*n flops at whole tiles; the shared and local
     # buffers are not memory traffic
-    src = _model(tmp_path, f"{2 * BM}, {BK}", f"{BK}, {BN}")
+    t = SMALL_TILE
+    src = _model(tmp_path, f"{2 * t.bm}, {t.bk}", f"{t.bk}, {t.bn}")
     result = build(src, tmp_path / "m.so", target="cuda", report=True)
     row = next(line for line in result.dumps["report"].splitlines() if "k0_matmul" in line)
     flops, traffic = row.split()[-2:]
-    assert int(flops) == 2 * (2 * BM) * BK * BN
-    assert int(traffic) == 4 * (2 * BM * BK + BK * BN + 2 * BM * BN)
+    assert int(flops) == 2 * (2 * t.bm) * t.bk * t.bn
+    assert int(traffic) == 4 * (2 * t.bm * t.bk + t.bk * t.bn + 2 * t.bm * t.bn)
 
 
 def test_on_chip_scratch_takes_no_device_workspace(tmp_path):

@@ -17,12 +17,14 @@ row per thread, indexed first by the thread loop's variable, and lives in regist
 (see loops/ir.py, Buffer.scope). A value that must survive from one phase to the next (an
 accumulator) lives in a local buffer, not in a Local.
 
-Matmul: each block computes a BM x BN tile of the output with THREADS threads, each thread a
-TM x TN register tile. The K dimension is walked in steps of BK: in one phase the block copies
-a BM x BK slice of `a` (transposed, padded a column against bank conflicts) and a BK x BN
-slice of `b` into shared memory, each thread loading BM*BK/THREADS elements with neighbouring
-threads reading neighbouring addresses (coalesced); in the next phase each thread reads TM
-values of the `a` slice and TN of the `b` slice per step of k and does TM*TN multiply-adds.
+Matmul: each block computes a bm x bn tile of the output, each of its threads a tm x tn
+register tile (MatmulTile; large products take 128 x 128 blocks of 8 x 8 threads, smaller ones
+64 x 64 blocks of 4 x 4, so there are blocks enough for the whole GPU). The K dimension is
+walked in steps of bk: in one phase the block copies a bm x bk slice of `a` (transposed, each
+row padded against bank conflicts) and a bk x bn slice of `b` into shared memory, each thread
+copying runs of 4 elements with neighbouring threads on neighbouring runs (coalesced, 16-byte
+reads where the address allows); in the next phase each thread reads tm values of the `a`
+slice and tn of the `b` slice per step of k, 4 at a time, and does tm*tn multiply-adds.
 Loads past the edges read a clamped, in-bounds address and select zero; stores past them are
 guarded. Row blocks vary fastest across the grid, so neighbouring blocks share their slice
 of `b` in the cache.
@@ -31,6 +33,7 @@ of `b` in the cache.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aotml.graph.symbolic import Dim, Sym, product
 from aotml.loops.build import Names, Operand, all_of, broadcast_indices, idx, store
@@ -52,9 +55,53 @@ from aotml.loops.ir import (
     Var,
 )
 
-BM, BN, BK = 64, 64, 16  # the block's output tile and its step along k
-TM, TN = 4, 4            # each thread's register tile
-THREADS = (BM // TM) * (BN // TN)
+VEC = 4  # floats in one 16-byte access
+
+
+@dataclass(frozen=True)
+class MatmulTile:
+    """The block's bm x bn output tile, its step bk along k, and each thread's tm x tn register
+    tile, which it holds as chunks of VEC rows and VEC columns spread across the block's tile
+    (rows ty*VEC + i and bm/2 + ty*VEC + i for tm = 8): each chunk is one 16-byte shared-memory
+    read per step of k, and neighbouring threads' chunks sit side by side, so a warp's reads
+    are free of bank conflicts."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    def __post_init__(self):
+        # whole chunks per thread, and whole runs of VEC per thread in each slice copy
+        ok = self.tm % VEC == 0 and self.tn % VEC == 0 and self.bk % VEC == 0 \
+            and self.bm * self.bk // VEC % self.threads == 0 \
+            and self.bk * self.bn // VEC % self.threads == 0
+        if not ok:
+            raise ValueError(f"matmul tile {self} does not divide into its threads' work")
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+
+# 8 x 8 a thread: 64 multiply-adds per 4 shared-memory reads; for products of at least
+# BIG_TILE_BLOCKS such blocks (about a block per multiprocessor of a large GPU). Smaller ones
+# take 64 x 64 blocks of 4 x 4 threads, four times as many blocks, so the whole GPU works.
+# On an H200 (benchmarks/gpu_tiles.py, 2026-12-04) the big tile with k steps of 16 ran at
+# 0.81-0.86 of torch's fp32 product from N = 2048 up, k steps of 8 at 0.81-0.83, and the small
+# tile at 0.74 for N = 1024 (64 big blocks: 0.51) but 0.61-0.64 above.
+BIG_TILE, SMALL_TILE = MatmulTile(128, 128, 16, 8, 8), MatmulTile(64, 64, 16, 4, 4)
+BIG_TILE_BLOCKS = 128
+
+
+def matmul_tile(m: Dim, n: int, batches: Dim) -> MatmulTile:
+    """The tile for an m x n result (times `batches`); a symbolic m takes the small one."""
+    big = BIG_TILE
+    if isinstance(m, Sym) or isinstance(batches, Sym):
+        return SMALL_TILE
+    blocks = -(-m // big.bm) * -(-n // big.bn) * batches
+    return big if blocks >= BIG_TILE_BLOCKS else SMALL_TILE
 
 
 def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> list | None:
@@ -67,28 +114,32 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
             or not isinstance(n, int) or not isinstance(k, int):
         return None
     batch = out.shape[:-2]
-    col_blocks, k_steps = -(-n // BN), -(-k // BK)
-    row_blocks: Expr = idx(-(-m // BM)) if isinstance(m, int) else \
-        Binary("idiv", Binary("add", idx(m), idx(BM - 1)), idx(BM))
     batches: Dim = product(batch)
-    # The grid: THREADS points per block. With a symbolic m, ceil(m / BM) is no polynomial, so
-    # the grid covers batches * col_blocks * (m + BM - 1) / BM blocks, rounded up, which is at
-    # least the row blocks there are; the blocks past them do nothing.
+    tile = matmul_tile(m, n, batches)
+    bm, bn, bk, tm, tn, threads = tile.bm, tile.bn, tile.bk, tile.tm, tile.tn, tile.threads
+    col_blocks, k_steps = -(-n // bn), -(-k // bk)
+    row_blocks: Expr = idx(-(-m // bm)) if isinstance(m, int) else \
+        Binary("idiv", Binary("add", idx(m), idx(bm - 1)), idx(bm))
+    # The grid: `threads` points per block. With a symbolic m, ceil(m / bm) is no polynomial,
+    # so the grid covers batches * col_blocks * (m + bm - 1) / bm blocks, rounded up, which is
+    # at least the row blocks there are; the blocks past them do nothing.
     if isinstance(m, int):
-        points: Dim = batches * col_blocks * -(-m // BM) * THREADS
+        points: Dim = batches * col_blocks * -(-m // bm) * threads
     else:
-        points = batches * col_blocks * (m + BM - 1) * (THREADS // BM)
-    at_edge_m = isinstance(m, Sym) or m % BM != 0
-    at_edge_n, at_edge_k = n % BN != 0, k % BK != 0
+        points = batches * col_blocks * (m + bm - 1) * (threads // bm)
+    at_edge_m = isinstance(m, Sym) or m % bm != 0
+    at_edge_n, at_edge_k = n % bn != 0, k % bk != 0
 
-    a_tile = names.scratch_buffer("a_tile", "f32", (BK, BM + 1), scope="shared")
-    b_tile = names.scratch_buffer("b_tile", "f32", (BK, BN), scope="shared")
-    acc = names.scratch_buffer("acc", "f32", (THREADS, TM * TN), scope="local")
+    # a's slice is stored transposed, its rows padded by VEC floats: still 16-byte aligned for
+    # the vector reads, and the transposed writes of a warp spread over the banks
+    a_tile = names.scratch_buffer("a_tile", "f32", (bk, bm + VEC), scope="shared")
+    b_tile = names.scratch_buffer("b_tile", "f32", (bk, bn), scope="shared")
+    acc = names.scratch_buffer("acc", "f32", (threads, tm * tn), scope="local")
     bv, blk = names.var("block"), names.var("blk")
     rb, cb, bt = names.var("rb"), names.var("cb"), names.var("bt")
     k0 = names.var("k0")
     uniform: list = [
-        Local(blk, Binary("idiv", bv, idx(THREADS))),
+        Local(blk, Binary("idiv", bv, idx(threads))),
     ]
     inside: list = [
         Local(rb, Binary("irem", blk, row_blocks)),
@@ -99,15 +150,16 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
     inside += batch_decls
     ai = broadcast_indices(at, a.shape[:-2], batch)
     bi = broadcast_indices(at, b.shape[:-2], batch)
-    row0 = Binary("mul", rb, idx(BM))
-    col0 = Binary("mul", cb, idx(BN))
+    row0 = Binary("mul", rb, idx(bm))
+    col0 = Binary("mul", cb, idx(bn))
 
     def phase(body: Callable[[Var], list]) -> For:
         t = names.var("t")
-        return For(t, THREADS, tuple(body(t)), bind="thread.x")
+        return For(t, threads, tuple(body(t)), bind="thread.x")
 
     def zero(t: Var) -> list:
-        return [Store(acc, (t, idx(q)), Const(0.0, "f32")) for q in range(TM * TN)]
+        return [Store(acc, (t, idx(q)), Const(0.0, "f32")) for q in range(tm * tn)] \
+            + fetch(t, idx(0))
 
     def edge_load(x: Operand, at_: tuple, dims: list[tuple[Expr, Dim, bool]]) -> Expr:
         """x at `at_` + the (index, extent, may pass the edge) of its last two dims: an
@@ -118,70 +170,111 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
         value = x.load(at_ + tuple(index))
         return value if inside_ is None else Select(inside_, value, Const(0.0, "f32"))
 
-    def stage(t: Var, x: Operand, xi: tuple, tile: Buffer, rows: int, width: int,
+    def stage(t: Var, x: Operand, xi: tuple, tile_: Buffer, rows: int, width: int,
               dims: list[tuple[Expr, Dim, bool]], var_names: tuple[str, str],
-              transposed: bool) -> list:
-        """x's rows x width slice into `tile` (transposed: tile[col, row]), its second dim
-        fastest across the threads: element `flat` is at (flat // width, flat % width) of
-        the slice, whose dims start at, run to and may pass the edge as `dims` say."""
-        stmts: list = []
-        for step in range(rows * width // THREADS):
-            flat = Binary("add", t, idx(step * THREADS))
+              transposed: bool) -> tuple[list, list]:
+        """The thread's share of x's rows x width slice, bound for `tile_` (transposed:
+        tile_[col, row]): (Locals, [(value of x, index in tile_)]). Each thread copies runs of
+        VEC elements along the slice's second dim, neighbouring threads the neighbouring runs
+        (coalesced, and one 16-byte read where the address allows): run `flat` starts at
+        (flat // (width / VEC), flat % (width / VEC) * VEC) of the slice, whose dims start at,
+        run to and may pass the edge as `dims` say."""
+        decls: list = []
+        moves: list = []
+        runs = width // VEC
+        for step in range(rows * runs // threads):
+            flat = Binary("add", t, idx(step * threads))
             u, v = names.var(var_names[0]), names.var(var_names[1])
             (base0, n0, edge0), (base1, n1, edge1) = dims
-            value = edge_load(x, xi, [(Binary("add", base0, u), n0, edge0),
-                                      (Binary("add", base1, v), n1, edge1)])
-            stmts += [Local(u, Binary("idiv", flat, idx(width))),
-                      Local(v, Binary("irem", flat, idx(width))),
-                      Store(tile, (v, u) if transposed else (u, v), value)]
+            decls += [Local(u, Binary("idiv", flat, idx(runs))),
+                      Local(v, Binary("mul", Binary("irem", flat, idx(runs)), idx(VEC)))]
+            for c in range(VEC):
+                vc = Binary("add", v, idx(c))
+                value = edge_load(x, xi, [(Binary("add", base0, u), n0, edge0),
+                                          (Binary("add", base1, vc), n1, edge1)])
+                moves.append((value, (vc, u) if transposed else (u, vc)))
+        return decls, moves
+
+    def slices(t: Var, step: Expr) -> list[tuple[list, list, Buffer]]:
+        """The thread's share of the slices of a and b for k step `step`."""
+        kbase = Binary("mul", step, idx(bk))
+        # a's slice k fastest across the threads, stored transposed; b's n fastest
+        return [(*stage(t, a, ai, a_tile, bm, bk, [(row0, m, at_edge_m),
+                                                   (kbase, k, at_edge_k)],
+                        ("mm", "kk"), transposed=True), a_tile),
+                (*stage(t, b, bi, b_tile, bk, bn, [(kbase, k, at_edge_k),
+                                                   (col0, n, at_edge_n)],
+                        ("kk", "nn"), transposed=False), b_tile)]
+
+    # Slices travel through registers: the thread reads step k0 + 1's values from global
+    # memory while it computes step k0, so their latency hides behind the multiply-adds.
+    fetched = (bm + bn) * bk // threads
+    held = names.scratch_buffer("held", "f32", (threads, fetched), scope="local")
+
+    def fetch(t: Var, step: Expr) -> list:
+        stmts: list = []
+        q = 0
+        for decls, moves, _ in slices(t, step):
+            stmts += decls
+            for value, _ in moves:
+                stmts.append(Store(held, (t, idx(q)), value))
+                q += 1
         return stmts
 
-    def load_tiles(t: Var) -> list:
-        kbase = Binary("mul", k0, idx(BK))
-        # a's slice k fastest across the threads, stored transposed; b's n fastest
-        return [*stage(t, a, ai, a_tile, BM, BK, [(row0, m, at_edge_m), (kbase, k, at_edge_k)],
-                       ("mm", "kk"), transposed=True),
-                *stage(t, b, bi, b_tile, BK, BN, [(kbase, k, at_edge_k), (col0, n, at_edge_n)],
-                       ("kk", "nn"), transposed=False)]
+    def put(t: Var) -> list:
+        stmts: list = []
+        q = 0
+        for decls, moves, tile_ in slices(t, idx(0)):
+            stmts += decls
+            for _, at_ in moves:
+                stmts.append(Store(tile_, at_, Load(held, (t, idx(q)))))
+                q += 1
+        return stmts
 
-    def thread_tile(t: Var) -> tuple[Var, Var, list]:
+    def thread_tile(t: Var) -> tuple[list, list, list]:
+        """The thread's tm rows and tn columns within the block's tile, and their Locals."""
         ty, tx = names.var("ty"), names.var("tx")
-        return ty, tx, [Local(ty, Binary("idiv", t, idx(BN // TN))),
-                        Local(tx, Binary("irem", t, idx(BN // TN)))]
+        head = [Local(ty, Binary("idiv", t, idx(bn // tn))),
+                Local(tx, Binary("irem", t, idx(bn // tn)))]
+
+        def spread(pos: Var, count: int, extent: int) -> list:
+            chunk = extent // (count // VEC)  # the distance between a thread's chunks
+            return [Binary("add", Binary("mul", pos, idx(VEC)), idx(i // VEC * chunk + i % VEC))
+                    for i in range(count)]
+        return spread(ty, tm, bm), spread(tx, tn, bn), head
 
     def compute(t: Var) -> list:
-        ty, tx, head = thread_tile(t)
+        rows, cols, head = thread_tile(t)
         kk = names.var("kk")
-        av = [names.var("a", "f32") for _ in range(TM)]
-        bw = [names.var("b", "f32") for _ in range(TN)]
-        step = [Local(av[i], Load(a_tile, (kk, Binary("add", Binary("mul", ty, idx(TM)), idx(i)))))
-                for i in range(TM)]
-        step += [Local(bw[j], Load(b_tile, (kk, Binary("add", Binary("mul", tx, idx(TN)), idx(j)))))
-                 for j in range(TN)]
-        step += [Store(acc, (t, idx(i * TN + j)),
-                       MulAdd(av[i], bw[j], Load(acc, (t, idx(i * TN + j)))))
-                 for i in range(TM) for j in range(TN)]
-        return [*head, For(kk, BK, tuple(step))]
+        av = [names.var("a", "f32") for _ in range(tm)]
+        bw = [names.var("b", "f32") for _ in range(tn)]
+        step = [Local(av[i], Load(a_tile, (kk, rows[i]))) for i in range(tm)]
+        step += [Local(bw[j], Load(b_tile, (kk, cols[j]))) for j in range(tn)]
+        step += [Store(acc, (t, idx(i * tn + j)),
+                       MulAdd(av[i], bw[j], Load(acc, (t, idx(i * tn + j)))))
+                 for i in range(tm) for j in range(tn)]
+        return [*head, For(kk, bk, tuple(step))]
 
     def write(t: Var) -> list:
-        ty, tx, head = thread_tile(t)
+        rows, cols, head = thread_tile(t)
         stmts = list(head)
-        for i in range(TM):
-            for j in range(TN):
-                row = Binary("add", row0, Binary("add", Binary("mul", ty, idx(TM)), idx(i)))
-                col = Binary("add", col0, Binary("add", Binary("mul", tx, idx(TN)), idx(j)))
-                s = store(out, (*at, row, col), Load(acc, (t, idx(i * TN + j))))
+        for i in range(tm):
+            for j in range(tn):
+                row, col = Binary("add", row0, rows[i]), Binary("add", col0, cols[j])
+                s = store(out, (*at, row, col), Load(acc, (t, idx(i * tn + j))))
                 guard = all_of(([Compare("lt", row, idx(m))] if at_edge_m else [])
                              + ([Compare("lt", col, idx(n))] if at_edge_n else []))
                 stmts.append(If(guard, (s,)) if guard is not None else s)
         return stmts
 
     total_blocks = Binary("mul", Binary("mul", row_blocks, idx(col_blocks)), idx(batches))
-    work = [*inside, phase(zero), For(k0, k_steps, (phase(load_tiles), phase(compute))),
+    following = Binary("min", Binary("add", k0, idx(1)), idx(k_steps - 1))
+    work = [*inside, phase(zero),
+            For(k0, k_steps, (phase(put), phase(lambda t: fetch(t, following) + compute(t)))),
             phase(write)]
     body = [*uniform, If(Compare("lt", blk, total_blocks), tuple(work))] \
         if isinstance(m, Sym) else [*uniform, *work]
-    return [For(bv, points, tuple(body), step=THREADS, bind="block.x")]
+    return [For(bv, points, tuple(body), step=threads, bind="block.x")]
 
 
 # Row reductions: softmax, layer_norm and rms_norm over a row of n elements run one block per
