@@ -12,8 +12,13 @@ times, by median over --rounds batches:
             .cpu()), and on tensors already on the device (aotml's run_device on the torch
             tensors' memory against torch.matmul, each synchronized): the kernels alone, the
             issue's target (aotml at >= 70% of torch's speed).
+  pointwise y = max(x*2+1, 0)*0.5 over --pointwise floats on device memory (run_device): GB/s
+            counting one read and one write, against a device-to-device copy of the same
+            bytes (torch's copy_), the issue's target (>= 80% of the copy), and torch's own
+            eager expression.
   models    a 784-512-10 MLP at batch 64, an encoder-sized matmul + softmax + layer_norm chain:
-            aotml on the GPU, aotml on the CPU, and PyTorch on the GPU (host arrays in and out).
+            aotml on the GPU, aotml on the CPU, and PyTorch on the GPU (the input from the
+            host and the output back to it; the weights uploaded once, as aotml's params).
 
 PyTorch is optional: without it (or without CUDA in it) its columns are left out and the line
 says so. Without a usable GPU it stops at once saying why. `--emulate`, with AOTML_CUDA_DRIVER
@@ -42,23 +47,41 @@ import aotml  # noqa: E402
 from aotml.driver import build as build_model  # noqa: E402
 
 MODELS = {
-    "mlp64": ("""model mlp64 {
+    "mlp64": ("""weights "mlp64.npz"
+
+model mlp64 {
     input x: f32[64, 784]
-    input w1: f32[784, 512]
-    input w2: f32[512, 10]
+    param w1: f32[784, 512]
+    param w2: f32[512, 10]
     h = relu(x @ w1)
     output y = softmax(h @ w2, axis=-1)
 }
 """, {"x": (64, 784), "w1": (784, 512), "w2": (512, 10)}),
-    "block": ("""model block {
+    "block": ("""weights "block.npz"
+
+model block {
     input x: f32[128, 384]
-    input w: f32[384, 1536]
-    input g: f32[1536]
-    input b: f32[1536]
+    param w: f32[384, 1536]
+    param g: f32[1536]
+    param b: f32[1536]
     output y = layer_norm(softmax(x @ w, axis=-1), g, b)
 }
 """, {"x": (128, 384), "w": (384, 1536), "g": (1536,), "b": (1536,)}),
 }
+
+
+def _torch_mlp64(torch, x, w1, w2):
+    h = torch.relu(torch.from_numpy(x).cuda() @ w1)
+    return torch.softmax(h @ w2, dim=-1).cpu()
+
+
+def _torch_block(torch, x, w, g, b):
+    h = torch.softmax(torch.from_numpy(x).cuda() @ w, dim=-1)
+    return torch.nn.functional.layer_norm(h, (h.shape[-1],), g, b, eps=1e-5).cpu()
+
+
+# PyTorch on the GPU, host arrays in and out, as aotml's call
+TORCH_MODELS = {"mlp64": _torch_mlp64, "block": _torch_block}
 
 
 def timed(fn, rounds: int, target: float = 0.2) -> float:
@@ -153,23 +176,54 @@ def sgemm_row(n: int, args, folder: Path, rng, torch) -> tuple[list[str], str]:
             f"{theirs_kernel * 1e3:.3f}", f"{theirs_kernel / kernel:.2f}"], gpu.device
 
 
+def pointwise_row(n: int, args, folder: Path, rng, torch) -> list[str]:
+    src, so = build(folder, "chain", f"model chain {{\n    input x: f32[{n}]\n"
+                    f"    output y = maximum(x * 2 + 1, 0) * 0.5\n}}\n", args.arch, args.emulate)
+    model = aotml.load(so, "cuda")
+    if torch is None:
+        return ["pointwise", "-", "-", "-", "-", "-"]
+    x = torch.from_numpy(rng.standard_normal(n, dtype=np.float32)).cuda()
+    y, copy = torch.empty_like(x), torch.empty_like(x)
+    model.run_device({"x": x.data_ptr()}, {"y": y.data_ptr()})
+    want = torch.clamp(x * 2 + 1, min=0) * 0.5
+    if not torch.equal(y, want):
+        raise SystemExit("pointwise on cuda: differs from torch's result")
+
+    def ours():
+        model.run_device({"x": x.data_ptr()}, {"y": y.data_ptr()})
+
+    def device_copy():
+        copy.copy_(x)
+        torch.cuda.synchronize()
+
+    def theirs():
+        torch.mul(torch.clamp(x * 2 + 1, min=0), 0.5, out=copy)
+        torch.cuda.synchronize()
+    t_ours, t_copy, t_theirs = (timed(f, args.rounds) for f in (ours, device_copy, theirs))
+    gbs = [2 * 4 * n / t / 1e9 for t in (t_ours, t_copy, t_theirs)]
+    return [f"pointwise {n}", f"{t_ours * 1e3:.3f}", f"{gbs[0]:.0f}", f"{gbs[1]:.0f}",
+            f"{gbs[0] / gbs[1]:.2f}", f"{gbs[2]:.0f}"]
+
+
 def model_row(name: str, source: str, shapes: dict, args, folder: Path, rng,
               torch) -> list[str]:
+    # the weights are the model's params, uploaded once, as torch's are below
+    weights = {k: rng.standard_normal(s, dtype=np.float32) * 0.1 for k, s in shapes.items()
+               if k != "x"}
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"{name}.npz", **weights)
     src, so = build(folder, name, source, args.arch, args.emulate)
-    arrays = {k: rng.standard_normal(s, dtype=np.float32) * 0.1 for k, s in shapes.items()}
-    model = check(src, so, arrays)
-    ours = timed(lambda: model(**arrays), args.rounds)
+    x = rng.standard_normal(shapes["x"], dtype=np.float32) * 0.1
+    model = check(src, so, {"x": x})
+    ours = timed(lambda: model(x=x), args.rounds)
     model.select_device("cpu")
-    on_cpu = timed(lambda: model(**arrays), args.rounds)
+    on_cpu = timed(lambda: model(x=x), args.rounds)
     model.select_device("cuda")
     row = [name, f"{ours * 1e3:.3f}", f"{on_cpu * 1e3:.3f}", "-"]
-    if torch is not None and name == "mlp64":
-        w1, w2 = (torch.from_numpy(arrays[k]).cuda() for k in ("w1", "w2"))
-
-        def torch_mlp():
-            h = torch.relu(torch.from_numpy(arrays["x"]).cuda() @ w1)
-            torch.softmax(h @ w2, dim=-1).cpu()
-        row[3] = f"{timed(torch_mlp, args.rounds) * 1e3:.3f}"
+    if torch is not None:
+        params = {k: torch.from_numpy(a).cuda() for k, a in weights.items()}
+        forward = TORCH_MODELS[name]
+        row[3] = f"{timed(lambda: forward(torch, x, **params), args.rounds) * 1e3:.3f}"
     return row
 
 
@@ -178,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="1024,2048,4096,8192")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--pointwise", type=int, default=1 << 26, help="floats in the pointwise row")
     p.add_argument("--markdown", default=None)
     p.add_argument("--build-dir", default=str(REPO / "build" / "bench_gpu"))
     p.add_argument("--emulate", action="store_true", help="for a dry run through the tests' "
@@ -202,6 +257,9 @@ def main(argv=None) -> int:
     for n in (int(x) for x in args.sizes.split(",")):
         row, device = sgemm_row(n, args, folder, rng, torch)
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| case | aotml on device (ms) | aotml GB/s | device copy GB/s | "
+              "aotml / copy | torch eager GB/s |", "| --- | --- | --- | --- | --- | --- |",
+              "| " + " | ".join(pointwise_row(args.pointwise, args, folder, rng, torch)) + " |"]
     lines += ["", "| model | aotml GPU (ms) | aotml CPU (ms) | torch GPU, host arrays (ms) |",
               "| --- | --- | --- | --- |"]
     for name, (source, shapes) in MODELS.items():
