@@ -16,11 +16,27 @@ from opcheck import EPS32, within
 import aotml
 from aotml.codegen.nvptx import emit_ptx, have_ptxas
 from aotml.driver import build
+from aotml.errors import InternalError
 from aotml.gpu import schedules
 from aotml.gpu.host import plan_launches
 from aotml.gpu.schedules import BIG_TILE, SMALL_TILE
 from aotml.graph.symbolic import symbol
-from aotml.loops.ir import thread_extents
+from aotml.loops.build import idx
+from aotml.loops.ir import (
+    Buffer,
+    Compare,
+    Const,
+    For,
+    If,
+    Kernel,
+    Load,
+    Shuffle,
+    Store,
+    Var,
+    check_warp_phases,
+    print_kernel,
+    thread_extents,
+)
 from conftest import rand
 
 
@@ -157,6 +173,82 @@ def test_row_reductions_take_one_block_per_row(tmp_path):
         exact = aotml.interpret(src, precise=True, **arrays)
         for name in got:
             within(got[name], exact[name], 1e-5 + 900 * EPS32, 1e-6)
+
+
+@pytest.mark.skipif(not have_ptxas(), reason="no ptxas on PATH")
+@pytest.mark.parametrize("row, threads", [(900, 256), (40, 64), (20, 32)])
+def test_row_reductions_combine_by_warp_shuffles(tmp_path, row, threads):
+    """Per reduction: 5 shuffles within each warp and log2(warps) across the warps' totals,
+    and 2 barriers (1 with one warp) where a tree in shared memory had log2(threads) + 1."""
+    src = tmp_path / "m.mlg"
+    src.write_text(f"model m {{\n    input x: f32[7, {row}]\n"
+                   f"    output y = softmax(x, axis=-1)\n}}\n")
+    result = build(src, tmp_path / "m.ptx", target="cuda:sm_90")
+    ptx = emit_ptx(result.gpu_program, "sm_90")
+    warps = threads // 32
+    assert ptx.count("shfl.sync.down.b32") == 2 * (5 + (warps.bit_length() - 1)), ptx
+    assert ptx.count("bar.sync") == 2 * (2 if warps > 1 else 1), ptx
+    assert ptx_assembles(tmp_path, ptx)
+    # and they compute the same through the grid emulation
+    model = aotml.load(build(src, tmp_path / "m.so", target="grid-emulation").so_path)
+    x = rand(np.random.default_rng(row), (7, row), -8, 8)
+    within(model(x=x)["y"], aotml.interpret(src, precise=True, x=x)["y"], 1e-5 + row * EPS32,
+           1e-7)
+
+
+def ptx_assembles(tmp_path: Path, ptx: str) -> bool:
+    (tmp_path / "k.ptx").write_text(ptx)
+    out = subprocess.run(["ptxas", "-arch=sm_90", str(tmp_path / "k.ptx"), "-o",
+                          str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return True
+
+
+def _phase(t: Var, body, barrier=True, threads=64) -> For:
+    return For(t, threads, tuple(body), bind="thread.x", barrier=barrier)
+
+
+PART = Buffer("part", "f32", (64, 2), scope="local")
+SHARED = Buffer("sh", "f32", (64,), scope="shared")
+
+
+def _kernel(*phases) -> Kernel:
+    return Kernel("k", (PART, SHARED), (), (For(Var("b"), 64, phases, step=64,
+                                                    bind="block.x"),))
+
+
+@pytest.mark.parametrize("case", ["nested", "odd block", "shared write", "write after read"])
+def test_warp_phases_that_would_race_are_refused(case):
+    t = Var("t")
+    shuffle = Store(PART, (t, idx(1)), Shuffle(PART, (t, idx(0)), 1))
+    if case == "nested":
+        k = _kernel(_phase(t, [If(Compare("lt", t, idx(3)), (shuffle,))]))
+        message = "outside a thread loop's top level"
+    elif case == "odd block":
+        part = Buffer("part", "f32", (48, 2), scope="local")
+        k = Kernel("k", (part,), (), (For(Var("b"), 48, (_phase(t, [Store(
+            part, (t, idx(1)), Shuffle(part, (t, idx(0)), 1))], threads=48),), step=48,
+            bind="block.x"),))
+        message = "shuffles in a block of 48 threads"
+    elif case == "shared write":
+        k = _kernel(_phase(t, [Store(SHARED, (t,), Const(1.0, "f32"))], barrier=False))
+        message = "a phase without a barrier writes shared memory"
+    else:
+        read = Store(PART, (t, idx(0)), Load(SHARED, (t,)))
+        k = _kernel(_phase(t, [read], barrier=False),
+                    _phase(Var("u"), [Store(SHARED, (Var("u"),), Const(1.0, "f32"))]))
+        message = "written while another warp may still read it"
+    with pytest.raises(InternalError, match=message):
+        check_warp_phases(k)
+
+
+def test_a_shuffle_prints_and_leaves_a_warp_phase_without_a_barrier():
+    t = Var("t")
+    k = _kernel(_phase(t, [Store(PART, (t, idx(1)), Shuffle(PART, (t, idx(0)), 4))],
+                       barrier=False))
+    check_warp_phases(k)
+    text = print_kernel(k)
+    assert "bind thread.x no barrier" in text and "shfl_down(part[t, 0], 4)" in text
 
 
 def test_the_report_counts_a_block_loop_once_per_block(tmp_path):

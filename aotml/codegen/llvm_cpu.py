@@ -370,6 +370,8 @@ class _KernelEmitter:
         if isinstance(e, L.Load):
             value = b.load(self._address(e.buffer, e.indices), typ=_STORAGE[e.buffer.dtype])
             return b.icmp_unsigned("!=", value, I8(0)) if e.buffer.dtype == "bool" else value
+        if isinstance(e, L.Shuffle):
+            return self._expr(self._shuffle_as_load(e))
         if isinstance(e, L.Cast):
             return self._convert(self._expr(e.operand), L.dtype_of(e.operand), e.to)
         if isinstance(e, L.Compare):
@@ -384,6 +386,17 @@ class _KernelEmitter:
         if isinstance(e, L.Binary):
             return self._binary(e.op, self._expr(e.lhs), self._expr(e.rhs), L.dtype_of(e.lhs))
         raise InternalError(f"CPU codegen cannot emit {e!r}")
+
+    @staticmethod
+    def _shuffle_as_load(e: L.Shuffle) -> L.Load:
+        """A shuffle where the threads are loops over a local buffer's rows: the row `delta`
+        threads on while that stays in the warp, else the thread's own."""
+        t, rest = e.indices[0], e.indices[1:]
+        lane = L.Binary("add", L.Binary("irem", t, L.Const(L.WARP, L.INDEX)),
+                        L.Const(e.delta, L.INDEX))
+        other = L.Binary("add", t, L.Const(e.delta, L.INDEX))
+        row = L.Select(L.Compare("lt", lane, L.Const(L.WARP, L.INDEX)), other, t)
+        return L.Load(e.buffer, (row, *rest))
 
     _FCMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 

@@ -33,6 +33,7 @@ import llvmlite.ir as ir
 
 from aotml.codegen.llvm_cpu import (
     _STORAGE,
+    _VALUE,
     F32,
     I32,
     I64,
@@ -53,6 +54,7 @@ SHARED_ALIGN = 16  # of a shared buffer: its 16-byte loads and stores (ld.shared
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 # PTX ISA version per architecture (ptx78 is the first to know sm_90)
 _PTX_FEATURES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx78"}
+_SHUFFLE = {"f32": "f32", "i32": "i32"}  # the dtypes llvm.nvvm.shfl.sync.down.* exchanges
 _LIBDEVICE = {"exp": "__nv_expf", "log": "__nv_logf", "tanh": "__nv_tanhf",
               "erf": "__nv_erff", "pow": "__nv_powf"}
 
@@ -152,6 +154,7 @@ class _GpuKernelEmitter(_KernelEmitter):
             arg.attributes.align = GLOBAL_ALIGN
         # several thread loops: barrier phases (gpu/schedules.py)
         self.block_form = sum(1 for _ in L.thread_extents(kernel.body)) > 1
+        L.check_warp_phases(kernel)
 
     def _function(self, name: str, params: list) -> ir.Function:
         # an entry: external, returning nothing, with the status word as its last parameter
@@ -214,12 +217,24 @@ class _GpuKernelEmitter(_KernelEmitter):
         self.vars[s.var.name] = value
         self._stmts(s.body)
         del self.vars[s.var.name]
-        if s.bind == "thread.x" and self.block_form:
+        if s.bind == "thread.x" and self.block_form and s.barrier:
             self._barrier()
 
     def _barrier(self) -> None:
         """The end of a barrier phase: every thread of the block waits here for the others."""
         self.b.call(self._declare("llvm.nvvm.barrier0", ir.VoidType(), []), [])
+
+    def _expr(self, e) -> ir.Value:
+        if isinstance(e, L.Shuffle):
+            if e.buffer.dtype not in _SHUFFLE:
+                raise InternalError(f"shuffle of {e.buffer.dtype}")
+            own = super()._expr(L.Load(e.buffer, e.indices))  # (this thread's register)
+            typ = _VALUE[e.buffer.dtype]
+            fn = self._declare(f"llvm.nvvm.shfl.sync.down.{_SHUFFLE[e.buffer.dtype]}", typ,
+                               [I32, typ, I32, I32])
+            # every lane takes part; the last lane of the warp clamps the source lane
+            return self.b.call(fn, [I32(-1), own, I32(e.delta), I32(L.WARP - 1)])
+        return super()._expr(e)
 
     def _special(self, register: str, name: str) -> ir.Value:
         """The thread's block or thread index (`ctaid.x`, `tid.x`) as an i64."""

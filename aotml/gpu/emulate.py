@@ -97,6 +97,10 @@ class _BlockEmitter(_GpuKernelEmitter):
     def _address(self, buf: L.Buffer, indices) -> ir.Value:
         return _KernelEmitter._address(self, buf, indices)
 
+    def _expr(self, e) -> ir.Value:
+        # every thread's row of a local buffer is here: a shuffle reads another's
+        return _KernelEmitter._expr(self, e)
+
     def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
         return _KernelEmitter._unary(self, op, x, dt)
 

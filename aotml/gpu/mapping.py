@@ -55,6 +55,7 @@ from aotml.loops.ir import (
     Size,
     Store,
     Var,
+    check_warp_phases,
     children,
     dtype_of,
     map_stmt_exprs,
@@ -78,6 +79,7 @@ def map_kernel(kernel: Kernel, block: int = BLOCK) -> list[Kernel]:
     """The GPU kernels that run `kernel`, in launch order. A kernel a GPU schedule wrote in
     block form (gpu/schedules.py) is one GPU kernel as it is."""
     if in_block_form(kernel.body):
+        check_warp_phases(kernel)
         return [replace(kernel, name=f"{kernel.name}_g0", body=(_serial(kernel.body[0]),))]
     bodies: list[For] = []
     run: list = []  # consecutive statements that run on one thread

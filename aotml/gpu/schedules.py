@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from aotml.graph.symbolic import Dim, Sym, product
 from aotml.loops.build import Names, Operand, all_of, broadcast_indices, idx, store
 from aotml.loops.ir import (
+    WARP,
     Assign,
     Binary,
     Buffer,
@@ -50,6 +51,7 @@ from aotml.loops.ir import (
     Local,
     MulAdd,
     Select,
+    Shuffle,
     Store,
     Unary,
     Var,
@@ -278,11 +280,13 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
 
 
 # Row reductions: softmax, layer_norm and rms_norm over a row of n elements run one block per
-# row. Each thread walks the row with the block's stride, keeping its partial max or sum; the
-# partials meet in shared memory and are combined by a tree (log2 of the block's threads
-# phases, halving the active threads each time); every thread then reads the total from
-# element 0 for the next pass. A row stays in the threads that read it, so the passes that
-# write the output and read it back need no barrier between them.
+# row. Each thread walks the row with the block's stride, keeping its partial max or sum. The
+# partials of a warp are combined in registers by shuffles (5 halving steps, no barrier);
+# lane 0 of each warp puts its warp's total in shared memory (a barrier), and the first warp
+# combines those the same way and puts the row's total in shared memory (a barrier), where
+# every thread reads it for the next pass: two barriers a reduction, against one per halving
+# step of a tree in shared memory. A row stays in the threads that read it, so the passes
+# that write the output and read it back need no barrier between them.
 MIN_ROW_THREADS, MAX_ROW_THREADS = 32, 256
 
 
@@ -303,10 +307,11 @@ def _unflatten(flat: Expr, dims: tuple[int | Dim, ...], names: Names) -> tuple[l
 
 def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list | None:
     """One block per row of the trailing dims `shape[first:]` (static, n elements). `build(
-    row, at, walk, phase, tree, threads)` returns the block's statements: `row` the leading
-    indices, `at(j)` the full index of row element j, `walk(t, body)` thread t's share of the
-    row's elements, `phase(fn)` a thread loop, `tree(buf, op)` the phases combining buf[0..T)
-    into buf[0]."""
+    row, at, walk, phase, reduction, threads)` returns the block's statements: `row` the
+    leading indices, `at(j)` the full index of row element j, `walk(t, body)` thread t's share
+    of the row's elements, `phase(fn, barrier)` a thread loop, and `reduction(op, partial)` the
+    phases that combine every thread's partial (`partial(t)` -> (statements, value)) with the
+    total's expression for the phases after them."""
     trail = shape[first:]
     n = product(trail)
     if not isinstance(n, int):
@@ -327,22 +332,57 @@ def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list
         step += [If(Compare("lt", j, idx(n)), tuple(inner))] if n % threads else inner
         return [For(c, -(-n // threads), tuple(step))]
 
-    def phase(fn: Callable) -> For:
+    def phase(fn: Callable, barrier: bool = True) -> For:
         t = names.var("t")
-        return For(t, threads, tuple(fn(t)), bind="thread.x")
+        return For(t, threads, tuple(fn(t)), bind="thread.x", barrier=barrier)
 
-    def tree(buf: Buffer, op: str) -> list:
-        out, half = [], threads // 2
-        while half:
-            def combine(t, half=half):
-                other = Binary("add", t, idx(half))
-                return [If(Compare("lt", t, idx(half)),
-                           (Store(buf, (t,), Binary(op, Load(buf, (t,)), Load(buf, (other,)))),))]
-            out.append(phase(combine))
-            half //= 2
-        return out
+    def shuffled(op: str, first: Callable, lanes: int) -> tuple[list, Buffer, int]:
+        """A phase keeping first(t)'s value in the thread's row of a local buffer, then the
+        log2(lanes) phases halving it by shuffles: lane 0 of each group of `lanes` ends with
+        the group's total in the last column. Registers only: no barriers."""
+        steps = lanes.bit_length() - 1
+        part = names.scratch_buffer("part", "f32", (threads, steps + 1), scope="local")
 
-    body = build(row_at, at, walk, phase, tree, threads)
+        def head(t):
+            stmts, value = first(t)
+            return [*stmts, Store(part, (t, idx(0)), value)]
+
+        def halve(t, s, delta):
+            mine = Load(part, (t, idx(s)))
+            theirs = Shuffle(part, (t, idx(s)), delta)
+            return [Store(part, (t, idx(s + 1)), Binary(op, mine, theirs))]
+        out = [phase(head, barrier=False)]
+        out += [phase(lambda t, s=s: halve(t, s, lanes >> (s + 1)), barrier=False)
+                for s in range(steps)]
+        return out, part, steps
+
+    def reduction(op: str, partial: Callable) -> tuple[list, Expr]:
+        warps = threads // WARP
+        identity = Const(0.0 if op == "add" else float("-inf"), "f32")
+        per_warp = names.scratch_buffer("warp_totals", "f32", (warps,), scope="shared")
+        out, part, steps = shuffled(op, partial, WARP)
+
+        def lane0(t: Var, part: Buffer, steps: int, dest: Buffer, slot: Expr,
+                  lanes: int) -> list:
+            """The first thread of each group of `lanes` stores its total at dest[slot]."""
+            first_lane = Compare("eq", Binary("irem", t, idx(lanes)), idx(0))
+            return [If(first_lane, (Store(dest, (slot,), Load(part, (t, idx(steps)))),))]
+        out.append(phase(lambda t: lane0(t, part, steps, per_warp,
+                                         Binary("idiv", t, idx(WARP)), WARP)))
+        if warps == 1:
+            return out, Load(per_warp, (idx(0),))
+        # the warps' totals, by the first warp (the others combine copies of the identity)
+        total = names.scratch_buffer("total", "f32", (1,), scope="shared")
+
+        def gather(t):
+            mine = Load(per_warp, (Binary("min", t, idx(warps - 1)),))
+            return [], Select(Compare("lt", t, idx(warps)), mine, identity)
+        second, part2, steps2 = shuffled(op, gather, warps)
+        out += second
+        out.append(phase(lambda t: lane0(t, part2, steps2, total, idx(0), threads)))
+        return out, Load(total, (idx(0),))
+
+    body = build(row_at, at, walk, phase, reduction, threads)
     return [For(bv, rows * threads, (Local(row, Binary("idiv", bv, idx(threads))), *row_decls,
                                       *body), step=threads, bind="block.x")]
 
@@ -356,9 +396,7 @@ def gpu_softmax(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> l
     if not _f32_only(out, ins) or attrs["axis"] % len(x.shape) != len(x.shape) - 1:
         return None
 
-    def build(row, at, walk, phase, tree, threads):
-        top = names.scratch_buffer("max", "f32", (threads,), scope="shared")
-        total = names.scratch_buffer("sum", "f32", (threads,), scope="shared")
+    def build(row, at, walk, phase, reduction, threads):
         m, s = names.var("m", "f32"), names.var("s", "f32")
         mx, inv = names.var("mx", "f32"), names.var("inv", "f32")
 
@@ -370,23 +408,23 @@ def gpu_softmax(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> l
 
         def partial_max(t):
             return [Local(m, Const(float("-inf"), "f32")),
-                    *walk(t, each(lambda i: [Assign(m, Binary("max", m, x.load(i)))])),
-                    Store(top, (t,), m)]
+                    *walk(t, each(lambda i: [Assign(m, Binary("max", m, x.load(i)))]))], m
+        find_max, top = reduction("max", partial_max)
 
         def exp_and_sum(t):
             e = names.var("e", "f32")
-            return [Local(mx, Load(top, (idx(0),))), Local(s, Const(0.0, "f32")),
+            return [Local(mx, top), Local(s, Const(0.0, "f32")),
                     *walk(t, each(lambda i: [
                         Local(e, Unary("exp", Binary("sub", x.load(i), mx))),
-                        Store(out, i, e), Assign(s, Binary("add", s, e))])),
-                    Store(total, (t,), s)]
+                        Store(out, i, e), Assign(s, Binary("add", s, e))]))], s
+        add_up, total = reduction("add", exp_and_sum)
 
         def scale(t):
-            return [Local(inv, Binary("div", Const(1.0, "f32"), Load(total, (idx(0),)))),
+            return [Local(inv, Binary("div", Const(1.0, "f32"), total)),
                     *walk(t, each(lambda i: [Store(out, i, Binary("mul", Load(out, i), inv))]))]
 
-        return [phase(partial_max), *tree(top, "max"), phase(exp_and_sum), *tree(total, "add"),
-                phase(scale)]
+        # (each thread rescales the elements it wrote: no barrier before or after)
+        return [*find_max, *add_up, phase(scale, barrier=False)]
 
     return _row_blocks(x.shape, len(x.shape) - 1, names, build)
 
@@ -400,10 +438,7 @@ def _gpu_norm(centered: bool):
         first = attrs["axis"] % len(x.shape)
         n = product(x.shape[first:])
 
-        def build(row, at, walk, phase, tree, threads):
-            sums = names.scratch_buffer("sum", "f32", (threads,), scope="shared") \
-                if centered else None
-            squares = names.scratch_buffer("squares", "f32", (threads,), scope="shared")
+        def build(row, at, walk, phase, reduction, threads):
             s, q = names.var("s", "f32"), names.var("q", "f32")
             mean, inv = names.var("mean", "f32"), names.var("inv", "f32")
 
@@ -418,30 +453,29 @@ def _gpu_norm(centered: bool):
 
             def total(t):
                 return [Local(s, Const(0.0, "f32")),
-                        *walk(t, each(lambda i, p: [Assign(s, Binary("add", s, x.load(i)))])),
-                        Store(sums, (t,), s)]
+                        *walk(t, each(lambda i, p: [Assign(s, Binary("add", s, x.load(i)))]))], s
+            stats, row_sum = reduction("add", total) if centered else ([], None)
+
+            def mean_of():
+                return [Local(mean, Binary("div", row_sum, Const(float(n), "f32")))] \
+                    if centered else []
 
             def square(t):
-                head = [Local(mean, Binary("div", Load(sums, (idx(0),)), Const(float(n), "f32")))] \
-                    if centered else []
-                return [*head, Local(q, Const(0.0, "f32")),
+                return [*mean_of(), Local(q, Const(0.0, "f32")),
                         *walk(t, each(lambda i, p: [
-                            Assign(q, Binary("add", q, Binary("mul", value(i), value(i))))])),
-                        Store(squares, (t,), q)]
+                            Assign(q, Binary("add", q, Binary("mul", value(i), value(i))))]))], q
+            spread, squares = reduction("add", square)
 
             def normalize(t):
-                head = [Local(mean, Binary("div", Load(sums, (idx(0),)), Const(float(n), "f32")))] \
-                    if centered else []
-                variance = Binary("div", Load(squares, (idx(0),)), Const(float(n), "f32"))
+                variance = Binary("div", squares, Const(float(n), "f32"))
                 rs = Unary("rsqrt", Binary("add", variance, Const(float(attrs["eps"]), "f32")))
 
                 def write(i, p):
                     y = Binary("mul", Binary("mul", value(i), inv), scale.load(p))
                     return [store(out, i, Binary("add", y, bias.load(p)) if centered else y)]
-                return [*head, Local(inv, rs), *walk(t, each(write))]
+                return [*mean_of(), Local(inv, rs), *walk(t, each(write))]
 
-            stats = [phase(total), *tree(sums, "add")] if centered else []
-            return [*stats, phase(square), *tree(squares, "add"), phase(normalize)]
+            return [*stats, *spread, phase(normalize, barrier=False)]
 
         return _row_blocks(x.shape, first, names, build) if isinstance(n, int) else None
     return lower

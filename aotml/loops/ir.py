@@ -112,6 +112,30 @@ class Load:
             raise InternalError(f"load of {self.buffer.name} with {len(self.indices)} indices")
 
 
+WARP = 32  # threads that run in lockstep on the GPU, and exchange registers by shuffles
+
+
+@dataclass(frozen=True)
+class Shuffle:
+    """Element `indices` of a local buffer as another thread of the warp holds it: thread t
+    reads its row `t + delta` where its lane (t % WARP) + delta < WARP, else its own (CUDA's
+    shfl.down). `indices` starts with the thread loop's variable. On the GPU it is a register
+    exchange, so every thread of the warp must reach it together: it may stand only in the
+    top-level statements of a thread loop (check_warp_phases). The grid emulation reads the
+    other thread's row of the buffer, which holds what that thread stored in an earlier
+    phase; a thread's own stores in the same phase are not seen (nor on the GPU)."""
+
+    buffer: Buffer
+    indices: tuple["Expr", ...]
+    delta: int
+
+    def __post_init__(self):
+        if self.buffer.scope != "local" or len(self.indices) != len(self.buffer.shape) \
+                or not 0 < self.delta < WARP:
+            raise InternalError(f"shuffle of {self.buffer.name} ({self.buffer.scope}) by "
+                                f"{self.delta}")
+
+
 @dataclass(frozen=True)
 class Unary:
     """A unary scalar operation."""
@@ -209,13 +233,13 @@ class MulAdd:
             raise InternalError("muladd of non-f32 operands")
 
 
-Expr = Union[Const, Var, Size, Load, Unary, Binary, Cast, Compare, Select, MulAdd]
+Expr = Union[Const, Var, Size, Load, Shuffle, Unary, Binary, Cast, Compare, Select, MulAdd]
 
 
 def dtype_of(e: Expr) -> str:
     if isinstance(e, (Const, Var, Size)):
         return e.dtype
-    if isinstance(e, Load):
+    if isinstance(e, (Load, Shuffle)):
         return e.buffer.dtype
     if isinstance(e, Unary):
         return dtype_of(e.operand)
@@ -240,7 +264,7 @@ def children(e: Expr) -> tuple:
         return (e.cond, e.a, e.b)
     if isinstance(e, MulAdd):
         return (e.a, e.b, e.c)
-    if isinstance(e, Load):
+    if isinstance(e, (Load, Shuffle)):
         return e.indices
     return ()
 
@@ -249,6 +273,8 @@ def map_expr(e: Expr, f) -> Expr:
     """`e` rebuilt bottom-up with `f` applied to every node once its children are rebuilt."""
     if isinstance(e, Load):
         e = Load(e.buffer, tuple(map_expr(i, f) for i in e.indices))
+    elif isinstance(e, Shuffle):
+        e = Shuffle(e.buffer, tuple(map_expr(i, f) for i in e.indices), e.delta)
     elif isinstance(e, Unary):
         e = Unary(e.op, map_expr(e.operand, f))
     elif isinstance(e, Cast):
@@ -276,7 +302,9 @@ class For:
     On a GPU a *bound* loop does not iterate: `bind="block.x"` gives each value to its own
     block (the grid has ceil(extent / step) of them) and `bind="thread.x"` to its own thread
     of the block (extent = the block's size). gpu/mapping.py makes them; anywhere else (the
-    CPU, the grid emulation) they are ordinary loops."""
+    CPU, the grid emulation) they are ordinary loops. In a block-form kernel each thread loop
+    is a phase ended by a barrier of the block; `barrier=False` leaves it out where the threads
+    exchange nothing after the phase but by Shuffle, within their warp (check_warp_phases)."""
 
     var: Var
     extent: Dim
@@ -285,8 +313,11 @@ class For:
     grain: int = 1
     step: int = 1
     bind: str = ""
+    barrier: bool = True
 
     def __post_init__(self):
+        if not self.barrier and self.bind != "thread.x":
+            raise InternalError(f"loop {self.var.name}: only a thread loop may skip its barrier")
         if self.bind not in BINDS or self.step < 1:
             raise InternalError(f"loop {self.var.name}: bind {self.bind!r}, step {self.step}")
         if isinstance(self.extent, Sym):
@@ -430,6 +461,51 @@ def thread_extents(stmts):
             yield from thread_extents(s.body)
 
 
+def thread_loops(stmts):
+    """Every `thread.x` loop in `stmts`, in order."""
+    for s in stmts:
+        if isinstance(s, For) and s.bind == "thread.x":
+            yield s
+        elif isinstance(s, (For, If)):
+            yield from thread_loops(s.body)
+
+
+def check_warp_phases(kernel: "Kernel") -> None:
+    """What Shuffle and barrier-less phases need to mean the same on the GPU and in the grid
+    emulation (InternalError otherwise): a Shuffle stands only in a thread loop's top-level
+    statements, where every thread of the warp reaches it, in a block of whole warps; a phase
+    without a barrier writes no shared memory (no other thread could safely read it), and no
+    phase writes a shared buffer that a phase since the last barrier read (in program order:
+    a thread of another warp may still be reading it)."""
+    def shuffles(stmts) -> bool:
+        return any(isinstance(x, Shuffle) for s in stmts for e in stmt_exprs(s)
+                   for x in walk_expr(e))
+
+    def placed(stmts, top: bool) -> None:
+        for s in stmts:
+            if not top and shuffles([s]):
+                raise InternalError(f"{kernel.name}: a shuffle outside a thread loop's top level")
+            if isinstance(s, (For, If)):
+                placed(s.body, isinstance(s, For) and s.bind == "thread.x")
+
+    placed(kernel.body, False)
+    unguarded: set[str] = set()  # shared buffers read since the last barrier
+    for loop in thread_loops(kernel.body):
+        if shuffles(loop.body) and (not isinstance(loop.extent, int) or loop.extent % WARP):
+            raise InternalError(f"{kernel.name}: shuffles in a block of {loop.extent} threads")
+        stmts = list(walk_stmts(loop.body))
+        written = {s.buffer.name for s in stmts
+                   if isinstance(s, Store) and s.buffer.scope == "shared"}
+        if written and not loop.barrier:
+            raise InternalError(f"{kernel.name}: a phase without a barrier writes shared memory")
+        if written & unguarded:
+            raise InternalError(f"{kernel.name}: shared {', '.join(sorted(written & unguarded))}"
+                                f" written while another warp may still read it")
+        read = {x.buffer.name for s in stmts for e in stmt_exprs(s) for x in walk_expr(e)
+                if isinstance(x, Load) and x.buffer.scope == "shared"}
+        unguarded = set() if loop.barrier else unguarded | read
+
+
 def grid(body, name: str) -> tuple[Dim, int]:
     """(points, threads) of a mapped kernel: its body is one block loop stepping by the
     extent of the thread loops inside it (one, or a block form's several)."""
@@ -543,6 +619,9 @@ def format_expr(e: Expr) -> str:
         return f"({e.dim})" if len(e.dim.terms) > 1 else str(e.dim)
     if isinstance(e, Load):
         return f"{e.buffer.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+    if isinstance(e, Shuffle):
+        return f"shfl_down({e.buffer.name}[{', '.join(format_expr(i) for i in e.indices)}], " \
+            f"{e.delta})"
     if isinstance(e, Unary):
         return f"-{_atom(e.operand)}" if e.op == "neg" else f"{e.op}({format_expr(e.operand)})"
     if isinstance(e, Cast):
@@ -571,7 +650,7 @@ def format_stmts(stmts, indent: int) -> list[str]:
         if isinstance(s, For):
             kind = f"parallel(grain {s.grain}) for" if s.parallel else "for"
             extra = (f" step {s.step}" if s.step != 1 else "") + \
-                (f" bind {s.bind}" if s.bind else "")
+                (f" bind {s.bind}" if s.bind else "") + ("" if s.barrier else " no barrier")
             out.append(f"{pad}{kind} {s.var.name} in 0..{s.extent}{extra} {{")
             out += format_stmts(s.body, indent + 1)
             out.append(f"{pad}}}")
