@@ -16,9 +16,14 @@ times, by median over --rounds batches:
             counting one read and one write, against a device-to-device copy of the same
             bytes (torch's copy_), the issue's target (>= 80% of the copy), and torch's own
             eager expression.
+  rows      softmax and layer_norm over 8192 rows of 4096 on device memory, against torch's:
+            GB/s counting one read and one write.
   models    a 784-512-10 MLP at batch 64, an encoder-sized matmul + softmax + layer_norm chain:
             aotml on the GPU, aotml on the CPU, and PyTorch on the GPU (the input from the
-            host and the output back to it; the weights uploaded once, as aotml's params).
+            host and the output back to it; the weights uploaded once, as aotml's params);
+            then the test suite's ONNX models exported from PyTorch (an MLP at batch 64, a
+            CNN and a transformer encoder layer at batch 8), checked against onnxruntime,
+            against the same torch modules on the GPU.
 
 PyTorch is optional: without it (or without CUDA in it) its columns are left out and the line
 says so. Without a usable GPU it stops at once saying why. `--emulate`, with AOTML_CUDA_DRIVER
@@ -113,13 +118,17 @@ def torch_cuda():
     return torch, f"torch {torch.__version__} on {torch.cuda.get_device_name()}"
 
 
-def build(folder: Path, name: str, source: str, arch: str, emulate: bool = False):
-    """The model built for the CPU and the GPU; with `emulate`, also its kernels' CPU
-    emulation, named to the tests' stand-in driver (tests/fake_cuda.c) for the next load."""
+def build(folder: Path, name: str, source: str | Path, arch: str, emulate: bool = False):
+    """The model (.mlg text, or a model file's path) built for the CPU and the GPU; with
+    `emulate`, also its kernels' CPU emulation, named to the tests' stand-in driver
+    (tests/fake_cuda.c) for the next load."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.mlg").write_text(source)
-    result = build_model(folder / f"{name}.mlg", folder / f"{name}.so",
-                         target=f"cpu,cuda:{arch}")
+    if isinstance(source, Path):
+        src = source
+    else:
+        src = folder / f"{name}.mlg"
+        src.write_text(source)
+    result = build_model(src, folder / f"{name}.so", target=f"cpu,cuda:{arch}")
     if emulate:
         from aotml.gpu.emulate import emulation_object
         obj = folder / f"{name}.emu.o"
@@ -127,7 +136,7 @@ def build(folder: Path, name: str, source: str, arch: str, emulate: bool = False
         subprocess.run(["cc", "-shared", "-o", str(obj.with_suffix(".so")), str(obj)],
                        check=True)
         os.environ["FAKE_CUDA_EMULATION"] = str(obj.with_suffix(".so"))
-    return folder / f"{name}.mlg", result.so_path
+    return src, result.so_path
 
 
 def check(src: Path, so: Path, arrays: dict):
@@ -205,6 +214,88 @@ def pointwise_row(n: int, args, folder: Path, rng, torch) -> list[str]:
             f"{gbs[0] / gbs[1]:.2f}", f"{gbs[2]:.0f}"]
 
 
+def rows_row(op: str, shape: tuple, args, folder: Path, rng, torch) -> list[str]:
+    """softmax or layer_norm over the last axis of `shape` on device memory (run_device)
+    against torch's, GB/s counting one read and one write."""
+    rows, n = shape
+    text = {"softmax": "softmax(x, axis=-1)", "layer_norm": "layer_norm(x, g, b)"}[op]
+    params = f"    input g: f32[{n}]\n    input b: f32[{n}]\n" if op == "layer_norm" else ""
+    _, so = build(folder, op, f"model {op} {{\n    input x: f32[{rows}, {n}]\n{params}"
+                  f"    output y = {text}\n}}\n", args.arch, args.emulate)
+    model = aotml.load(so, "cuda")
+    if torch is None:
+        return [f"{op} {rows}x{n}", "-", "-", "-", "-"]
+    x = torch.randn(rows, n, device="cuda")
+    g, b = torch.randn(n, device="cuda"), torch.randn(n, device="cuda")
+    y, theirs_y = torch.empty_like(x), torch.empty_like(x)
+    ins = {"x": x.data_ptr()} | ({"g": g.data_ptr(), "b": b.data_ptr()}
+                                 if op == "layer_norm" else {})
+
+    def theirs():
+        if op == "softmax":
+            torch.softmax(x, dim=-1, out=theirs_y)
+        else:
+            theirs_y.copy_(torch.nn.functional.layer_norm(x, (n,), g, b, eps=1e-5))
+        torch.cuda.synchronize()
+
+    def ours():
+        model.run_device(ins, {"y": y.data_ptr()})
+    ours()
+    theirs()
+    err = float((y - theirs_y).abs().max() / theirs_y.abs().max())
+    if not err <= TOLERANCE:
+        raise SystemExit(f"{op} on cuda: off from torch's by {err:.2e}")
+    t_ours, t_theirs = timed(ours, args.rounds), timed(theirs, args.rounds)
+    gbs = [2 * 4 * rows * n / t / 1e9 for t in (t_ours, t_theirs)]
+    return [f"{op} {rows}x{n}", f"{t_ours * 1e3:.3f}", f"{gbs[0]:.0f}", f"{gbs[1]:.0f}",
+            f"{gbs[0] / gbs[1]:.2f}"]
+
+
+ROWS_SHAPE = (8192, 4096)  # 128 MiB: several times the L2
+ONNX_BATCH = {"mlp": 64, "cnn": 8, "encoder_layer": 8}
+MODELS_DIR = REPO / "tests" / "models"
+
+
+def onnx_row(name: str, args, folder: Path, torch) -> list[str]:
+    """A checked-in ONNX model (tests/models: exported from PyTorch) on the GPU, checked
+    against onnxruntime where it is installed, else against aotml's CPU code; and the same
+    torch module on the GPU (host arrays in and out), its weights uploaded once."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("export_models",
+                                                  MODELS_DIR / "export_models.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    _, so = build(folder, f"onnx_{name}", MODELS_DIR / f"{name}.onnx", args.arch, args.emulate)
+    feeds = export.example_inputs(name, ONNX_BATCH[name], seed=5)
+    model = aotml.load(so, "cuda")
+    got = model(**feeds)
+    try:
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(MODELS_DIR / f"{name}.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    except ImportError:
+        model.select_device("cpu")
+        want = model(**feeds)
+    for key, value in got.items():
+        err = rel_err(value, want[key])
+        if err > TOLERANCE:
+            raise SystemExit(f"{name} on cuda: {key} is off by {err:.2e}")
+    ours = timed(lambda: model(**feeds), args.rounds)
+    model.select_device("cpu")
+    on_cpu = timed(lambda: model(**feeds), args.rounds)
+    model.select_device("cuda")
+    row = [f"{name} (batch {ONNX_BATCH[name]})", f"{ours * 1e3:.3f}", f"{on_cpu * 1e3:.3f}", "-"]
+    if torch is not None:
+        module = export.build_model(name).cuda().eval()
+
+        def theirs():
+            with torch.no_grad():
+                module(*(torch.from_numpy(a).cuda() for a in feeds.values())).cpu()
+        row[3] = f"{timed(theirs, args.rounds) * 1e3:.3f}"
+    return row
+
+
 def model_row(name: str, source: str, shapes: dict, args, folder: Path, rng,
               torch) -> list[str]:
     # the weights are the model's params, uploaded once, as torch's are below
@@ -260,11 +351,19 @@ def main(argv=None) -> int:
     lines += ["", "| case | aotml on device (ms) | aotml GB/s | device copy GB/s | "
               "aotml / copy | torch eager GB/s |", "| --- | --- | --- | --- | --- | --- |",
               "| " + " | ".join(pointwise_row(args.pointwise, args, folder, rng, torch)) + " |"]
+    lines += ["", "| rows | aotml on device (ms) | aotml GB/s | torch GB/s | aotml / torch |",
+              "| --- | --- | --- | --- | --- |"]
+    for op in ("softmax", "layer_norm"):
+        lines.append("| " + " | ".join(rows_row(op, ROWS_SHAPE, args, folder, rng, torch))
+                     + " |")
     lines += ["", "| model | aotml GPU (ms) | aotml CPU (ms) | torch GPU, host arrays (ms) |",
               "| --- | --- | --- | --- |"]
     for name, (source, shapes) in MODELS.items():
         lines.append("| " + " | ".join(model_row(name, source, shapes, args, folder, rng,
                                                    torch)) + " |")
+    if not args.emulate:  # (the stand-in driver runs one emulation library at a time)
+        for name in ONNX_BATCH:
+            lines.append("| " + " | ".join(onnx_row(name, args, folder, torch)) + " |")
     lines.insert(1, f"aotml ran on: {device}")
     text = "\n".join(lines)
     print(text)
