@@ -11,6 +11,7 @@ from opcheck import all_samples, check, params
 import aotml
 from aotml.driver import build
 from aotml.gpu.mapping import map_kernel
+from aotml.graph.symbolic import symbol
 from aotml.loops.ir import (
     Binary,
     Buffer,
@@ -22,6 +23,7 @@ from aotml.loops.ir import (
     Local,
     Store,
     Var,
+    grid,
     print_kernel,
 )
 
@@ -90,3 +92,22 @@ def test_pointwise_grids_take_four_elements_a_thread_where_the_row_allows(tmp_pa
     want = aotml.interpret(src, precise=True, x=x, b=b)["y"]
     got = aotml.load(result.so_path)(x=x, b=b)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5 * cols, atol=1e-7)
+
+
+def test_a_conv_gets_a_thread_per_output_element(tmp_path):
+    # the CPU's tiled conv keeps a tile of rows on one thread; on the GPU that left a batch-8
+    # 28x28 conv 16 threads
+    src = tmp_path / "m.mlg"
+    src.write_text("model m {\n    input x: f32[N, 3, 28, 27]\n    input w: f32[8, 3, 3, 3]\n"
+                   "    output y = relu(conv2d(x, w, padding=1))\n}\n")
+    result = build(src, tmp_path / "m.so", target="grid-emulation")
+    (kernel,) = result.gpu_program.kernels
+    points, threads = grid(kernel.body, kernel.name)
+    assert points == symbol("N") * 8 * 28 * 27 and threads == 256
+    rng = np.random.default_rng(3)
+    model = aotml.load(result.so_path)
+    for n in (1, 3):
+        x, w = rng.uniform(-1, 1, (n, 3, 28, 27)).astype(np.float32), \
+            rng.uniform(-1, 1, (8, 3, 3, 3)).astype(np.float32)
+        want = aotml.interpret(src, precise=True, x=x, w=w)["y"]
+        np.testing.assert_allclose(model(x=x, w=w)["y"], want, rtol=1e-5, atol=27 * 2.4e-7)

@@ -56,6 +56,7 @@ from aotml.loops.ir import (
     Unary,
     Var,
 )
+from aotml.ops.conv import direct_conv_lower
 
 VEC = 4  # floats in one 16-byte access
 
@@ -481,9 +482,12 @@ def _gpu_norm(centered: bool):
     return lower
 
 
-# op name -> its block-form lowering (same signature as OpDef.lower; None declines the shapes)
+# op name -> its GPU lowering (same signature as OpDef.lower; None declines the shapes): the
+# block forms above, and conv2d's direct form, one thread per output element (the CPU's tiled
+# conv holds a tile of rows per thread: a 28x28 conv at batch 8 ran on 16 threads)
 GPU_LOWERINGS: dict[str, Callable] = {"matmul": gpu_matmul, "softmax": gpu_softmax,
-                                      "layer_norm": _gpu_norm(True), "rms_norm": _gpu_norm(False)}
+                                      "layer_norm": _gpu_norm(True), "rms_norm": _gpu_norm(False),
+                                      "conv2d": direct_conv_lower}
 
 
 def in_block_form(body) -> bool:

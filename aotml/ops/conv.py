@@ -522,6 +522,15 @@ def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
     return _direct_conv(out, ins, axes, attrs, names)
 
 
+def direct_conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names) -> list[Stmt]:
+    """conv2d's direct form alone: one independent accumulation per output element, the form
+    a GPU wants (gpu/schedules.py), where the tiled form keeps a tile of rows on one thread."""
+    x, w = ins[0], ins[1]
+    axes = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
+                 _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
+    return _direct_conv(out, ins, axes, attrs, names)
+
+
 def _direct_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis], attrs,
                  names: Names) -> list[Stmt]:
     """One accumulator per output element, a bounds check per tap: any dtype, groups,
