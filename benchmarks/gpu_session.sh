@@ -10,7 +10,7 @@
 # 3. the GPU tests against the reference (tests/test_gpu_device.py, with AOTML_REQUIRE_GPU=1
 #    so that a missing GPU fails rather than skips), the runtime's and the PTX tests;
 # 4. benchmarks/bench_gpu.py for ARCH (default sm_90), its table written to OUTDIR;
-# 5. benchmarks/gpu_tiles.py: the matmul tiles tried on each size.
+# 5. benchmarks/gpu_tiles.py: the matmul tiles tried on each size (TILES=0 leaves it out).
 # Every step writes its log under OUTDIR; a failed step does not stop the next.
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUTDIR [ARCH]}
@@ -46,6 +46,7 @@ timeout 300 python3 benchmarks/bench_gpu.py --arch "$arch" --markdown "$out/benc
 echo "bench_gpu: exit $? in $((SECONDS - start)) s"
 cat "$out/bench.log"
 
+[ "${TILES:-1}" = 1 ] || exit 0
 start=$SECONDS
 timeout 200 python3 benchmarks/gpu_tiles.py --build-dir /tmp/gpu_tiles >"$out/tiles.log" 2>&1
 echo "gpu_tiles: exit $? in $((SECONDS - start)) s"
