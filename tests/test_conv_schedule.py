@@ -8,7 +8,9 @@ full tiles and with a narrower leftover tile, border rows and columns from paddi
 one-sided), stride, dilation, 1x1, 5x5, 1x7 and 7x1 kernels, batch 1 and 3 and a symbolic batch,
 images too small for any inner tile, and padding so large that the direct loop takes over.
 
-Then the loop IR itself: the fast path is taken where it should be (and not for groups 2,
+Every sample runs both ways a padded conv can go: through a zero-bordered copy of its input
+and through the border rows and tiles of the tiled conv. Then the loop IR itself: the fast
+path is taken where it should be (and not for groups 2,
 f16, huge padding), its hot loop has no bounds check, reads consecutive columns, and stores
 each channel block at `mb*6 + u`.
 """
@@ -29,6 +31,7 @@ from aotml.loops.ir import (
     Compare,
     Const,
     For,
+    Load,
     Local,
     MulAdd,
     Select,
@@ -36,7 +39,7 @@ from aotml.loops.ir import (
     Var,
     children,
 )
-from aotml.ops import REGISTRY
+from aotml.ops import REGISTRY, conv
 from aotml.ops.conv import TILE_W
 
 
@@ -94,9 +97,42 @@ SAMPLES = {"conv2d": [
 ]}
 
 
+@pytest.fixture(params=["padded copy", "border tiles"])
+def padding_by(request, monkeypatch):
+    """Each padded conv either way: through a zero-bordered copy of its input wherever the
+    window reaches into the padding, or through the border rows and tiles of the tiled conv."""
+    monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 0 if request.param == "padded copy" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("op,sample", params(SAMPLES))
-def test_tiled_conv_matches_reference(tmp_path, op, sample):
+def test_tiled_conv_matches_reference(tmp_path, op, sample, padding_by):
     check(tmp_path, op, sample)
+
+
+def test_the_padded_copy_is_chosen_where_each_input_feeds_enough_work():
+    # M·kh·kw: 64 · 9 makes the copy, 2 · 9 (fewer multiply-adds per element copied) does not
+    assert _padded_copies(_lower((1, 8, 12, 40), (64, 8, 3, 3), padding=1)) == 1
+    assert _padded_copies(_lower((1, 8, 12, 40), (2, 8, 3, 3), padding=1)) == 0
+    assert _padded_copies(_lower((1, 8, 12, 40), (64, 8, 3, 3))) == 0  # no padding
+
+
+def _padded_copies(body) -> int:
+    return len({s.buffer.name for s in _walk(body)
+                if isinstance(s, Store) and s.buffer.name.endswith("padded")})
+
+
+def test_the_padded_copy_leaves_the_conv_interior_tiles_only():
+    """The first nest writes the zero-bordered copy; the conv after it reads only that, with
+    no bounds check and no border tile (every tile is a full TILE_W or the leftover)."""
+    body = _lower((1, 32, 20, 40), (64, 32, 3, 3), bias=True, padding=1)
+    copy, *convs = body
+    assert {s.buffer.name for s in _walk([copy]) if isinstance(s, Store)} == {"k_padded"}
+    padded = next(s.buffer for s in _walk([copy]) if isinstance(s, Store))
+    assert padded.shape == (1, 32, 22, 42)
+    read = {e.buffer.name for e in _exprs(convs) if isinstance(e, Load)}
+    assert read == {"k_padded", "w", "b"}
+    assert not {type(e) for e in _exprs(convs)} & {Select, Compare}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +149,12 @@ def _lower(x, w, bias=False, dtype="f32", **attrs):
     buffers = [Buffer(name, dtype, s) for name, s in zip(("x", "w", "b"), shapes)]
     operands = [Operand(b.shape, buffer=b) for b in buffers]
     return op.lower(Buffer("y", dtype, out.shape), operands, bound, Names())
+
+
+@pytest.fixture
+def border_tiles(monkeypatch):
+    """The tiled conv's own handling of padding (border rows and tiles), not the copy."""
+    monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 10**9)
 
 
 def _walk(stmts):
@@ -153,7 +195,7 @@ def _loops(stmts, prefix: str) -> list[For]:
     return [s for s in _walk(stmts) if isinstance(s, For) and s.var.name.startswith(prefix)]
 
 
-def test_fast_path_has_no_bounds_checks():
+def test_fast_path_has_no_bounds_checks(border_tiles):
     """Padding is handled by the shape of the loops: no Select or Compare anywhere."""
     body = _lower((1, 32, 20, 40), (64, 32, 3, 3), bias=True, padding=1)
     kinds = {type(e) for e in _exprs(body)}
@@ -171,7 +213,7 @@ def test_direct_loop_where_the_fast_path_does_not_apply(case):
     assert MulAdd not in {type(e) for e in _exprs(body)}
 
 
-def test_hot_loop_reads_consecutive_columns():
+def test_hot_loop_reads_consecutive_columns(border_tiles):
     """In the loop over full tiles of an inner row, each step reads TILE_W inputs at
     consecutive columns and one weight per channel, then does 6 x TILE_W multiply-adds."""
     body = _lower((1, 8, 10, 60), (12, 8, 3, 3), padding=1)
@@ -204,7 +246,7 @@ def test_one_by_one_kernel_puts_rows_outermost():
     assert rows.var.name.startswith("oh") and rows.body[0].var.name.startswith("mb")
 
 
-def test_channel_blocks_store_at_block_offsets():
+def test_channel_blocks_store_at_block_offsets(border_tiles):
     """Each store of the loop over blocks of 6 channels writes channel mb*6 + u, 0 <= u < 6:
     the blocks own disjoint channels (what the thread parallelism pass proves from)."""
     body = _lower((1, 3, 10, 40), (32, 3, 3, 3), bias=True, padding=1)
@@ -219,7 +261,7 @@ def test_channel_blocks_store_at_block_offsets():
             assert len(offsets) == 1 and 0 <= offsets.pop() < 6
 
 
-def test_symbolic_batch_keeps_the_fast_path():
+def test_symbolic_batch_keeps_the_fast_path(border_tiles):
     n = symbol("N")
     body = _lower((n, 3, 9, 37), (7, 3, 3, 3), bias=True, padding=1)
     assert MulAdd in {type(e) for e in _exprs(body)}
