@@ -8,8 +8,9 @@ full tiles and with a narrower leftover tile, border rows and columns from paddi
 one-sided), stride, dilation, 1x1, 5x5, 1x7 and 7x1 kernels, batch 1 and 3 and a symbolic batch,
 images too small for any inner tile, and padding so large that the direct loop takes over.
 
-Every sample runs both ways a padded conv can go: through a zero-bordered copy of its input
-and through the border rows and tiles of the tiled conv. Then the loop IR itself: the fast
+Every sample runs by each algorithm: the implicit GEMM (narrow outputs take it), and the
+tiled conv, through a zero-bordered copy of its input or through its own border rows and
+tiles. Then the loop IR itself: the fast
 path is taken where it should be (and not for groups 2,
 f16, huge padding), its hot loop has no bounds check, reads consecutive columns, and stores
 each channel block at `mb*6 + u`.
@@ -97,17 +98,30 @@ SAMPLES = {"conv2d": [
 ]}
 
 
-@pytest.fixture(params=["padded copy", "border tiles"])
-def padding_by(request, monkeypatch):
-    """Each padded conv either way: through a zero-bordered copy of its input wherever the
-    window reaches into the padding, or through the border rows and tiles of the tiled conv."""
+@pytest.fixture(params=["implicit gemm", "padded copy", "border tiles"])
+def algorithm(request, monkeypatch):
+    """Each conv by each algorithm: as a matmul over its unfolded input, or tiled, through a
+    zero-bordered copy of its input wherever the window reaches into the padding or through
+    the border rows and tiles of the tiled conv."""
+    monkeypatch.setattr(conv, "GEMM_MAX_WIDTH", 10**9 if request.param == "implicit gemm" else 0)
     monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 0 if request.param == "padded copy" else 10**9)
     return request.param
 
 
 @pytest.mark.parametrize("op,sample", params(SAMPLES))
-def test_tiled_conv_matches_reference(tmp_path, op, sample, padding_by):
+def test_tiled_conv_matches_reference(tmp_path, op, sample, algorithm):
     check(tmp_path, op, sample)
+
+
+def test_narrow_outputs_take_the_implicit_gemm():
+    """Output rows narrower than GEMM_MAX_WIDTH: the weights as a matrix, the input unfolded,
+    matmul's tiles; wider ones stay tiled."""
+    narrow = _lower((1, 16, 14, 14), (32, 16, 3, 3), bias=True, padding=1)
+    stored = {s.buffer.name for s in _walk(narrow) if isinstance(s, Store)}
+    assert {"k_wmat", "k_unfolded", "y"} <= stored
+    assert not _padded_copies(narrow)
+    wide = _lower((1, 16, 14, 40), (32, 16, 3, 3), bias=True, padding=1)
+    assert "k_unfolded" not in {s.buffer.name for s in _walk(wide) if isinstance(s, Store)}
 
 
 def test_the_padded_copy_is_chosen_where_each_input_feeds_enough_work():
@@ -155,6 +169,7 @@ def _lower(x, w, bias=False, dtype="f32", **attrs):
 def border_tiles(monkeypatch):
     """The tiled conv's own handling of padding (border rows and tiles), not the copy."""
     monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 10**9)
+    monkeypatch.setattr(conv, "GEMM_MAX_WIDTH", 0)
 
 
 def _walk(stmts):
@@ -208,7 +223,7 @@ def test_fast_path_has_no_bounds_checks(border_tiles):
     dict(x=(1, 4, 9, 9), w=(6, 4, 3, 3), padding=1, dtype="f16"),
     dict(x=(1, 2, 3, 20), w=(3, 2, 1, 1), padding=5),
 ], ids=["groups2", "f16", "huge-padding"])
-def test_direct_loop_where_the_fast_path_does_not_apply(case):
+def test_direct_loop_where_the_fast_path_does_not_apply(case, border_tiles):
     body = _lower(case.pop("x"), case.pop("w"), **case)
     assert MulAdd not in {type(e) for e in _exprs(body)}
 

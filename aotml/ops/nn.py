@@ -9,7 +9,7 @@ variance around it), which costs a pass over the data and buys accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -90,7 +90,8 @@ WIDE_PANELS = 4  # a one-row tile spans this many panels (64 columns: 8 AVX2 acc
 
 
 def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
-                 pack: bool = True) -> list:
+                 pack: bool = True, out_index: Callable | None = None,
+                 init: Callable | None = None) -> list:
     """Register tiles: TILE_ROWS x TILE_COLS accumulators in scalar locals (LLVM's SLP
     vectorizer packs each row of them into vector registers), one multiply-add each per step
     of k, every output element stored once (so an elementwise epilogue can be fused into the
@@ -103,14 +104,19 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
     flops, and none at run time when b is a weight (loops/fold.py packs it at build time).
     `pack=False` reads b where it is (a caller whose b is already laid out so, or that needs
-    the kernel free of shared scratch)."""
+    the kernel free of shared scratch). `out_index(row, col)` places output element (row, col)
+    (default: out[*at, row, col]); `init(row)` starts row's accumulators (default 0): the
+    implicit-GEMM conv stores into NCHW with its bias as the start."""
+    if out_index is None:
+        def out_index(row, col):
+            return (*at, row, col)
     nt, tail = n // TILE_COLS, n % TILE_COLS
     panels = None
     stmts: list = []
     if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
         # one set of panels per matrix of a batch: the batch loop stays independent (and
         # parallel), each matrix reading only its own copy
-        panels = names.scratch_buffer("panels", "f32", (*out.shape[:-2], nt, k, TILE_COLS))
+        panels = names.scratch_buffer("panels", "f32", (*out.shape[:len(at)], nt, k, TILE_COLS))
         p, r, c = names.var("p"), names.var("k"), names.var("c")
         col = Binary("add", Binary("mul", p, Const(TILE_COLS, "i64")), c)
         copy = Store(panels, (*at, p, r, c), b.load(bi + (r, col)))
@@ -119,7 +125,8 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     def tile(rows: list[Expr], cols: list[Expr], panel: Expr | None = None) -> list:
         r = names.var("k")
         accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
-        init = [Local(acc, const(0, "f32")) for row in accs for acc in row]
+        starts = [init(row) if init is not None else const(0, "f32") for row in rows]
+        inits = [Local(acc, start) for start, row_accs in zip(starts, accs) for acc in row_accs]
         if panel is not None and panels is not None:  # (a wide tile spans several panels)
             b_vals = [Load(panels, (*at, _plus(panel, c // TILE_COLS), r,
                                     Const(c % TILE_COLS, "i64"))) for c in range(len(cols))]
@@ -127,9 +134,9 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
             b_vals = [b.load(bi + (r, col)) for col in cols]
         step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
                 for t in range(len(rows)) for c in range(len(cols))]
-        done = [store(out, tuple(at) + (rows[t], cols[c]), accs[t][c])
+        done = [store(out, out_index(rows[t], cols[c]), accs[t][c])
                 for t in range(len(rows)) for c in range(len(cols))]
-        return [*init, For(r, k, tuple(step)), *done]
+        return [*inits, For(r, k, tuple(step)), *done]
 
     def offsets(base: Expr | None, start: int, count: int) -> list[Expr]:
         def at(t):
