@@ -23,6 +23,7 @@ from aotml.gpu.schedules import BIG_TILE, SMALL_TILE
 from aotml.graph.symbolic import symbol
 from aotml.loops.build import idx
 from aotml.loops.ir import (
+    Binary,
     Buffer,
     Compare,
     Const,
@@ -90,7 +91,7 @@ def test_large_products_take_the_big_tile():
     assert schedules.matmul_tile(symbol("N"), 2048, 1) is SMALL_TILE  # N may be small
 
 
-def test_batched_and_broadcast_operands(tmp_path):
+def test_batched_and_broadcast_operands(tmp_path, tile):
     src = _model(tmp_path, "3, 1, 20, 33", "4, 33, 70")
     _check(src, [((3, 1, 20, 33), (4, 33, 70))], 33, seed=7)
 
@@ -102,7 +103,7 @@ def test_a_symbolic_row_count_takes_the_guarded_grid(tmp_path):
     _check(src, shapes, 40, seed=8)
 
 
-def test_an_epilogue_goes_into_the_guarded_stores(tmp_path):
+def test_an_epilogue_goes_into_the_guarded_stores(tmp_path, tile):
     src = _model(tmp_path, "37, 50", "50, 77", expr="relu(a @ b * 0.5 + 1)")
     result = _check(src, [((37, 50), (50, 77))], 50, seed=9)
     assert len(result.gpu_program.kernels) == 1
@@ -156,7 +157,7 @@ ROWS = """model m {
 
 
 def test_row_reductions_take_one_block_per_row(tmp_path):
-    """softmax, layer_norm and rms_norm: partials per thread, a tree in shared memory, rows of
+    """softmax, layer_norm and rms_norm: partials per thread combined by warp shuffles, rows of
     900 (a ragged share per thread), 300 and 5 (fewer elements than threads)."""
     src = tmp_path / "m.mlg"
     src.write_text(ROWS)
@@ -175,8 +176,25 @@ def test_row_reductions_take_one_block_per_row(tmp_path):
             within(got[name], exact[name], 1e-5 + 900 * EPS32, 1e-6)
 
 
+@pytest.mark.parametrize("row, threads", [(900, 256), (100, 128), (40, 64), (20, 32)])
+def test_row_reductions_by_warp_shuffles_match_the_reference(tmp_path, row, threads):
+    """8, 4, 2 and 1 warps a row: the second level combines 3, 2, 1 and no halvings."""
+    src = tmp_path / "m.mlg"
+    src.write_text(f"model m {{\n    input x: f32[7, {row}]\n    input g: f32[{row}]\n"
+                   f"    input b: f32[{row}]\n    output y = softmax(x, axis=-1)\n"
+                   f"    output z = layer_norm(x, g, b)\n}}\n")
+    result = build(src, tmp_path / "m.so", target="grid-emulation")
+    assert all(list(thread_extents(k.body))[0] == threads for k in result.gpu_program.kernels)
+    model = aotml.load(result.so_path)
+    rng = np.random.default_rng(row)
+    arrays = {"x": rand(rng, (7, row), -8, 8), "g": rand(rng, (row,)), "b": rand(rng, (row,))}
+    got, exact = model(**arrays), aotml.interpret(src, precise=True, **arrays)
+    for name in ("y", "z"):
+        within(got[name], exact[name], 1e-5 + row * EPS32, 1e-6)
+
+
 @pytest.mark.skipif(not have_ptxas(), reason="no ptxas on PATH")
-@pytest.mark.parametrize("row, threads", [(900, 256), (40, 64), (20, 32)])
+@pytest.mark.parametrize("row, threads", [(900, 256), (100, 128), (40, 64), (20, 32)])
 def test_row_reductions_combine_by_warp_shuffles(tmp_path, row, threads):
     """Per reduction: 5 shuffles within each warp and log2(warps) across the warps' totals,
     and 2 barriers (1 with one warp) where a tree in shared memory had log2(threads) + 1."""
@@ -189,11 +207,6 @@ def test_row_reductions_combine_by_warp_shuffles(tmp_path, row, threads):
     assert ptx.count("shfl.sync.down.b32") == 2 * (5 + (warps.bit_length() - 1)), ptx
     assert ptx.count("bar.sync") == 2 * (2 if warps > 1 else 1), ptx
     assert ptx_assembles(tmp_path, ptx)
-    # and they compute the same through the grid emulation
-    model = aotml.load(build(src, tmp_path / "m.so", target="grid-emulation").so_path)
-    x = rand(np.random.default_rng(row), (7, row), -8, 8)
-    within(model(x=x)["y"], aotml.interpret(src, precise=True, x=x)["y"], 1e-5 + row * EPS32,
-           1e-7)
 
 
 def ptx_assembles(tmp_path: Path, ptx: str) -> bool:
@@ -217,11 +230,29 @@ def _kernel(*phases) -> Kernel:
                                                     bind="block.x"),))
 
 
-@pytest.mark.parametrize("case", ["nested", "odd block", "shared write", "write after read"])
+@pytest.mark.parametrize("case", ["nested", "odd block", "shared write", "write after read",
+                                  "store then shuffle", "another row", "across iterations"])
 def test_warp_phases_that_would_race_are_refused(case):
     t = Var("t")
     shuffle = Store(PART, (t, idx(1)), Shuffle(PART, (t, idx(0)), 1))
-    if case == "nested":
+    if case == "store then shuffle":
+        # the GPU would exchange the new value, the emulation (threads in turn) the old one
+        k = _kernel(_phase(t, [Store(PART, (t, idx(0)), Const(2.0, "f32")), shuffle],
+                           barrier=False))
+        message = "after a store to it in the same phase"
+    elif case == "another row":
+        k = _kernel(_phase(t, [Store(PART, (t, idx(1)), Shuffle(
+            PART, (Binary("add", t, idx(1)), idx(0)), 1))], barrier=False))
+        message = "not at its thread's row"
+    elif case == "across iterations":
+        # the phase that reads sh is barrier-less, and the loop comes back to the write
+        u = Var("u")
+        loop = For(Var("k"), 3, (_phase(u, [Store(SHARED, (u,), Const(1.0, "f32"))]),
+                                 _phase(t, [Store(PART, (t, idx(0)), Load(SHARED, (t,)))],
+                                        barrier=False)))
+        k = _kernel(loop)
+        message = "written while another warp may still read it"
+    elif case == "nested":
         k = _kernel(_phase(t, [If(Compare("lt", t, idx(3)), (shuffle,))]))
         message = "outside a thread loop's top level"
     elif case == "odd block":
@@ -240,6 +271,14 @@ def test_warp_phases_that_would_race_are_refused(case):
         message = "written while another warp may still read it"
     with pytest.raises(InternalError, match=message):
         check_warp_phases(k)
+
+
+def test_a_shuffle_of_an_element_stored_later_in_the_phase_is_allowed():
+    t = Var("t")
+    check_warp_phases(_kernel(_phase(t, [
+        Store(PART, (t, idx(1)), Binary("add", Load(PART, (t, idx(0))),
+                                        Shuffle(PART, (t, idx(0)), 8))),
+        Store(PART, (t, idx(0)), Const(0.0, "f32"))], barrier=False)))
 
 
 def test_a_shuffle_prints_and_leaves_a_warp_phase_without_a_barrier():

@@ -123,7 +123,8 @@ class Shuffle:
     exchange, so every thread of the warp must reach it together: it may stand only in the
     top-level statements of a thread loop (check_warp_phases). The grid emulation reads the
     other thread's row of the buffer, which holds what that thread stored in an earlier
-    phase; a thread's own stores in the same phase are not seen (nor on the GPU)."""
+    phase: so a shuffle may not read an element its phase stored before it (check_warp_phases
+    refuses that), where the GPU would see the other thread's new value."""
 
     buffer: Buffer
     indices: tuple["Expr", ...]
@@ -461,37 +462,63 @@ def thread_extents(stmts):
             yield from thread_extents(s.body)
 
 
-def thread_loops(stmts):
-    """Every `thread.x` loop in `stmts`, in order."""
-    for s in stmts:
-        if isinstance(s, For) and s.bind == "thread.x":
-            yield s
-        elif isinstance(s, (For, If)):
-            yield from thread_loops(s.body)
-
-
 def check_warp_phases(kernel: "Kernel") -> None:
     """What Shuffle and barrier-less phases need to mean the same on the GPU and in the grid
-    emulation (InternalError otherwise): a Shuffle stands only in a thread loop's top-level
-    statements, where every thread of the warp reaches it, in a block of whole warps; a phase
-    without a barrier writes no shared memory (no other thread could safely read it), and no
-    phase writes a shared buffer that a phase since the last barrier read (in program order:
-    a thread of another warp may still be reading it)."""
-    def shuffles(stmts) -> bool:
-        return any(isinstance(x, Shuffle) for s in stmts for e in stmt_exprs(s)
-                   for x in walk_expr(e))
+    emulation, as far as shared memory and shuffles go (InternalError otherwise):
+    - a Shuffle stands only in a thread loop's top-level statements, where every thread of the
+      warp reaches it, in a block of whole warps, and reads the row of that loop's thread;
+    - it reads no element of its buffer that the phase stored before it (on the GPU that is the
+      other thread's new value; the emulation, running threads in turn, would read the old);
+    - a phase without a barrier writes no shared memory, and no phase writes a shared buffer
+      that a phase read since the last barrier (in program order, a serial loop's body taken
+      twice: a thread of another warp may still be reading it).
+    Global memory written in a barrier-less phase is the schedule's own care: the schedules
+    read it back only on the thread that wrote it."""
+    def shuffles_in(s) -> list:
+        return [x for e in stmt_exprs(s) for x in walk_expr(e) if isinstance(x, Shuffle)]
 
-    def placed(stmts, top: bool) -> None:
+    def column(indices) -> tuple:
+        """The element of a thread's row an access names (None where not a constant)."""
+        return tuple(i.value if isinstance(i, Const) else None for i in indices[1:])
+
+    def placed(stmts, loop: "For | None") -> None:
+        stored: set = set()
         for s in stmts:
-            if not top and shuffles([s]):
-                raise InternalError(f"{kernel.name}: a shuffle outside a thread loop's top level")
+            for x in shuffles_in(s):
+                if loop is None:
+                    raise InternalError(f"{kernel.name}: a shuffle outside a thread loop's "
+                                        f"top level")
+                if x.indices[0] != loop.var:
+                    raise InternalError(f"{kernel.name}: a shuffle of {x.buffer.name} not at "
+                                        f"its thread's row")
+                col = column(x.indices)
+                if any(b == x.buffer.name and (c == col or None in c or None in col)
+                       for b, c in stored):
+                    raise InternalError(f"{kernel.name}: a shuffle of {x.buffer.name} after "
+                                        f"a store to it in the same phase")
+            if loop is not None:
+                stored |= {(t.buffer.name, column(t.indices)) for t in walk_stmts([s])
+                           if isinstance(t, Store) and t.buffer.scope == "local"}
             if isinstance(s, (For, If)):
-                placed(s.body, isinstance(s, For) and s.bind == "thread.x")
+                inner = s if isinstance(s, For) and s.bind == "thread.x" else None
+                placed(s.body, inner)
 
-    placed(kernel.body, False)
+    placed(kernel.body, None)
+
+    def phases(stmts):
+        """The thread loops in program order, a serial loop's taken twice."""
+        for s in stmts:
+            if isinstance(s, For) and s.bind == "thread.x":
+                yield s
+            elif isinstance(s, (For, If)):
+                repeat = 2 if isinstance(s, For) and not s.bind else 1
+                for _ in range(repeat):
+                    yield from phases(s.body)
+
     unguarded: set[str] = set()  # shared buffers read since the last barrier
-    for loop in thread_loops(kernel.body):
-        if shuffles(loop.body) and (not isinstance(loop.extent, int) or loop.extent % WARP):
+    for loop in phases(kernel.body):
+        if any(shuffles_in(s) for s in walk_stmts(loop.body)) and \
+                (not isinstance(loop.extent, int) or loop.extent % WARP):
             raise InternalError(f"{kernel.name}: shuffles in a block of {loop.extent} threads")
         stmts = list(walk_stmts(loop.body))
         written = {s.buffer.name for s in stmts
