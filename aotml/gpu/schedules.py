@@ -78,6 +78,8 @@ class MatmulTile:
     def __post_init__(self):
         # whole chunks per thread, and whole runs of VEC per thread in each slice copy
         ok = self.tm % VEC == 0 and self.tn % VEC == 0 and self.bk % VEC == 0 \
+            and self.bm % self.tm == 0 and self.bn % self.tn == 0 \
+            and self.threads % self.bm == 0 \
             and self.bm * self.bk // VEC % self.threads == 0 \
             and self.bk * self.bn // VEC % self.threads == 0
         if not ok:
@@ -91,15 +93,16 @@ class MatmulTile:
 # 8 x 8 a thread: 64 multiply-adds per 4 shared-memory reads; for products of at least
 # BIG_TILE_BLOCKS such blocks (about a block per multiprocessor of a large GPU). Smaller ones
 # take 64 x 64 blocks of 4 x 4 threads, four times as many blocks, so the whole GPU works.
-# On an H200 (benchmarks/gpu_tiles.py, 2026-12-04) the big tile with k steps of 16 ran at
-# 0.81-0.86 of torch's fp32 product from N = 2048 up, k steps of 8 at 0.81-0.83, and the small
-# tile at 0.74 for N = 1024 (64 big blocks: 0.51) but 0.61-0.64 above.
+# On an H200 (benchmarks/gpu_tiles.py, two runs on 2026-12-04) the big tile with k steps of
+# 16 ran at 0.81-0.87 of torch's fp32 product from N = 2048 up, k steps of 8 at 0.81-0.84, and
+# the small tile at 0.74-0.86 for N = 1024 (64 big blocks: 0.51-0.59) but 0.61-0.65 above.
 BIG_TILE, SMALL_TILE = MatmulTile(128, 128, 16, 8, 8), MatmulTile(64, 64, 16, 4, 4)
 BIG_TILE_BLOCKS = 128
 
 
 def matmul_tile(m: Dim, n: int, batches: Dim) -> MatmulTile:
-    """The tile for an m x n result (times `batches`); a symbolic m takes the small one."""
+    """The tile for an m x n result (times `batches`); a symbolic m or batch takes the small
+    one (its grid over a symbolic m also needs bm to divide the block's threads)."""
     big = BIG_TILE
     if isinstance(m, Sym) or isinstance(batches, Sym):
         return SMALL_TILE
@@ -271,9 +274,14 @@ def gpu_matmul(out: Buffer, ins: list[Operand], attrs: dict, names: Names) -> li
         return stmts
 
     total_blocks = Binary("mul", Binary("mul", row_blocks, idx(col_blocks)), idx(batches))
-    following = Binary("min", Binary("add", k0, idx(1)), idx(k_steps - 1))
+    def fetch_next(t: Var) -> list:
+        """Step k0 + 1's slices into registers, on every step but the last (uniform)."""
+        following = Binary("add", k0, idx(1))
+        if k_steps == 1:
+            return []
+        return [If(Compare("lt", following, idx(k_steps)), tuple(fetch(t, following)))]
     work = [*inside, phase(zero),
-            For(k0, k_steps, (phase(put), phase(lambda t: fetch(t, following) + compute(t)))),
+            For(k0, k_steps, (phase(put), phase(lambda t: fetch_next(t) + compute(t)))),
             phase(write)]
     body = [*uniform, If(Compare("lt", blk, total_blocks), tuple(work))] \
         if isinstance(m, Sym) else [*uniform, *work]
@@ -359,6 +367,7 @@ def _row_blocks(shape: tuple, first: int, names: Names, build: Callable) -> list
 
     def reduction(op: str, partial: Callable) -> tuple[list, Expr]:
         warps = threads // WARP
+        assert warps <= WARP, "the warps' totals are combined by one warp"
         identity = Const(0.0 if op == "add" else float("-inf"), "f32")
         per_warp = names.scratch_buffer("warp_totals", "f32", (warps,), scope="shared")
         out, part, steps = shuffled(op, partial, WARP)
