@@ -51,6 +51,9 @@ def test_op_on_the_gpu(tmp_path, op, sample):
 LARGE = {
     "matmul": ("input a: f32[1023, 517]\n    input b: f32[517, 771]\n    output y = a @ b",
                {"a": (1023, 517), "b": (517, 771)}, 517),
+    # 17 x 17 blocks: the big tile (at least 128 blocks), ragged in m, n and k
+    "big-tile matmul": ("input a: f32[2049, 515]\n    input b: f32[515, 2050]\n"
+                        "    output y = a @ b", {"a": (2049, 515), "b": (515, 2050)}, 515),
     "batched matmul": ("input a: f32[3, 130, 67]\n    input b: f32[3, 67, 257]\n"
                        "    output y = a @ b", {"a": (3, 130, 67), "b": (3, 67, 257)}, 67),
     "softmax": ("input x: f32[301, 1999]\n    output y = softmax(x, axis=-1)",
