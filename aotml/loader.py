@@ -347,6 +347,20 @@ class Model:
     def _run_checked(self, arrays: dict[str, np.ndarray],
                      out: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """`run` one check at a time, raising RunError at the first that fails."""
+        call = self._checked_call(arrays, out)
+        try:
+            scratch = self._pool.pop()
+        except IndexError:
+            scratch = _Scratch(len(self.inputs), len(self.outputs))
+        try:
+            return call.run(scratch)
+        finally:
+            self._pool.append(scratch)
+
+    def _checked_call(self, arrays: dict[str, np.ndarray],
+                      out: dict[str, np.ndarray] | None) -> "_Call":
+        """Every check of a call on `arrays` (and `out`), one at a time; RunError at the
+        first that fails."""
         names = self._input_names
         unknown = sorted(set(arrays) - names)
         if unknown:
@@ -370,24 +384,67 @@ class Model:
             ws_bytes = int(self._model.workspace_bytes)
         outs = [_check(self.name, "output", t, out[t.name], shape) if t.name in out
                 else np.empty(shape, t.dtype) for t, shape in zip(self.outputs, shapes)]
-        in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
-        out_ptrs = _ffi.new("void *[]",
-                            [_ffi.from_buffer(a, require_writable=True) for a in outs]
-                            or [_ffi.NULL])
-        in_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in ins] or [0])
-        out_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in outs] or [0])
-        try:
-            scratch = self._pool.pop()
-        except IndexError:
-            scratch = _Scratch(len(self.inputs), len(self.outputs))
-        if scratch.ws_bytes < ws_bytes:
-            scratch.grow(ws_bytes)
-        rc = self._model.run(symbols, in_ptrs, in_bytes, len(ins), out_ptrs, out_bytes,
-                             len(outs), scratch.ws_ptr, scratch.ws_bytes)
-        self._pool.append(scratch)
-        if rc != 0:
+        return _Call(self, symbols, ins, outs, ws_bytes)
+
+    def prepare(self, /, *, out: dict[str, np.ndarray] | None = None,
+                **arrays: np.ndarray) -> "Prepared":
+        """A call on these arrays, checked once, to run many times: `p = model.prepare(x=x,
+        out={"y": y})`, then `p()` runs the model on the arrays' contents at that moment and
+        returns the outputs (one dict, the same at every run: the arrays of `out` where given,
+        else arrays made once here).
+        The arrays stay bound, as with ONNX Runtime's IO binding: write new inputs into them
+        between runs, but keep their shapes (the Prepared holds them, so they stay alive).
+        The checks of a call are made here only, which leaves a run the C call alone. A
+        Prepared has its own workspace: use one from one thread at a time."""
+        if self._out_is_input and out is not None:
+            arrays["out"], out = out, None
+        return Prepared(self._checked_call(arrays, out))
+
+
+class _Call:
+    """A checked call: the arrays and the C arguments that name them."""
+
+    def __init__(self, model: Model, symbols, ins: list, outs: list, ws_bytes: int):
+        self.model, self.ins, self.outs, self.ws_bytes = model, ins, outs, ws_bytes
+        self.symbols = symbols
+        self.in_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a) for a in ins] or [_ffi.NULL])
+        self.out_ptrs = _ffi.new("void *[]", [_ffi.from_buffer(a, require_writable=True)
+                                              for a in outs] or [_ffi.NULL])
+        self.in_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in ins] or [0])
+        self.out_bytes = _ffi.new("uint64_t[]", [a.nbytes for a in outs] or [0])
+        self.result = {t.name: a for t, a in zip(model.outputs, outs)}
+
+    def arguments(self, scratch: "_Scratch") -> tuple:
+        if scratch.ws_bytes < self.ws_bytes:
+            scratch.grow(self.ws_bytes)
+        return (self.symbols, self.in_ptrs, self.in_bytes, len(self.ins), self.out_ptrs,
+                self.out_bytes, len(self.outs), scratch.ws_ptr, scratch.ws_bytes)
+
+    def run(self, scratch: "_Scratch") -> dict[str, np.ndarray]:
+        if self.model._model.run(*self.arguments(scratch)) != 0:
+            raise self.model._fail()
+        return self.result
+
+
+class Prepared:
+    """A model call bound to its arrays (Model.prepare): calling it runs the model."""
+
+    def __init__(self, call: _Call):
+        self._call = call
+        model = call.model
+        self.model = model
+        self._scratch = _Scratch(len(model.inputs), len(model.outputs))
+        self._run_c, self._fail = model._model.run, model._fail
+        self._args = call.arguments(self._scratch)
+        self._result = call.result
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        if self._run_c(*self._args) != 0:
             raise self._fail()
-        return {t.name: a for t, a in zip(self.outputs, outs)}
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<aotml.Prepared call of {self.model.name}>"
 
 
 class _Plan(NamedTuple):

@@ -199,6 +199,61 @@ def test_call_after_error_succeeds(model):
 # threads
 
 
+# ---------------------------------------------------------------------------------------------
+# prepared calls
+
+
+def test_a_prepared_call_runs_on_its_arrays_current_contents(model):
+    """prepare() checks once; each run reads the bound inputs as they are then, and writes the
+    bound outputs (the very arrays of out=, or arrays it made)."""
+    inputs = _inputs(41)
+    s = np.full((3, 7), np.nan, np.float32)
+    prepared = model.prepare(out={"s": s}, **inputs)
+    got = prepared()
+    assert got["s"] is s and got["t"].shape == (7,)
+    _assert_matches_reference(model, inputs, got)
+    fresh = _inputs(42)
+    for name, value in fresh.items():
+        inputs[name][...] = value  # new contents, same arrays
+    got = prepared()
+    _assert_matches_reference(model, fresh, got)
+    assert got["s"] is s
+
+
+def test_a_prepared_call_with_symbols_binds_the_shapes_once(tmp_path):
+    src = tmp_path / "m.mlg"
+    src.write_text("model m {\n    input x: f32[N, 5]\n    output y = softmax(x * 2, axis=-1)\n}\n")
+    m = aotml.load(aotml.build(src, tmp_path / "m.so"))
+    rng = np.random.default_rng(43)
+    for n in (1, 6):
+        x = rand(rng, (n, 5))
+        prepared = m.prepare(x=x)
+        np.testing.assert_allclose(prepared()["y"], aotml.interpret(src, x=x)["y"],
+                                   rtol=RTOL, atol=ATOL)
+
+
+def test_a_prepared_call_is_checked_when_it_is_made(model):
+    inputs = _inputs(44)
+    with pytest.raises(aotml.RunError, match="input 'x'"):
+        model.prepare(x=inputs["x"][:2], y=inputs["y"])
+    with pytest.raises(aotml.RunError, match="unknown output"):
+        model.prepare(out={"nope": np.empty(3, np.float32)}, **inputs)
+
+
+def test_a_prepared_call_raises_the_run_error_of_a_failed_check(tmp_path):
+    # gather(x, i) checks its indices at run time; the bad one is written after prepare()
+    src = tmp_path / "m.mlg"
+    src.write_text("model m {\n    input x: f32[4]\n    input i: i32[2]\n"
+                   "    output y = gather(x, i)\n}\n")
+    m = aotml.load(aotml.build(src, tmp_path / "m.so"))
+    x, i = np.arange(4, dtype=np.float32), np.array([3, 1], np.int32)
+    prepared = m.prepare(x=x, i=i)
+    np.testing.assert_array_equal(prepared()["y"], [3, 1])
+    i[0] = 9
+    with pytest.raises(aotml.RunError, match="m.mlg:4"):
+        prepared()
+
+
 def test_concurrent_calls_from_threads(model):
     """4 Python threads calling one model at once on different inputs get the single-threaded
     results every time."""
