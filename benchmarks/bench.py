@@ -85,7 +85,9 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "bench" / "suite"
 TOLERANCE = 1e-4
 AT = "aotml x@W"  # the same model with pre-transposed weights and `@` instead of `linear`
-PEERS = ("aotml", AT, "numpy", "onnxruntime", "torch", "torch.compile")
+CALL = "aotml call"  # the plain call model(**arrays, out=...), checked each time (the "aotml"
+# column runs a prepared call, Model.prepare, checked once: as ONNX Runtime's IO binding)
+PEERS = ("aotml", CALL, AT, "numpy", "onnxruntime", "torch", "torch.compile")
 SGEMM_SIZES = (32, 64, 128, 256, 512, 1024, 2048)
 CHAIN_N = 16 * 1024 * 1024
 SECTIONS = ("sgemm", "chain", "mlp", "cnn", "encoder", "minilm", "overhead")
@@ -463,16 +465,25 @@ def mlg_model(stem: str, text: str, weights: dict[str, np.ndarray] | None = None
     return aotml_build(src, wkey)
 
 
-def aotml_runner(built: Built, feeds: dict[str, np.ndarray]):
-    """model(**feeds, out=...) into preallocated outputs; returns the first output."""
+def aotml_runner(built: Built, feeds: dict[str, np.ndarray], prepared: bool = True):
+    """The model into preallocated outputs, returning the first: through a prepared call
+    (Model.prepare: checked once, like ONNX Runtime's IO binding), or (prepared=False) the
+    plain call model(**feeds, out=...), which checks every call."""
     model = built.model
     outs = {t.name: np.empty(t.shape, t.dtype) for t in model.outputs}
     first = model.outputs[0].name
+    if prepared:
+        call = model.prepare(out=outs, **feeds)
 
-    def run():
+        def run():
+            call()
+            return outs[first]
+        return run
+
+    def run_checked():
         model(**feeds, out=outs)
         return outs[first]
-    return run
+    return run_checked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,12 +506,12 @@ class Peers:
 
     # aotml ------------------------------------------------------------------------------
     def aotml_runners(self, case: Case, built: Built, feeds: dict[str, np.ndarray],
-                      peer: str = "aotml") -> None:
+                      peer: str = "aotml", prepared: bool = True) -> None:
         """The model at every thread count (each runner with its own outputs); the model is
         registered with Threads, whose set(n) sets its pool."""
         self.threads.add_model(built.model)
         for n in self.thread_counts:
-            case.runners[(peer, n)] = aotml_runner(built, feeds)
+            case.runners[(peer, n)] = aotml_runner(built, feeds, prepared)
 
     # ONNX Runtime ---------------------------------------------------------------------------
     def ort_runners(self, case: Case, onnx_path: Path | None, feeds: dict[str, np.ndarray],
@@ -793,6 +804,8 @@ def sgemm_cases(peers: Peers, sizes) -> list[Case]:
                                        f"    input b: f32[{n}, {n}]\n    output c = a @ b\n}}\n")
         case.built = built
         peers.aotml_runners(case, built, {"a": a, "b": b})
+        if n <= 64:  # where the call itself is most of the time
+            peers.aotml_runners(case, built, {"a": a, "b": b}, CALL, prepared=False)
         c_np = np.empty((n, n), np.float32)
         for t in peers.thread_counts:
             case.runners[("numpy", t)] = lambda a=a, b=b, c=c_np: np.matmul(a, b, out=c)
@@ -1165,6 +1178,7 @@ def overhead_case(peers: Peers) -> Case:
     case.built = built
     x = np.ones(1, np.float32)
     peers.aotml_runners(case, built, {"x": x})
+    peers.aotml_runners(case, built, {"x": x}, CALL, prepared=False)
     y = np.empty(1, np.float32)
     for t in peers.thread_counts:
         case.runners[("numpy", t)] = lambda: np.add(x, 1, out=y)
@@ -1205,7 +1219,8 @@ def columns(cases: list[Case], thread_counts: list[int]) -> list[tuple[str, int]
     cols = []
     for p in PEERS:
         for t in thread_counts:
-            if p == AT and not any((p, t) in c.times or (p, t) in c.notes for c in cases):
+            if p in (AT, CALL) and not any((p, t) in c.times or (p, t) in c.notes
+                                           for c in cases):
                 continue
             cols.append((p, t))
     return cols
@@ -1445,6 +1460,9 @@ def main(argv: list[str] | None = None) -> int:
                          "FMAs per thread; best of 7 runs, median in brackets): " + ", ".join(
                              f"{t} thread{'s' if t > 1 else ''} {fmt(p['best'])} GFLOP/s "
                              f"({fmt(p['median'])})" for t, p in peak.items()))
+        notes.append(f"aotml runs a prepared call (Model.prepare, checked once); '{CALL}' "
+                     "(N <= 64) is the plain call model(a=, b=, out=), checked every time; "
+                     "numpy is np.matmul(a, b, out=c).")
         raw["peak"] = peak
         run_section("SGEMM (GFLOP/s, higher is better)", cases, notes)
         for t in thread_counts:  # the FMA loop's peak is measured at every thread count
@@ -1487,7 +1505,9 @@ def main(argv: list[str] | None = None) -> int:
         log_build(model_cases)
         notes = [cell_note, "",
                  "Each call from Python on one input; aotml and ONNX Runtime write into "
-                 "preallocated outputs (out=, IO binding); numpy is a hand-written forward "
+                 "preallocated outputs, both through calls bound to their arrays once (aotml's "
+                 f"Model.prepare, ONNX Runtime's IO binding; '{CALL}' is aotml's plain call "
+                 "model(**arrays, out=), checked every time); numpy is a hand-written forward "
                  f"(gelu with {ERF_HOW}); torch runs under inference_mode. aotml's .mlg uses "
                  "`linear(x, w, b)` on PyTorch-layout weights w [out, in]; the column "
                  f"'{AT}' is the same model with the weights stored [in, out] and "
