@@ -177,8 +177,10 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     kinds, archs = parse_target(target)
     notes: list[str] = []
     cpu_program = gpu_program = None
+    machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     if "cpu" in kinds:
-        cpu_program, plan, weights = lower_graph(graph, notes)
+        cpu_program, plan, weights = lower_graph(
+            graph, notes, vector_lanes=machine.capabilities.vector_bits // 32)
         reported = cpu_program
     if kinds & {"grid-emulation", "cuda"}:
         # lowered again: ops with a GPU schedule take it
@@ -204,7 +206,6 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         _print_dumps(dumps, dump_stream)
         _write_ptx(modules, out_so)
         return BuildResult(out_so, None, gpu_program, dumps, gpu_program)
-    machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     emitted = None
     if kinds & {"cpu", "grid-emulation"}:
         emitted = machine.emit(gpu_program if "grid-emulation" in kinds else cpu_program, stages)

@@ -130,10 +130,12 @@ def test_an_object_for_aarch64_is_produced_with_neon_code(tmp_path):
 
     src = tmp_path / "mlp.mlg"
     src.write_text(NO_WEIGHTS_MLP)
-    result = build(src, tmp_path / "mlp.o", target_triple="aarch64-linux-gnu", dump="asm")
+    result = build(src, tmp_path / "mlp.o", target_triple="aarch64-linux-gnu",
+                   dump="asm,loops")
     data = (tmp_path / "mlp.o").read_bytes()
     assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183  # AArch64
     assert "fmla\tv" in result.dumps["asm"]  # vector fused multiply-adds
+    assert "f32x4 = splat4(" in result.dumps["loops"]  # register tiles of NEON vectors
     assert (tmp_path / "mlp.h").exists()
     with pytest.raises(CompileError, match="cannot link a library for aarch64-linux-gnu"):
         build(src, tmp_path / "mlp.so", target_triple="aarch64-linux-gnu")

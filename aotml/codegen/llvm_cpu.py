@@ -35,6 +35,12 @@ _STORAGE = {**_VALUE, "bool": I8}
 _INT_BITS = {"i32": 32, "i64": 64}
 
 
+def _value_type(dtype: str) -> ir.Type:
+    """A dtype's register type: a scalar's, or <L x float> for a vector of L f32 lanes."""
+    lanes = L.lanes_of(dtype)
+    return _VALUE[dtype] if lanes is None else ir.VectorType(F32, lanes)
+
+
 @functools.cache
 def _init_llvm(all_targets: bool) -> None:
     llvm.initialize_native_target()
@@ -78,9 +84,7 @@ class CpuTarget:
 
     @functools.cached_property
     def capabilities(self) -> Capabilities:
-        feats = set(self.features.split(","))
-        bits = 512 if "+avx512f" in feats else 256 if "+avx" in feats else 128
-        return Capabilities(vector_bits=bits)
+        return Capabilities(vector_bits=_widest_vector_bits(self.target_machine()))
 
     def describe(self) -> str:
         return f"{self.triple} cpu={self.cpu} features={self.features} O{self.opt_level}"
@@ -105,6 +109,28 @@ class CpuTarget:
         if "asm" in dump:
             dumps["asm"] = tm.emit_assembly(ref)
         return Emitted(tm.emit_object(ref), dumps)
+
+
+_PROBE = """define void @probe(ptr %p) {
+  %v = load <16 x float>, ptr %p
+  %w = fadd <16 x float> %v, %v
+  store <16 x float> %w, ptr %p
+  ret void
+}"""
+
+
+def _widest_vector_bits(tm: llvm.TargetMachine) -> int:
+    """The target's widest float vector, asked of its code generator: the add of two 512-bit
+    vectors takes one instruction where registers are 512 bits wide (AVX-512), two at 256
+    (AVX2), four at 128 (SSE, NEON). A cpu name alone (`--target-cpu haswell`) implies
+    features no feature string lists, and the backend knows them."""
+    module = llvm.parse_assembly(_PROBE)
+    module.triple = tm.triple
+    adds = [line for line in tm.emit_assembly(module).splitlines()
+            if line.startswith("\t") and "add" in line.split()[0]]
+    if not adds or 512 % len(adds):
+        raise InternalError(f"cannot tell the vector width of {tm.triple}: {adds}")
+    return max(128, 512 // len(adds))
 
 
 def parse_verified(text: str) -> llvm.ModuleRef:
@@ -276,7 +302,7 @@ class _KernelEmitter:
     def _alloca(self, var: L.Var) -> ir.Value:
         with self.b.goto_entry_block():
             self.b.position_at_start(self.fn.entry_basic_block)
-            return self.b.alloca(_VALUE[var.dtype], name=var.name)
+            return self.b.alloca(_value_type(var.dtype), name=var.name)
 
     def _for(self, s: L.For) -> None:
         if s.parallel and self.ranged is None:
@@ -366,7 +392,7 @@ class _KernelEmitter:
         if isinstance(e, L.Var):
             if e.name in self.vars:
                 return self.vars[e.name]
-            return b.load(self.locals[e.name], typ=_VALUE[e.dtype])
+            return b.load(self.locals[e.name], typ=_value_type(e.dtype))
         if isinstance(e, L.Load):
             value = b.load(self._address(e.buffer, e.indices), typ=_STORAGE[e.buffer.dtype])
             return b.icmp_unsigned("!=", value, I8(0)) if e.buffer.dtype == "bool" else value
@@ -379,8 +405,21 @@ class _KernelEmitter:
         if isinstance(e, L.Select):
             return b.select(self._expr(e.cond), self._expr(e.a), self._expr(e.b))
         if isinstance(e, L.MulAdd):
-            fn = self._declare("llvm.fmuladd.f32", F32, [F32, F32, F32])
+            t = _value_type(L.dtype_of(e))
+            suffix = "f32" if t is F32 else f"v{t.count}f32"
+            fn = self._declare(f"llvm.fmuladd.{suffix}", t, [t, t, t])
             return b.call(fn, [self._expr(e.a), self._expr(e.b), self._expr(e.c)])
+        if isinstance(e, L.VecLoad):
+            # element alignment: a vector may start anywhere in a row
+            return b.load(self._address(e.buffer, e.indices), typ=ir.VectorType(F32, e.lanes),
+                          align=4)
+        if isinstance(e, L.Splat):
+            t = ir.VectorType(F32, e.lanes)
+            one = b.insert_element(ir.Constant(t, ir.Undefined), self._expr(e.value), I32(0))
+            return b.shuffle_vector(one, ir.Constant(t, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, e.lanes), [0] * e.lanes))
+        if isinstance(e, L.Lane):
+            return b.extract_element(self._expr(e.vector), I32(e.lane))
         if isinstance(e, L.Unary):
             return self._unary(e.op, self._expr(e.operand), L.dtype_of(e.operand))
         if isinstance(e, L.Binary):

@@ -81,10 +81,14 @@ class Names:
     lowering may use for the duration of its kernel (a packed copy of an operand, say). The
     kernel takes each as an argument that it writes but does not output; memory planning
     gives it bytes live during that launch only. `taken` holds the program's buffer names,
-    which a scratch buffer's name must avoid (and then joins)."""
+    which a scratch buffer's name must avoid (and then joins). `lanes` is the f32 lanes of
+    the target's widest vector, for lowerings that write explicit vector code (None: scalar
+    code only, as for a GPU)."""
 
-    def __init__(self, scope: str = "k", taken: set[str] | None = None):
+    def __init__(self, scope: str = "k", taken: set[str] | None = None,
+                 lanes: int | None = None):
         self._n: dict[str, int] = {}
+        self.lanes = lanes
         self.scope = scope
         self.taken = taken if taken is not None else set()
         self.scratch: list[Buffer] = []

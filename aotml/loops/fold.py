@@ -33,6 +33,7 @@ from aotml.loops.ir import (
     Select,
     Store,
     Var,
+    VecLoad,
     children,
     dtype_of,
     stmt_exprs,
@@ -163,5 +164,5 @@ def _buffers(stmts) -> set[str]:
         if isinstance(s, Store):
             found.add(s.buffer.name)
         found |= {x.buffer.name for e in stmt_exprs(s) for x in walk_expr(e)
-                  if isinstance(x, Load)}
+                  if isinstance(x, (Load, VecLoad))}
     return found

@@ -39,9 +39,13 @@ from aotml.loops.ir import (
     Store,
     Unary,
     Var,
+    VecLoad,
     children,
     map_expr,
     map_stmt_exprs,
+    stmt_exprs,
+    walk_expr,
+    walk_stmts,
 )
 
 CHEAP_OPS = 4  # the most scalar operations a producer may cost to be recomputed freely
@@ -94,6 +98,12 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
         if pw.buffer.name not in temps:
             notes.append(f"{producer} -> {', '.join(consumers)}: {producer} writes the model "
                          f"output '{pw.buffer.name}', which must be stored anyway")
+            continue
+        vectored = [c for c in consumers if _vector_loads(by_name[c].body, pw.buffer)]
+        if vectored:
+            notes.append(f"{producer} -> {', '.join(vectored)}: {', '.join(vectored)} reads "
+                         f"{pw.buffer.name} in vector loads (a register tile's), which take "
+                         "stored elements")
             continue
         costly = [c for c in consumers if not _profitable(pw, by_name[c])]
         if costly:
@@ -276,8 +286,19 @@ def _reads(stmts, buf: Buffer, trips=1):
 
 
 def _loads(e: Expr, buf: Buffer) -> int:
-    own = 1 if isinstance(e, Load) and e.buffer == buf else 0
+    """Elements of `buf` that `e` loads (a vector load: one per lane)."""
+    own = 0
+    if isinstance(e, Load) and e.buffer == buf:
+        own = 1
+    elif isinstance(e, VecLoad) and e.buffer == buf:
+        own = e.lanes
     return own + sum(_loads(c, buf) for c in children(e))
+
+
+def _vector_loads(stmts, buf: Buffer) -> bool:
+    """Whether `stmts` read `buf` by vector loads, which inlining cannot rewrite."""
+    return any(isinstance(x, VecLoad) and x.buffer == buf
+               for s in walk_stmts(stmts) for e in stmt_exprs(s) for x in walk_expr(e))
 
 
 def _inline(consumer: Kernel, producer: Kernel, pw: Pointwise) -> Kernel:

@@ -7,6 +7,12 @@ variables in everything lowered so far); buffers are dense and row-major. A dim,
 or a workspace offset is an int or a symbolic dim (`N*16`, see aotml/graph/symbolic.py) whose
 value every kernel receives at run time; `Size` reads one inside an expression.
 Scalar locals (`Local`/`Assign`) hold reduction accumulators.
+
+Vectors: a value of dtype `f32xL` is L f32 lanes, one register of the target's widest vector
+(L = 4, 8 or 16: 128, 256 or 512 bits). Only the CPU's register tiles make them: `VecLoad`
+reads L consecutive elements along a buffer's last dim, `Splat` copies a scalar to every lane,
+`MulAdd` works lane by lane, `Lane` reads one lane back as a scalar, and locals may hold them.
+Stores stay scalar (`out[i, j] = lane(acc, 3)`), so an epilogue fused into them sees scalars.
 """
 
 from __future__ import annotations
@@ -33,6 +39,19 @@ INT_BINARY = frozenset({"idiv", "irem"})
 BOOL_BINARY = frozenset({"and", "or"})
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
 REGIONS = ("input", "output", "param", "workspace", "view")
+VECTOR_LANES = (4, 8, 16)
+
+
+def vector_dtype(lanes: int) -> str:
+    """The dtype of `lanes` f32 lanes."""
+    if lanes not in VECTOR_LANES:
+        raise InternalError(f"no vector of {lanes} lanes")
+    return f"f32x{lanes}"
+
+
+def lanes_of(dtype: str) -> int | None:
+    """How many lanes a vector dtype has; None for a scalar dtype."""
+    return int(dtype[4:]) if dtype.startswith("f32x") else None
 
 
 SCOPES = ("global", "shared", "local")
@@ -110,6 +129,48 @@ class Load:
     def __post_init__(self):
         if len(self.indices) != len(self.buffer.shape):
             raise InternalError(f"load of {self.buffer.name} with {len(self.indices)} indices")
+
+
+@dataclass(frozen=True)
+class VecLoad:
+    """Read `lanes` consecutive f32 elements along the buffer's last dim: lane l holds the
+    element at `indices` with l added to the last index."""
+
+    buffer: Buffer
+    indices: tuple["Expr", ...]
+    lanes: int
+
+    def __post_init__(self):
+        vector_dtype(self.lanes)
+        if len(self.indices) != len(self.buffer.shape) or self.buffer.dtype != "f32":
+            raise InternalError(f"vector load of {self.buffer.name} ({self.buffer.dtype}) "
+                                f"with {len(self.indices)} indices")
+
+
+@dataclass(frozen=True)
+class Splat:
+    """An f32 scalar in every lane of a vector."""
+
+    value: "Expr"
+    lanes: int
+
+    def __post_init__(self):
+        vector_dtype(self.lanes)
+        if dtype_of(self.value) != "f32":
+            raise InternalError(f"splat of {dtype_of(self.value)}")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One lane of a vector, as an f32 scalar."""
+
+    vector: "Expr"
+    lane: int
+
+    def __post_init__(self):
+        lanes = lanes_of(dtype_of(self.vector))
+        if lanes is None or not 0 <= self.lane < lanes:
+            raise InternalError(f"lane {self.lane} of a {dtype_of(self.vector)}")
 
 
 WARP = 32  # threads that run in lockstep on the GPU, and exchange registers by shuffles
@@ -221,20 +282,24 @@ class Select:
 
 @dataclass(frozen=True)
 class MulAdd:
-    """`a * b + c` in f32, rounded once where the target has a fused multiply-add (LLVM's
-    fmuladd): the contraction step of matmul and conv tiles. It may differ from a separate
-    mul and add by one rounding, which every tolerance against the reference allows."""
+    """`a * b + c` in f32 (or lane by lane, on vectors of f32), rounded once where the target
+    has a fused multiply-add (LLVM's fmuladd): the contraction step of matmul and conv tiles.
+    It may differ from a separate mul and add by one rounding, which every tolerance against
+    the reference allows."""
 
     a: "Expr"
     b: "Expr"
     c: "Expr"
 
     def __post_init__(self):
-        if not dtype_of(self.a) == dtype_of(self.b) == dtype_of(self.c) == "f32":
-            raise InternalError("muladd of non-f32 operands")
+        dt = dtype_of(self.a)
+        if not dt == dtype_of(self.b) == dtype_of(self.c) or \
+                (dt != "f32" and lanes_of(dt) is None):
+            raise InternalError("muladd of operands other than f32 or one f32 vector type")
 
 
-Expr = Union[Const, Var, Size, Load, Shuffle, Unary, Binary, Cast, Compare, Select, MulAdd]
+Expr = Union[Const, Var, Size, Load, Shuffle, Unary, Binary, Cast, Compare, Select, MulAdd,
+             VecLoad, Splat, Lane]
 
 
 def dtype_of(e: Expr) -> str:
@@ -251,6 +316,10 @@ def dtype_of(e: Expr) -> str:
     if isinstance(e, Select):
         return dtype_of(e.a)
     if isinstance(e, MulAdd):
+        return dtype_of(e.c)
+    if isinstance(e, (VecLoad, Splat)):
+        return vector_dtype(e.lanes)
+    if isinstance(e, Lane):
         return "f32"
     return dtype_of(e.lhs)
 
@@ -265,8 +334,12 @@ def children(e: Expr) -> tuple:
         return (e.cond, e.a, e.b)
     if isinstance(e, MulAdd):
         return (e.a, e.b, e.c)
-    if isinstance(e, (Load, Shuffle)):
+    if isinstance(e, (Load, Shuffle, VecLoad)):
         return e.indices
+    if isinstance(e, Splat):
+        return (e.value,)
+    if isinstance(e, Lane):
+        return (e.vector,)
     return ()
 
 
@@ -288,6 +361,12 @@ def map_expr(e: Expr, f) -> Expr:
         e = Select(map_expr(e.cond, f), map_expr(e.a, f), map_expr(e.b, f))
     elif isinstance(e, MulAdd):
         e = MulAdd(map_expr(e.a, f), map_expr(e.b, f), map_expr(e.c, f))
+    elif isinstance(e, VecLoad):
+        e = VecLoad(e.buffer, tuple(map_expr(i, f) for i in e.indices), e.lanes)
+    elif isinstance(e, Splat):
+        e = Splat(map_expr(e.value, f), e.lanes)
+    elif isinstance(e, Lane):
+        e = Lane(map_expr(e.vector, f), e.lane)
     return f(e)
 
 
@@ -359,15 +438,20 @@ class Store:
 
 @dataclass(frozen=True)
 class Local:
-    """Declare a scalar local and give it its first value."""
+    """Declare a local (a scalar, or a vector of f32) and give it its first value."""
 
     var: Var
     init: Expr
 
+    def __post_init__(self):
+        if dtype_of(self.init) != self.var.dtype:
+            raise InternalError(f"local {self.var.name}: {self.var.dtype} given a "
+                                f"{dtype_of(self.init)}")
+
 
 @dataclass(frozen=True)
 class Assign:
-    """Give a scalar local a new value."""
+    """Give a local a new value."""
 
     var: Var
     value: Expr
@@ -659,6 +743,13 @@ def format_expr(e: Expr) -> str:
         return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
     if isinstance(e, MulAdd):
         return f"muladd({format_expr(e.a)}, {format_expr(e.b)}, {format_expr(e.c)})"
+    if isinstance(e, VecLoad):
+        *lead, last = (format_expr(i) for i in e.indices)
+        return f"{e.buffer.name}[{', '.join([*lead, f'{last} +: {e.lanes}'])}]"
+    if isinstance(e, Splat):
+        return f"splat{e.lanes}({format_expr(e.value)})"
+    if isinstance(e, Lane):
+        return f"lane({format_expr(e.vector)}, {e.lane})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}.get(e.op)
     if sym is None:
         return f"{e.op}({format_expr(e.lhs)}, {format_expr(e.rhs)})"

@@ -29,12 +29,13 @@ VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
 
 def lower_graph(graph: Graph, notes: list[str] | None = None,
-                lowerings: dict[str, Callable] | None = None
+                lowerings: dict[str, Callable] | None = None, vector_lanes: int | None = None
                 ) -> tuple[Program, MemoryPlan, list]:
     """The program, the memory plan, and the weights: a list of (offset, array). Why kernels
     were not fused is appended to `notes`. `lowerings` maps op names to lowerings that take
     the place of the ops' own (a target's schedules: gpu/schedules.py's GPU_LOWERINGS); one
-    that returns None declines, and the op's own lowering runs."""
+    that returns None declines, and the op's own lowering runs. `vector_lanes` (the f32 lanes
+    of the CPU target's widest vector) lets lowerings write explicit vector code."""
     taken: set[str] = set()
 
     def buffer_for(v: Value, base: str | None = None) -> Buffer:
@@ -85,7 +86,7 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
                     if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
-        names = Names(f"k{i}", taken)
+        names = Names(f"k{i}", taken, vector_lanes)
         try:
             body = None
             if lowerings and node.op in lowerings:

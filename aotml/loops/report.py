@@ -25,6 +25,7 @@ from aotml.loops.ir import (
     Unary,
     children,
     dtype_of,
+    lanes_of,
 )
 
 
@@ -47,7 +48,7 @@ def _ops(e) -> int:
     if isinstance(e, (Unary, Binary)) and dtype_of(e) == "f32":
         own = 1
     elif isinstance(e, MulAdd):
-        own = 2
+        own = 2 * (lanes_of(dtype_of(e)) or 1)
     if isinstance(e, Load):
         return 0
     return own + sum(_ops(c) for c in children(e))

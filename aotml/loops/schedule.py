@@ -34,6 +34,7 @@ from aotml.loops.ir import (
     Local,
     Store,
     Var,
+    VecLoad,
     children,
     map_stmt_exprs,
 )
@@ -130,7 +131,9 @@ def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
                 free.add(e.name)
             return
         if isinstance(e, Load):
-            accesses.setdefault(e.buffer.name, []).append(e.indices)
+            accesses.setdefault(e.buffer.name, []).append((e.indices, 1))
+        elif isinstance(e, VecLoad):  # lanes along the last dim
+            accesses.setdefault(e.buffer.name, []).append((e.indices, e.lanes))
         for c in children(e):
             expr(c)
 
@@ -141,7 +144,7 @@ def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
                 walk(s.body)
             elif isinstance(s, Store):
                 stored.add(s.buffer.name)
-                accesses.setdefault(s.buffer.name, []).append(s.indices)
+                accesses.setdefault(s.buffer.name, []).append((s.indices, 1))
                 for i in s.indices:
                     expr(i)
                 expr(s.value)
@@ -163,11 +166,13 @@ def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
 
 def _owned(indices_list, v: Var, extents: dict[str, int | None]) -> bool:
     """Whether, at some index position, every access is `v*c + e` with one c and all the e
-    within a window narrower than c: iteration v then owns [v*c + lo, v*c + lo + c)."""
-    rank = len(indices_list[0])
+    within a window narrower than c: iteration v then owns [v*c + lo, v*c + lo + c).
+    `indices_list` holds (indices, width) pairs: a vector access covers `width` elements
+    along the last dim."""
+    rank = len(indices_list[0][0])
     for p in range(rank):
         coef, lo, hi = None, None, None
-        for indices in indices_list:
+        for indices, width in indices_list:
             form = _affine(indices[p], v.name)
             if form is None:
                 break
@@ -177,6 +182,8 @@ def _owned(indices_list, v: Var, extents: dict[str, int | None]) -> bool:
             r_lo, r_hi = _range(rest, extents) if rest is not None else (0, 0)
             if r_lo is None:
                 break
+            if p == rank - 1:
+                r_hi += width - 1
             coef = c
             lo = r_lo if lo is None else min(lo, r_lo)
             hi = r_hi if hi is None else max(hi, r_hi)

@@ -35,12 +35,16 @@ from aotml.loops.ir import (
     Const,
     Expr,
     For,
+    Lane,
     Load,
     Local,
     MulAdd,
     Select,
+    Splat,
     Store,
     Unary,
+    VecLoad,
+    vector_dtype,
 )
 from aotml.ops.core import broadcast_shapes, normalize_axis, same_dtype
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
@@ -78,29 +82,39 @@ def _matmul_infer(types, attrs):
     return TensorType(dtype, batch + (a.shape[-2], b.shape[-1]))
 
 
-# The register tile: TILE_ROWS x TILE_COLS accumulators held in scalar locals across the whole
-# k loop (LLVM's SLP vectorizer packs each row's TILE_COLS into vectors), so each step loads
-# TILE_COLS values of b and TILE_ROWS of a for TILE_ROWS * TILE_COLS multiply-adds.
-TILE_ROWS, TILE_COLS = 4, 16
+# The register tile: TILE_ROWS rows x VECTORS vectors of the target's widest f32 vector (2 x 8
+# columns with AVX2, 2 x 16 with AVX-512, 2 x 4 with NEON) of accumulators held in registers
+# across the whole k loop; each step of k loads VECTORS vectors of b, broadcasts TILE_ROWS
+# values of a, and issues TILE_ROWS * VECTORS vector multiply-adds. Without a vector width (a
+# GPU's lowering) the tile is TILE_ROWS x SCALAR_COLS scalar accumulators.
+TILE_ROWS, VECTORS, SCALAR_COLS = 4, 2, 16
 # Rows per cache block of a big matmul, and the fewest rows for which b is packed (see
 # tiled_matmul).
 BLOCK_ROWS = 64
 PACK_MIN_ROWS = 32
-WIDE_PANELS = 4  # a one-row tile spans this many panels (64 columns: 8 AVX2 accumulators)
+WIDE_PANELS = 4  # a one-row tile spans this many panels (8 vector accumulators)
+
+
+def tile_cols(lanes: int | None) -> int:
+    """The columns of a register tile, and of a packed panel of b, for a vector width."""
+    return VECTORS * lanes if lanes else SCALAR_COLS
 
 
 def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
                  pack: bool = True, out_index: Callable | None = None,
                  init: Callable | None = None) -> list:
-    """Register tiles: TILE_ROWS x TILE_COLS accumulators in scalar locals (LLVM's SLP
-    vectorizer packs each row of them into vector registers), one multiply-add each per step
-    of k, every output element stored once (so an elementwise epilogue can be fused into the
-    store). The n % TILE_COLS last columns take a narrower tile, the m % TILE_ROWS last rows
-    one-row tiles; a symbolic m takes one-row tiles throughout.
+    """Register tiles: TILE_ROWS x tile_cols(lanes) accumulators, one multiply-add each per
+    step of k, every output element stored once (so an elementwise epilogue can be fused into
+    the store). With `names.lanes` the accumulators are explicit vectors (loop IR `f32xL`
+    locals): b's row segment is one vector load, a's element one broadcast, the step one
+    vector multiply-add per accumulator, and the stores read the lanes back as scalars (LLVM
+    makes them vector stores again). The n % cols last columns take a narrower tile (whole
+    vectors, then scalar columns), the m % TILE_ROWS last rows one-row tiles; a symbolic m
+    takes one-row tiles throughout.
 
     With at least PACK_MIN_ROWS rows (static), b's full column panels are first copied into a
-    scratch buffer, panel after panel ([n // TILE_COLS, k, TILE_COLS]): a tile then reads its
-    K x 16 panel contiguously, where in b each of its k rows lies a row stride apart (with a
+    scratch buffer, panel after panel ([n // cols, k, cols]): a tile then reads its K x cols
+    panel contiguously, where in b each of its k rows lies a row stride apart (with a
     power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
     flops, and none at run time when b is a weight (loops/fold.py packs it at build time).
     `pack=False` reads b where it is (a caller whose b is already laid out so, or that needs
@@ -110,32 +124,52 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     if out_index is None:
         def out_index(row, col):
             return (*at, row, col)
-    nt, tail = n // TILE_COLS, n % TILE_COLS
+    lanes = names.lanes
+    cols_per_tile = tile_cols(lanes)
+    nt, tail = n // cols_per_tile, n % cols_per_tile
     panels = None
     stmts: list = []
     if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
         # one set of panels per matrix of a batch: the batch loop stays independent (and
         # parallel), each matrix reading only its own copy
-        panels = names.scratch_buffer("panels", "f32", (*out.shape[:len(at)], nt, k, TILE_COLS))
+        panels = names.scratch_buffer("panels", "f32",
+                                      (*out.shape[:len(at)], nt, k, cols_per_tile))
         p, r, c = names.var("p"), names.var("k"), names.var("c")
-        col = Binary("add", Binary("mul", p, Const(TILE_COLS, "i64")), c)
+        col = Binary("add", Binary("mul", p, Const(cols_per_tile, "i64")), c)
         copy = Store(panels, (*at, p, r, c), b.load(bi + (r, col)))
-        stmts.append(For(p, nt, (For(r, k, (For(c, TILE_COLS, (copy,)),)),)))
+        stmts.append(For(p, nt, (For(r, k, (For(c, cols_per_tile, (copy,)),)),)))
 
     def tile(rows: list[Expr], cols: list[Expr], panel: Expr | None = None) -> list:
+        """A tile over consecutive columns `cols`: whole vectors first, then scalars."""
         r = names.var("k")
-        accs = [[names.var("acc", "f32") for _ in cols] for _ in rows]
+        nvec = len(cols) // lanes if lanes else 0
+        scalar_cols = cols[nvec * (lanes or 0):]
+        vtype = vector_dtype(lanes) if nvec else None
+        vaccs = [[names.var("vacc", vtype) for _ in range(nvec)] for _ in rows]
+        accs = [[names.var("acc", "f32") for _ in scalar_cols] for _ in rows]
         starts = [init(row) if init is not None else const(0, "f32") for row in rows]
-        inits = [Local(acc, start) for start, row_accs in zip(starts, accs) for acc in row_accs]
-        if panel is not None and panels is not None:  # (a wide tile spans several panels)
-            b_vals = [Load(panels, (*at, _plus(panel, c // TILE_COLS), r,
-                                    Const(c % TILE_COLS, "i64"))) for c in range(len(cols))]
-        else:
-            b_vals = [b.load(bi + (r, col)) for col in cols]
-        step = [Assign(accs[t][c], MulAdd(a.load(ai + (rows[t], r)), b_vals[c], accs[t][c]))
-                for t in range(len(rows)) for c in range(len(cols))]
-        done = [store(out, out_index(rows[t], cols[c]), accs[t][c])
-                for t in range(len(rows)) for c in range(len(cols))]
+        inits = [Local(acc, Splat(start, lanes)) for start, row_accs in zip(starts, vaccs)
+                 for acc in row_accs]
+        inits += [Local(acc, start) for start, row_accs in zip(starts, accs) for acc in row_accs]
+
+        def from_panel(c: int) -> tuple:  # (a wide tile spans several panels)
+            return (*at, _plus(panel, c // cols_per_tile), r, Const(c % cols_per_tile, "i64"))
+        packed = panel is not None and panels is not None
+        b_vecs = [VecLoad(panels, from_panel(v * lanes), lanes) if packed
+                  else VecLoad(b.buffer, bi + (r, cols[v * lanes]), lanes)
+                  for v in range(nvec)]
+        b_vals = [Load(panels, from_panel(nvec * (lanes or 0) + c)) if packed
+                  else b.load(bi + (r, col)) for c, col in enumerate(scalar_cols)]
+        step = []
+        for t in range(len(rows)):
+            a_t = a.load(ai + (rows[t], r))
+            step += [Assign(acc, MulAdd(Splat(a_t, lanes), bv, acc))
+                     for acc, bv in zip(vaccs[t], b_vecs)]
+            step += [Assign(acc, MulAdd(a_t, bv, acc)) for acc, bv in zip(accs[t], b_vals)]
+        done = [store(out, out_index(rows[t], cols[v * lanes + lane]), Lane(vaccs[t][v], lane))
+                for t in range(len(rows)) for v in range(nvec) for lane in range(lanes or 0)]
+        done += [store(out, out_index(rows[t], col), acc)
+                 for t in range(len(rows)) for col, acc in zip(scalar_cols, accs[t])]
         return [*inits, For(r, k, tuple(step)), *done]
 
     def offsets(base: Expr | None, start: int, count: int) -> list[Expr]:
@@ -146,29 +180,30 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         return [at(t) for t in range(count)]
 
     def full_tile(rows: list[Expr], jb: Expr) -> list:
-        col0 = Binary("mul", jb, Const(TILE_COLS, "i64"))
-        return tile(rows, offsets(col0, 0, TILE_COLS), jb)
+        col0 = Binary("mul", jb, Const(cols_per_tile, "i64"))
+        return tile(rows, offsets(col0, 0, cols_per_tile), jb)
 
     def across(rows: list[Expr]) -> list:
         """One block of rows, all columns: full column tiles, then the narrower tail. A single
-        row takes tiles WIDE_PANELS panels wide first: a 1 x 16 tile has only two vector
-        accumulators, whose FMA chains leave the FMA units idle for their latency, where
-        1 x 64 keeps eight in flight (each sum still runs over k in order: the same bits)."""
+        row takes tiles WIDE_PANELS panels wide first: a one-row tile of one panel has only
+        two vector accumulators, whose FMA chains leave the FMA units idle for their latency,
+        where WIDE_PANELS panels keep eight in flight (each sum still runs over k in order:
+        the same bits)."""
         jb = names.var("jb")
         out_: list = []
         first = 0
         if len(rows) == 1 and nt >= WIDE_PANELS:
             jw = names.var("jw")
-            col0 = Binary("mul", jw, Const(WIDE_PANELS * TILE_COLS, "i64"))
+            col0 = Binary("mul", jw, Const(WIDE_PANELS * cols_per_tile, "i64"))
             out_.append(For(jw, nt // WIDE_PANELS, tuple(tile(
-                rows, offsets(col0, 0, WIDE_PANELS * TILE_COLS),
+                rows, offsets(col0, 0, WIDE_PANELS * cols_per_tile),
                 Binary("mul", jw, Const(WIDE_PANELS, "i64"))))))
             first = nt // WIDE_PANELS * WIDE_PANELS
         if nt - first:
             at_jb = _plus(jb, first)
             out_.append(For(jb, nt - first, tuple(full_tile(rows, at_jb))))
         if tail:
-            out_ += tile(rows, offsets(None, nt * TILE_COLS, tail))
+            out_ += tile(rows, offsets(None, nt * cols_per_tile, tail))
         return out_
 
     if not isinstance(m, int):
@@ -176,9 +211,9 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         return [For(i, m, tuple(across([i])))]
     done = 0
     if m >= 2 * BLOCK_ROWS and nt >= 2:
-        # Blocks of BLOCK_ROWS rows, columns outside rows inside: a K x TILE_COLS panel of b
-        # is read from memory once per block and then from cache by its BLOCK_ROWS / TILE_ROWS
-        # tiles, where sweeping all of b for every 4 rows would stream it from memory.
+        # Blocks of BLOCK_ROWS rows, columns outside rows inside: a K x cols panel of b is
+        # read from memory once per block and then from cache by its BLOCK_ROWS / TILE_ROWS
+        # tiles, where sweeping all of b for every few rows would stream it from memory.
         io, jb, ib = names.var("io"), names.var("jb"), names.var("ib")
         row0 = Binary("add", Binary("mul", io, Const(BLOCK_ROWS, "i64")),
                       Binary("mul", ib, Const(TILE_ROWS, "i64")))
@@ -186,7 +221,7 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
         per_block = BLOCK_ROWS // TILE_ROWS
         body = [For(jb, nt, (For(ib, per_block, tuple(full_tile(rows, jb))),))]
         if tail:
-            body.append(For(ib, per_block, tuple(tile(rows, offsets(None, nt * TILE_COLS,
+            body.append(For(ib, per_block, tuple(tile(rows, offsets(None, nt * cols_per_tile,
                                                                      tail)))))
         done = m // BLOCK_ROWS * BLOCK_ROWS
         stmts.append(For(io, m // BLOCK_ROWS, tuple(body)))
