@@ -36,6 +36,8 @@ from aotml.loops.ir import (
     Var,
     VecLoad,
     children,
+    dtype_of,
+    lanes_of,
     map_stmt_exprs,
 )
 
@@ -110,9 +112,10 @@ def work(stmts) -> int:
 
 
 def _size(e: Expr) -> int:
+    """Scalar operations in `e`: an operation on a vector counts one per lane."""
     if isinstance(e, (Const, Var)):
         return 0
-    return 1 + sum(_size(c) for c in children(e))
+    return (lanes_of(dtype_of(e)) or 1) + sum(_size(c) for c in children(e))
 
 
 def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
