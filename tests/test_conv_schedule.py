@@ -32,12 +32,15 @@ from aotml.loops.ir import (
     Compare,
     Const,
     For,
+    Lane,
     Load,
     Local,
     MulAdd,
     Select,
+    Splat,
     Store,
     Var,
+    VecLoad,
     children,
 )
 from aotml.ops import REGISTRY, conv
@@ -153,8 +156,9 @@ def test_the_padded_copy_leaves_the_conv_interior_tiles_only():
 # The loop IR
 
 
-def _lower(x, w, bias=False, dtype="f32", **attrs):
-    """conv2d's loop IR for these shapes, straight from the registry."""
+def _lower(x, w, bias=False, dtype="f32", lanes=None, **attrs):
+    """conv2d's loop IR for these shapes, straight from the registry (`lanes`: the target's
+    vector width; None, scalar tiles)."""
     op = REGISTRY["conv2d"]
     bound = op.bind_attrs(attrs)
     shapes = [x, w] + ([(w[0],)] if bias else [])
@@ -162,7 +166,7 @@ def _lower(x, w, bias=False, dtype="f32", **attrs):
     out = op.infer(types, bound)
     buffers = [Buffer(name, dtype, s) for name, s in zip(("x", "w", "b"), shapes)]
     operands = [Operand(b.shape, buffer=b) for b in buffers]
-    return op.lower(Buffer("y", dtype, out.shape), operands, bound, Names())
+    return op.lower(Buffer("y", dtype, out.shape), operands, bound, Names(lanes=lanes))
 
 
 @pytest.fixture
@@ -251,6 +255,28 @@ def test_hot_loop_reads_consecutive_columns(border_tiles):
         assert isinstance(s.value, MulAdd) and s.value.c == s.var
         pairs.add((at[s.value.a][1][3] - first, at[s.value.b][1][0] - 6))
     assert pairs == {(t, u) for t in range(TILE_W) for u in range(6)}
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_hot_loop_loads_vectors_of_columns(border_tiles, lanes):
+    """With a vector width, a full tile is two vectors of consecutive columns: each step loads
+    them, broadcasts one weight per channel and does 6 x 2 vector multiply-adds; the stores
+    read the lanes back one column each."""
+    body = _lower((1, 8, 10, 100), (12, 8, 3, 3), padding=1, lanes=lanes)
+    (rows,) = _loops(body, "oh")
+    (tiles,) = _loops(rows.body, "wb")
+    (taps,) = _loops(tiles.body, "kh")
+    reads = {s.var: s.init for s in taps.body if isinstance(s, Local)}
+    env = {"n": 0, "mb": 1, "oh": 3, "wb": 1, "kw": 1, "c": 5, "kh": 2}
+    first, second = sorted(_value(e.indices[3], env) for e in reads.values()
+                           if isinstance(e, VecLoad))
+    assert second == first + lanes
+    assert all(e.lanes == lanes for e in reads.values() if isinstance(e, VecLoad))
+    updates = [s for s in taps.body if isinstance(s, Assign)]
+    assert len(updates) == 12
+    assert all(isinstance(s.value, MulAdd) and isinstance(s.value.b, Splat) for s in updates)
+    stores = [s for s in _walk(tiles.body) if isinstance(s, Store)]
+    assert len(stores) == 6 * 2 * lanes and all(isinstance(s.value, Lane) for s in stores)
 
 
 def test_one_by_one_kernel_puts_rows_outermost():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from opcheck import check, params
+from test_conv_schedule import SAMPLES as CONV_SCHEDULE_SAMPLES
 from test_ops_conv import SAMPLES as CONV_SAMPLES
 from test_ops_nn import SAMPLES as NN_SAMPLES
 
@@ -26,6 +27,7 @@ from aotml.loops.ir import (
     print_kernel,
 )
 from aotml.loops.schedule import independent
+from aotml.ops import conv
 
 WIDTHS = {"haswell": 256, "x86-64": 128}  # cpu -> its widest vector, bits
 
@@ -36,6 +38,16 @@ def _f32(samples):
 
 TILED = {"matmul": _f32(NN_SAMPLES["matmul"]), "linear": _f32(NN_SAMPLES["linear"]),
          "conv2d": _f32(CONV_SAMPLES["conv2d"]), "attention": _f32(CONV_SAMPLES["attention"])}
+
+
+@pytest.mark.parametrize("cpu", list(WIDTHS))
+@pytest.mark.parametrize(("op", "s"), params({"conv2d": _f32(CONV_SCHEDULE_SAMPLES["conv2d"])}))
+def test_the_tiled_conv_matches_the_reference_at_each_width(tmp_path, monkeypatch, cpu, op, s):
+    """Every piece of the tiled conv (border rows and tiles, full and leftover tiles, strides,
+    dilations) at each width: the implicit GEMM and the padded copy turned off."""
+    monkeypatch.setattr(conv, "GEMM_MAX_WIDTH", 0)
+    monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 10**9)
+    check(tmp_path, op, s, target_cpu=cpu)
 
 
 @pytest.mark.parametrize("cpu", list(WIDTHS))

@@ -44,14 +44,18 @@ from aotml.loops.ir import (
     Compare,
     Expr,
     For,
+    Lane,
     Load,
     Local,
     MulAdd,
     Select,
+    Splat,
     Stmt,
     Store,
     Unary,
     Var,
+    VecLoad,
+    vector_dtype,
 )
 from aotml.ops.core import broadcast_shapes, same_dtype
 from aotml.ops.nn import tiled_matmul
@@ -290,13 +294,15 @@ def _conv_reference(xs, attrs):
 
 
 # The f32 fast path (groups 1; static C, H, W, M; the batch may be symbolic): a register-blocked
-# direct convolution. The output is cut into tiles of a few output channels x up to TILE_W
-# consecutive columns of one row, whose accumulators are scalar locals that live across the
-# whole reduction over (kw, c, kh): each step reads the tile's inputs (consecutive along the
-# width at stride 1) and one weight per channel for channels·columns multiply-adds, and LLVM's
-# SLP vectorizer packs every 8 columns into a vector register, as in matmul's tiles. Blocks of
-# 6 output channels (12 vector accumulators, 2 input vectors and a broadcast weight: 15 of
-# AVX2's 16 registers) and of 4 cover the channels; 1 to 3 left over take a narrower block.
+# direct convolution. The output is cut into tiles of a few output channels x up to two vectors
+# of consecutive columns of one row (2 x 16 with AVX-512, 2 x 8 with AVX2), whose accumulators
+# are vector locals that live across the whole reduction over (kw, c, kh): each step loads the
+# tile's inputs (one vector load per vector of columns, at stride 1) and broadcasts one weight
+# per channel for channels x columns multiply-adds, as in matmul's tiles. Blocks of 6 output
+# channels (12 vector accumulators, 2 input vectors and a broadcast weight: 15 of AVX2's 16
+# registers) and of 4 cover the channels; 1 to 3 left over take a narrower block. A strided
+# tile, a border tile and a GPU's lowering (no vector width) keep scalar accumulators, 16
+# columns a tile (EDGE_W = 8 at a border), which LLVM's SLP vectorizer packs where it can.
 #
 # Padding costs no check in the hot loop. Along the height, the rows whose every tap lies
 # inside the input are one loop; each border row is emitted on its own, its kh range cut to the
@@ -306,8 +312,13 @@ def _conv_reference(xs, attrs):
 # narrower tile. A border row thus skips its padded taps while a border column multiplies 0 by
 # the weight: the two differ only for an infinite or NaN weight facing padding (the reference
 # gives NaN).
-TILE_W, EDGE_W = 16, 8
+TILE_W, EDGE_W = 16, 8  # columns of a tile and of a border tile, without a vector width
 CHANNEL_BLOCKS = (6, 4)
+
+
+def _tile_widths(lanes: int | None) -> tuple[int, int]:
+    """Columns of a full tile and of a border tile: two vectors and one, for a vector width."""
+    return (2 * lanes, lanes) if lanes else (TILE_W, EDGE_W)
 # Huge padding (relative to the input) means many border rows or tiles, each its own code:
 # beyond these the direct loop nest is used.
 _MAX_BORDER_ROWS = 8
@@ -351,24 +362,24 @@ def _row_runs(a: _Axis) -> list[_Run] | None:
     return [_Run(o) for o in range(lo)] + middle + [_Run(o) for o in range(hi, a.out)]
 
 
-def _column_runs(a: _Axis) -> list[_Run] | None:
-    """The output columns: tiles of TILE_W inside as a loop; EDGE_W-wide tiles over the border
+def _column_runs(a: _Axis, tile_w: int, edge_w: int) -> list[_Run] | None:
+    """The output columns: tiles of tile_w inside as a loop; edge_w-wide tiles over the border
     columns at either end, one narrower tile for the inner columns left between."""
     inner = _inner_outputs(a)
     if inner is not None:
-        left = _round_up(inner[0], EDGE_W)
-        right = a.out - _round_up(a.out - inner[1], EDGE_W)
-        count = (right - left) // TILE_W
+        left = _round_up(inner[0], edge_w)
+        right = a.out - _round_up(a.out - inner[1], edge_w)
+        count = (right - left) // tile_w
         if count > 0:
-            middle = left + count * TILE_W
-            runs = [_Run(s, EDGE_W) for s in range(0, left, EDGE_W)]
-            runs.append(_Run(left, TILE_W, count))
+            middle = left + count * tile_w
+            runs = [_Run(s, edge_w) for s in range(0, left, edge_w)]
+            runs.append(_Run(left, tile_w, count))
             if right > middle:
                 runs.append(_Run(middle, right - middle))
-            runs += [_Run(s, EDGE_W) for s in range(right, a.out, EDGE_W)]
+            runs += [_Run(s, edge_w) for s in range(right, a.out, edge_w)]
             return runs if len(runs) <= _MAX_STATIC_TILES + 1 else None
-    # too narrow for a loop: tiles of TILE_W one by one
-    runs = [_Run(s, min(TILE_W, a.out - s)) for s in range(0, a.out, TILE_W)]
+    # too narrow for a loop: tiles of tile_w one by one
+    runs = [_Run(s, min(tile_w, a.out - s)) for s in range(0, a.out, tile_w)]
     return runs if len(runs) <= _MAX_STATIC_TILES else None
 
 
@@ -400,7 +411,8 @@ def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
     if not all(isinstance(d, int) for d in (*x.shape[1:], *w.shape)):
         return None
     ah, aw = axes
-    rows, columns = _row_runs(ah), _column_runs(aw)
+    lanes = names.lanes
+    rows, columns = _row_runs(ah), _column_runs(aw, *_tile_widths(lanes))
     if rows is None or columns is None:
         return None
     channels, kernel_w = w.shape[1], aw.kernel
@@ -411,9 +423,15 @@ def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
         inside the input are [taps); `width` columns from Σ var·coef + off (`col`). `border`:
         some tap of some column lies in the padding (the columns are static then)."""
         (row_terms, row_off), (col_terms, col_off) = row, col
-        accs = [[names.var("acc", "f32") for _ in range(width)] for _ in ms]
-        stmts: list[Stmt] = [Local(acc, bias.load((m,)) if bias else const(0, "f32"))
-                             for m, row_accs in zip(ms, accs) for acc in row_accs]
+        # whole vectors of columns where they are consecutive inputs, then scalar columns
+        nvec = width // lanes if lanes and not border and aw.stride == 1 else 0
+        first_scalar = nvec * (lanes or 0)
+        vaccs = [[names.var("vacc", vector_dtype(lanes)) for _ in range(nvec)] for _ in ms]
+        accs = [[names.var("acc", "f32") for _ in range(first_scalar, width)] for _ in ms]
+        starts = [bias.load((m,)) if bias else const(0, "f32") for m in ms]
+        stmts: list[Stmt] = [Local(acc, Splat(start, lanes))
+                             for start, row_accs in zip(starts, vaccs) for acc in row_accs]
+        stmts += [Local(acc, start) for start, row_accs in zip(starts, accs) for acc in row_accs]
         if taps[1] > taps[0]:
             c, kh = names.var("c"), names.var("kh")
             k_h = _affine([(kh, 1)], taps[0])
@@ -426,21 +444,27 @@ def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
                 terms = [(v, coef * aw.stride) for v, coef in col_terms]
                 if not isinstance(kw, int):
                     terms.append((kw, aw.dilation))
+
+                def column(t: int) -> int:  # the input column of tile column t, less terms
+                    at = (col_off + t) * aw.stride - aw.pad_lo
+                    return at + kw * aw.dilation if isinstance(kw, int) else at
                 # each input and weight read once into a local (less IR for LLVM to chew on)
                 step: list[Stmt] = []
+                xvs = [names.var("xv", vector_dtype(lanes)) for _ in range(nvec)]
+                step += [Local(xv, VecLoad(x.buffer, (n, c, h, _affine(terms, column(v * lanes))),
+                                           lanes)) for v, xv in enumerate(xvs)]
                 xs: list[Expr] = []
-                for t in range(width):
-                    at = (col_off + t) * aw.stride - aw.pad_lo
-                    if isinstance(kw, int):
-                        if not aw.inside(col_off + t, kw):
-                            xs.append(const(0, "f32"))
-                            continue
-                        at += kw * aw.dilation
+                for t in range(first_scalar, width):
+                    if isinstance(kw, int) and not aw.inside(col_off + t, kw):
+                        xs.append(const(0, "f32"))
+                        continue
                     xs.append(names.var("xv", "f32"))
-                    step.append(Local(xs[-1], x.load((n, c, h, _affine(terms, at)))))
+                    step.append(Local(xs[-1], x.load((n, c, h, _affine(terms, column(t))))))
                 ws = [names.var("wv", "f32") for _ in ms]
                 step += [Local(wv, w.load((m, c, k_h, idx(kw) if isinstance(kw, int) else kw)))
                          for wv, m in zip(ws, ms)]
+                step += [Assign(acc, MulAdd(xv, Splat(wv, lanes), acc))
+                         for wv, row_accs in zip(ws, vaccs) for xv, acc in zip(xvs, row_accs)]
                 step += [Assign(acc, MulAdd(xv, wv, acc))
                          for wv, row_accs in zip(ws, accs) for xv, acc in zip(xs, row_accs)]
                 return For(c, channels, (For(kh, taps[1] - taps[0], tuple(step)),))
@@ -455,8 +479,13 @@ def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
                 kw = names.var("kw")
                 stmts.append(For(kw, kernel_w, (over_c_kh(kw),)))
         oh = _affine(row_terms, row_off)
+        stmts += [store(out, (n, m, oh, _affine(col_terms, col_off + v * lanes + lane)),
+                        Lane(acc, lane))
+                  for m, row_accs in zip(ms, vaccs) for v, acc in enumerate(row_accs)
+                  for lane in range(lanes)]
         stmts += [store(out, (n, m, oh, _affine(col_terms, col_off + t)), acc)
-                  for m, row_accs in zip(ms, accs) for t, acc in enumerate(row_accs)]
+                  for m, row_accs in zip(ms, accs)
+                  for t, acc in enumerate(row_accs, start=first_scalar)]
         return stmts
 
     def row_of_tiles(n: Var, ms: list[Expr], row: tuple[list, int], taps: tuple[int, int]
@@ -610,7 +639,7 @@ def _padded_copy_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _A
         return None
     inner = tuple(_Axis(a.size + a.pad_lo + a.pad_hi, a.kernel, a.stride, a.dilation, 0, 0)
                   for a in axes)
-    if _row_runs(inner[0]) is None or _column_runs(inner[1]) is None:
+    if _row_runs(inner[0]) is None or _column_runs(inner[1], *_tile_widths(names.lanes)) is None:
         return None
     n_, c_, h_, w_ = x.shape
     hp, wp = inner[0].size, inner[1].size
