@@ -4,11 +4,13 @@ at build time; the library then holds the panels, not the weight, and gives the 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import aotml
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.driver import build
 from aotml.loops.fold import _tdiv
+from aotml.ops import nn
 from aotml.ops.nn import tile_cols
 from conftest import rand
 
@@ -20,6 +22,12 @@ model m {{
     param w: f32[200, {n}]
     output y = x @ w
 }}"""
+
+
+@pytest.fixture(autouse=True)
+def pack_small_weights(monkeypatch):
+    """These weights are small; the packing they test is what a big weight takes."""
+    monkeypatch.setattr(nn, "PACK_MIN_BYTES", 0)
 
 
 def _build(tmp_path, n: int, batch: str = "", **options):

@@ -167,10 +167,11 @@ SAMPLES: dict[str, list[Sample]] = {
                # broadcast batches
                _matmul((9, 20), (20, 37)), _matmul((8, 11), (11, 32)),
                _matmul((2, 6, 5), (5, 35)), _matmul((3, 1, 5, 3), (2, 3, 17)),
-               # b packed into panels (32+ rows), with column and row tails; 128+ rows also
-               # take row blocks; a batch of two packs each b in turn
+               # 128+ rows take row blocks; b packed into panels (32+ rows, 512 KiB+ of b),
+               # with column and row tails, alone and in row blocks
                _matmul((70, 45), (45, 50)), _matmul((131, 19), (19, 97)),
-               _matmul((2, 33, 8), (2, 8, 40)),
+               _matmul((2, 33, 8), (2, 8, 40)), _matmul((35, 520), (520, 270)),
+               _matmul((131, 520), (520, 270)),
                # one-row tiles four panels wide: alone, then whole panels and a tail; the
                # last rows of a packed b reading the panels four at a time
                _matmul((1, 30), (30, 200)), _matmul((3, 17), (17, 100)),

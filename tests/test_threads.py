@@ -125,16 +125,22 @@ model m {
 }""", {"w": (11, 5, 3, 3)}, {"x": (2, 5, 41, 37)}),
     # each matrix of the batch packs its own panels: the batch loop runs in parallel
     "batched_matmul": ("""model m {
+    input a: f32[3, 40, 37]
+    input b: f32[3, 37, 3600]
+    output y = a @ b
+}""", {}, {"a": (3, 40, 37), "b": (3, 37, 3600)}),
+    # a batch of one: the one-iteration batch loop is opened, so packing and tiles go parallel
+    "batch1_matmul": ("""model m {
+    input a: f32[1, 96, 20]
+    input b: f32[1, 20, 6600]
+    output y = a @ b
+}""", {}, {"a": (1, 96, 20), "b": (1, 20, 6600)}),
+    # b too small to pack: the tiles read it where it is, in parallel
+    "small_matmul": ("""model m {
     input a: f32[5, 40, 37]
     input b: f32[5, 37, 50]
     output y = a @ b
 }""", {}, {"a": (5, 40, 37), "b": (5, 37, 50)}),
-    # a batch of one: the one-iteration batch loop is opened, so packing and tiles go parallel
-    "batch1_matmul": ("""model m {
-    input a: f32[1, 96, 131]
-    input b: f32[1, 131, 200]
-    output y = a @ b
-}""", {}, {"a": (1, 96, 131), "b": (1, 131, 200)}),
     "reduce": ("""model m {
     input x: f32[513, 300]
     output y = sum(exp(x * 0.1), axis=1)
@@ -268,7 +274,7 @@ def test_two_libraries_in_one_process_share_one_pool(tmp_path):
     and sees its size; with a pool each, 3 threads apiece would start 4 workers. The libraries
     even share the model name `m` (and so the names they export): each still runs its own."""
     paths = []
-    for name in ("reduce", "batched_matmul"):
+    for name in ("reduce", "small_matmul"):
         src = tmp_path / f"{name}.mlg"
         src.write_text(MODELS[name][0])
         paths.append(str(build(src, tmp_path / f"{name}.so").so_path))

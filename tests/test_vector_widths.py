@@ -64,12 +64,12 @@ def test_tiles_match_the_reference_at_each_width(tmp_path, cpu, op, s):
 @pytest.mark.parametrize("cpu", [None, *WIDTHS])
 def test_the_tiles_are_vectors_of_the_targets_width(tmp_path, cpu):
     src = tmp_path / "m.mlg"
-    src.write_text("model m {\n  input a: f32[70, 45]\n  input b: f32[45, 100]\n"
+    src.write_text("model m {\n  input a: f32[70, 45]\n  input b: f32[45, 3000]\n"
                    "  output y = a @ b\n}\n")
     lanes = CpuTarget(cpu=cpu).capabilities.vector_bits // 32
     loops = build(src, tmp_path / "m.so", target_cpu=cpu, dump="loops").dumps["loops"]
     assert f"f32x{lanes} = splat{lanes}(0.0)" in loops
-    assert f"k0_panels: f32[{100 // (2 * lanes)}, 45, {2 * lanes}]" in loops
+    assert f"k0_panels: f32[{3000 // (2 * lanes)}, 45, {2 * lanes}]" in loops
 
 
 @pytest.mark.parametrize(("lanes", "owned"), [(4, True), (8, False)])

@@ -92,6 +92,15 @@ TILE_ROWS, VECTORS, SCALAR_COLS = 4, 2, 16
 # tiled_matmul).
 BLOCK_ROWS = 64
 PACK_MIN_ROWS = 32
+# The fewest bytes of b for which it is packed at run time. Below this b's rows stay in cache
+# however they are strided, and a copy costs more than it saves: one thread packs, and at two
+# threads the other then pulls every panel line from that core's cache. Prepared calls on Zen 4,
+# 2026-12-07, unpacked / packed (us, 1t and 2t): N=64 5.3/5.5, 3.2/5.3; N=112 25.1/26.5,
+# 13.2/22.6; N=160 73/77, 44/52; N=256 310/297, 155/164; N=384 equal; N=512 2659/2351,
+# 1307/1216; N=1024 39125/19340 (power-of-two row strides alias in the cache). A weight's
+# panels are made at build time (loops/fold.py) and cost nothing at run time, but a small
+# weight gains nothing from them either.
+PACK_MIN_BYTES = 1 << 19
 WIDE_PANELS = 4  # a one-row tile spans this many panels (8 vector accumulators)
 
 
@@ -112,15 +121,15 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     vectors, then scalar columns), the m % TILE_ROWS last rows one-row tiles; a symbolic m
     takes one-row tiles throughout.
 
-    With at least PACK_MIN_ROWS rows (static), b's full column panels are first copied into a
-    scratch buffer, panel after panel ([n // cols, k, cols]): a tile then reads its K x cols
-    panel contiguously, where in b each of its k rows lies a row stride apart (with a
-    power-of-two n, all in the same few cache sets). The copy costs k*n moves against 2*m*k*n
-    flops, and none at run time when b is a weight (loops/fold.py packs it at build time).
-    `pack=False` reads b where it is (a caller whose b is already laid out so, or that needs
-    the kernel free of shared scratch). `out_index(row, col)` places output element (row, col)
-    (default: out[*at, row, col]); `init(row)` starts row's accumulators (default 0): the
-    implicit-GEMM conv stores into NCHW with its bias as the start."""
+    With at least PACK_MIN_ROWS rows (static) and PACK_MIN_BYTES of b, b's full column panels
+    are first copied into a scratch buffer, panel after panel ([n // cols, k, cols]): a tile
+    then reads its K x cols panel contiguously, where in b each of its k rows lies a row stride
+    apart (with a power-of-two n, all in the same few cache sets). The copy costs k*n moves
+    against 2*m*k*n flops, and none at run time when b is a weight (loops/fold.py packs it at
+    build time). `pack=False` reads b where it is (a caller whose b is already laid out so,
+    or that needs the kernel free of shared scratch). `out_index(row, col)` places output
+    element (row, col) (default: out[*at, row, col]); `init(row)` starts row's accumulators
+    (default 0): the implicit-GEMM conv stores into NCHW with its bias as the start."""
     if out_index is None:
         def out_index(row, col):
             return (*at, row, col)
@@ -129,7 +138,8 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     nt, tail = n // cols_per_tile, n % cols_per_tile
     panels = None
     stmts: list = []
-    if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2:
+    small = isinstance(k, int) and k * n * 4 < PACK_MIN_BYTES
+    if pack and isinstance(m, int) and m >= PACK_MIN_ROWS and nt >= 2 and not small:
         # one set of panels per matrix of a batch: the batch loop stays independent (and
         # parallel), each matrix reading only its own copy
         panels = names.scratch_buffer("panels", "f32",
