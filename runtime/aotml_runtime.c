@@ -352,6 +352,12 @@ AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const int64_t *symbols,
                workspace, workspace_bytes, 0);
 }
 
+AOTML_HIDDEN int aotml_rt_run_args(const aotml_impl *impl, const aotml_run_args *a) {
+    if (!a) return fail(AOTML_ERR_NULL_POINTER, "the run's argument record is NULL");
+    return run(impl, a->symbols, a->inputs, a->input_bytes, a->n_inputs, a->outputs,
+               a->output_bytes, a->n_outputs, a->workspace, a->workspace_bytes, 0);
+}
+
 AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbols,
                                     const void *const *inputs, void *const *outputs,
                                     void *workspace) {

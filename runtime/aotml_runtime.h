@@ -84,6 +84,7 @@ AOTML_HIDDEN int aotml_rt_run(const aotml_impl *impl, const int64_t *symbols,
                               uint32_t n_inputs, void *const *outputs,
                               const uint64_t *output_bytes, uint32_t n_outputs, void *workspace,
                               uint64_t workspace_bytes);
+AOTML_HIDDEN int aotml_rt_run_args(const aotml_impl *impl, const aotml_run_args *args);
 /* The typed entry: buffers are taken to have the sizes the symbols give. */
 AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbols,
                                     const void *const *inputs, void *const *outputs,

@@ -458,6 +458,7 @@ int main(void) {
     int three = m_set_num_threads(3);
     int now = m->num_threads();
     printf("threads %d %d %d\n", three, now, m->set_num_threads(1));
+    printf("null record %d [%s]\n", m->run_args(NULL), m->last_error());
     return 0;
 }
 """
@@ -476,8 +477,9 @@ def test_manifest_from_c(model_m, tmp_path):
         else:
             rows[key] = rest
     abi, abi_macro = map(int, rows["abi"].split())
-    assert abi == abi_macro == 4
+    assert abi == abi_macro == 5
     assert rows["threads"] == "3 3 1"
+    assert rows["null"] == "record 1 [the run's argument record is NULL]"
     assert rows["name"] == "m"
     assert rows["version"] == aotml.__version__
     assert re.fullmatch(r"[0-9a-f]{64}", rows["hash"]), rows["hash"]

@@ -17,6 +17,7 @@ import aotml
 from aotml.codegen.nvptx import libdevice_path
 from aotml.driver import build
 from aotml.gpu.emulate import emulation_object
+from aotml.ops import nn
 from conftest import NO_WEIGHTS_MLP, REPO, rand
 
 CC = shutil.which("cc")
@@ -327,9 +328,10 @@ def test_run_device_needs_the_gpu(gpu, build_model):
         cpu_only.run_device({"x": 1, "w": 1}, {"y": 1}, shapes={"x": (2, 96), "w": (96, 64)})
 
 
-def test_cpu_and_cuda_share_one_weights_blob_with_different_layouts(gpu):
+def test_cpu_and_cuda_share_one_weights_blob_with_different_layouts(gpu, monkeypatch):
     """The CPU packs w's panels at build time and drops w; the GPU's tiles read w itself: the
     library holds both, each program reading its own at the right offset."""
+    monkeypatch.setattr(nn, "PACK_MIN_BYTES", 0)  # (w is small: packed as a big one would be)
     rng = np.random.default_rng(12)
     source = ('weights "weights.npz"\nmodel m {\n    input x: f32[96, 80]\n'
               '    param w: f32[80, 64]\n    output y = relu(x @ w)\n}\n')

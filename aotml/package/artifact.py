@@ -26,7 +26,7 @@ from aotml.graph.symbolic import Dim, Sym, evaluate, product
 from aotml.loops.ir import Program, assert_messages
 from aotml.resources import runtime_dir
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
@@ -236,6 +236,9 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
         "    return aotml_rt_run(&impl, syms, inputs, input_bytes, n_inputs, outputs,",
         "                        output_bytes, n_outputs, ws, ws_bytes);",
         "}",
+        "static int run_args(const aotml_run_args *args) {",
+        "    return aotml_rt_run_args(&impl, args);",
+        "}",
         *(["static int select_device(const char *name) {",
             "    return aotml_rt_gpu_select_device(&impl, name);",
             "}",
@@ -256,7 +259,7 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
         "    generic_run, aotml_rt_last_error, aotml_rt_set_num_threads, aotml_rt_num_threads,",
         f"    {'AOTML_DEVICE_CPU' if cpu else '0'}"
         f"{' | AOTML_DEVICE_CUDA' if gpu is not None else ''}, select_device, device,",
-        "    run_device,",
+        "    run_device, run_args,",
         "};",
         "static const char *const errors[] = {"
         + ", ".join(_c_string(e) for e in m.errors) + (", 0};" if m.errors else "0};"),
