@@ -399,15 +399,20 @@ static struct {
     int size;              /* threads a loop may use (caller included); 0: not chosen yet */
     int started;           /* workers running */
     pthread_t workers[MAX_THREADS];
-    /* the current job, published under `lock` with a new generation */
-    aotml_task_fn fn;
-    void *ctx;
-    int64_t extent, chunks;
+    /* the current job, written by the caller holding `busy` between two increments of the
+     * generation (odd while it is written, a seqlock) and read by the workers without a
+     * lock: one cache line to cross to them */
+    _Atomic(aotml_task_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic int64_t extent, chunks;
     _Atomic uint64_t generation;
     _Atomic uint64_t remaining; /* ranges of the job not yet finished by a worker */
+    /* who sleeps: workers on `wake`, the caller on `done` (changed under `lock`) */
+    _Atomic int sleepers;
+    _Atomic int caller_sleeps;
     int status[MAX_THREADS];   /* each range's status, read once `remaining` is 0 */
     uint64_t base_generation;  /* the generation when the workers were started */
-    int stop;
+    _Atomic int stop;
 } pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
@@ -464,30 +469,42 @@ static void range_of(int64_t extent, int64_t chunks, int64_t k, int64_t *begin, 
     *end = *begin + extent / chunks + (k < extent % chunks);
 }
 
+/* Sleeping and waking without a lost wake-up, and without the lock when nobody sleeps: a
+ * sleeper counts itself (seq_cst) and then checks its condition under `lock`; a waker
+ * changes the condition (seq_cst) and then takes `lock` to signal only if it sees a sleeper.
+ * One of the two sees the other's store. */
 static void *worker_main(void *arg) {
     int64_t index = (int64_t)(intptr_t)arg;
     uint64_t seen = pool.base_generation; /* a job published before this thread ran is its */
     in_parallel = 1;
     for (;;) {
-        spin_until(&pool.generation, seen, 0);
-        pthread_mutex_lock(&pool.lock);
-        while (atomic_load(&pool.generation) == seen && !pool.stop)
-            pthread_cond_wait(&pool.wake, &pool.lock);
-        if (pool.stop) {
+        if (!spin_until(&pool.generation, seen, 0)) {
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.generation) == seen && !atomic_load(&pool.stop))
+                pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleepers, 1);
             pthread_mutex_unlock(&pool.lock);
-            return NULL;
         }
-        /* a consistent copy of the job: the caller publishes under the lock */
-        seen = atomic_load(&pool.generation);
-        aotml_task_fn fn = pool.fn;
-        void *ctx = pool.ctx;
-        int64_t extent = pool.extent, chunks = pool.chunks;
-        pthread_mutex_unlock(&pool.lock);
+        if (atomic_load(&pool.stop)) return NULL;
+        uint64_t generation = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        if (generation & 1) continue; /* the caller is writing the job */
+        aotml_task_fn fn = atomic_load_explicit(&pool.fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&pool.ctx, memory_order_relaxed);
+        int64_t extent = atomic_load_explicit(&pool.extent, memory_order_relaxed);
+        int64_t chunks = atomic_load_explicit(&pool.chunks, memory_order_relaxed);
+        /* A worker with a range holds its job until it finishes it (the caller waits for
+         * that before the next), but one without could read a newer job's fields as they
+         * are written: the generation is odd while they are, so a changed one means that
+         * this copy may be torn, and it is read again. */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&pool.generation, memory_order_relaxed) != generation) continue;
+        seen = generation;
         if (index >= chunks) continue;
         int64_t begin, end;
         range_of(extent, chunks, index, &begin, &end);
         pool.status[index] = fn(ctx, begin, end);
-        if (atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_acq_rel) == 1) {
+        if (atomic_fetch_sub(&pool.remaining, 1) == 1 && atomic_load(&pool.caller_sleeps)) {
             pthread_mutex_lock(&pool.lock);
             pthread_cond_signal(&pool.done);
             pthread_mutex_unlock(&pool.lock);
@@ -497,13 +514,13 @@ static void *worker_main(void *arg) {
 
 /* With `busy` held: stop and join the workers. */
 static void stop_workers(void) {
+    atomic_store(&pool.stop, 1);
     pthread_mutex_lock(&pool.lock);
-    pool.stop = 1;
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     for (int k = 0; k < pool.started; k++) pthread_join(pool.workers[k], NULL);
     pool.started = 0;
-    pool.stop = 0;
+    atomic_store(&pool.stop, 0);
 }
 
 /* With `busy` held: the workers for `size` threads, as many as could be started. */
@@ -531,7 +548,9 @@ static void after_fork_in_child(void) {
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pool.started = 0;
-    pool.stop = 0;
+    atomic_store(&pool.stop, 0);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.caller_sleeps, 0);
 }
 
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
@@ -550,15 +569,18 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
         pthread_mutex_unlock(&pool.busy);
         return fn(ctx, 0, extent);
     }
-    pthread_mutex_lock(&pool.lock);
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.extent = extent;
-    pool.chunks = chunks;
+    atomic_fetch_add(&pool.generation, 1); /* odd: the job is being written */
+    atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&pool.extent, extent, memory_order_relaxed);
+    atomic_store_explicit(&pool.chunks, chunks, memory_order_relaxed);
     atomic_store(&pool.remaining, (uint64_t)(chunks - 1));
-    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
+    atomic_fetch_add(&pool.generation, 1); /* even again: publishes the job */
+    if (atomic_load(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
 
     int64_t begin, end;
     range_of(extent, chunks, 0, &begin, &end);
@@ -567,7 +589,9 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
     in_parallel = 0;
     if (!spin_until(&pool.remaining, 0, 1)) {
         pthread_mutex_lock(&pool.lock);
+        atomic_store(&pool.caller_sleeps, 1);
         while (atomic_load(&pool.remaining)) pthread_cond_wait(&pool.done, &pool.lock);
+        atomic_store(&pool.caller_sleeps, 0);
         pthread_mutex_unlock(&pool.lock);
     }
     /* the check that failed first in loop order, as a serial run would report: each range
