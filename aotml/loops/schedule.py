@@ -13,8 +13,8 @@ Which loop: in each top-level nest of a kernel, the outermost provable loop alon
 perfectly nested loops whose extent is symbolic or at least MIN_SPLIT; failing that, the
 provable one with the largest extent. Each thread's range gets at least `grain` iterations,
 about GRAIN_WORK scalar operations (symbols counted as 1); a static loop with less than two
-ranges' worth stays serial, and the runtime splits a symbolic one only as far as its value at
-run time allows.
+ranges' worth, or less than MIN_PARALLEL_WORK in all, stays serial, and the runtime splits a
+symbolic one only as far as its value at run time allows.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from aotml.loops.ir import (
     Load,
     Local,
     Store,
+    Unary,
     Var,
     VecLoad,
     children,
@@ -42,7 +43,18 @@ from aotml.loops.ir import (
 )
 
 MIN_SPLIT = 4
-GRAIN_WORK = 1 << 15  # the least work a thread's range gets: ~10 us, well above a wake-up
+GRAIN_WORK = 1 << 15  # the least work a thread's range gets
+# The least work a nest is split for. Handing ranges to the pool and waiting for them costs
+# about half a microsecond with the workers awake (more when they sleep), which a small nest
+# does not win back. Prepared calls on Zen 4, 2026-12-07, 1 thread against 2 (us): SGEMM N=32
+# (~100K operations) 0.91 / 1.08-1.14, N=48 (~350K) 2.55 / 1.88, N=64 5.6 / 3.1-3.6;
+# exp(x*2+1)*0.5 over 8192 (~200K counting exp as below) 2.64 / 2.64 (not split then),
+# 16384 4.98 / 2.83.
+MIN_PARALLEL_WORK = 1 << 18
+# What an operation counts, per lane, where it is not 1: the inline polynomials of
+# codegen/vecmath.py take tens of instructions, pow is a library call.
+OP_WORK = {"exp": 20, "log": 20, "tanh": 20, "erf": 20, "sqrt": 4, "rsqrt": 5, "div": 4,
+           "pow": 40}
 
 
 def parallelize(kernel: Kernel) -> Kernel:
@@ -85,8 +97,9 @@ def _nest(top: For) -> For:
     pick = wide[0] if wide else max(legal, key=lambda f: f.extent)
     per_iteration = max(work(pick.body), 1)
     grain = max(1, -(-GRAIN_WORK // per_iteration))
-    if not isinstance(pick.extent, Sym) and pick.extent // grain < 2:
-        return top  # not two ranges' worth: a wake-up would cost more than it saves
+    if not isinstance(pick.extent, Sym) and (pick.extent // grain < 2 or
+                                             pick.extent * per_iteration < MIN_PARALLEL_WORK):
+        return top  # too little work: handing it out would cost more than it saves
     return _mark(top, pick, grain)
 
 
@@ -112,10 +125,12 @@ def work(stmts) -> int:
 
 
 def _size(e: Expr) -> int:
-    """Scalar operations in `e`: an operation on a vector counts one per lane."""
+    """Scalar operations in `e` (an operation on a vector counts once per lane; OP_WORK
+    weighs the costly ones)."""
     if isinstance(e, (Const, Var)):
         return 0
-    return (lanes_of(dtype_of(e)) or 1) + sum(_size(c) for c in children(e))
+    own = OP_WORK.get(e.op, 1) if isinstance(e, (Unary, Binary)) else 1
+    return own * (lanes_of(dtype_of(e)) or 1) + sum(_size(c) for c in children(e))
 
 
 def independent(loop: For, outer: tuple[str, ...] = ()) -> bool:
