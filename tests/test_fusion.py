@@ -32,7 +32,7 @@ def test_pointwise_chains_become_one_kernel(tmp_path):
     # nowhere (it is read once per element by the sum) so it is inlined too
     assert len(kernels) == 3, loops
     assert "y[i0, i1] = max((x[i0, i1] * 2.0) + 1.0, 0.0) * 0.5" in loops
-    assert "m0 = max(m0, (x[i0, r0] * 3.0) + b[r0])" in loops
+    assert "lane0 = max(lane0, (x[i0, r3 * 8] * 3.0) + b[r3 * 8])" in loops
     assert "workspace 0 bytes" in loops
     model = aotml.load(result.so_path)
     rng = np.random.default_rng(0)

@@ -158,29 +158,34 @@ LANES = 8  # partial sums of a long float sum: one AVX2 vector of them
 
 
 def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Expr],
-             outer: Sequence[tuple[Var, Dim]] = ()) -> tuple[list, Expr] | None:
-    """A float sum over `element(r)` for r in 0..extent (inside the loops `outer`, (variable,
-    extent) pairs outermost first: their variables are free in `element`) kept in LANES
-    partial sums, element r going to sum r % LANES, combined by a tree at the end. A single
-    sum is a chain of dependent adds, one per add latency, which no compiler may reorder; the
-    lanes are independent, so LLVM's SLP vectorizer makes them one vector add per LANES
-    elements. The order of the additions changes (the same at every thread count). Returns
-    the statements and the sum, or None where extent is symbolic or under 2 * LANES."""
+             outer: Sequence[tuple[Var, Dim]] = (), op: str = "add", init: float = 0.0,
+             before: Callable[[Expr], list] | None = None) -> tuple[list, Expr] | None:
+    """A float reduction by `op` ("add", or "max"/"min") of `element(r)` for r in 0..extent
+    (inside the loops `outer`, (variable, extent) pairs outermost first: their variables are
+    free in `element`) kept in LANES partial results, element r going to lane r % LANES,
+    combined by a tree at the end; `before(r)` gives statements to run at element r first
+    (softmax stores exp(x - max) there and sums what it stored). A single accumulator is a
+    chain of dependent operations, one per latency, which no compiler may reorder; the lanes
+    are independent, so LLVM's SLP vectorizer makes them one vector operation per LANES
+    elements. A sum's order of additions changes (the same at every thread count); a max or
+    min is the same whatever the order. Returns the statements and the result, or None where
+    extent is symbolic or under 2 * LANES."""
     if not isinstance(extent, int) or extent < 2 * LANES:
         return None
     accs = [names.var("lane", dtype) for _ in range(LANES)]
     v = names.var("r")
     base = Binary("mul", v, Const(LANES, INDEX))
-    step = [Assign(a, Binary("add", a, element(Binary("add", base, Const(k, INDEX))
-                                              if k else base)))
-            for k, a in enumerate(accs)]
+
+    def update(acc: Var, r: Expr) -> list:
+        return [*(before(r) if before else []), Assign(acc, Binary(op, acc, element(r)))]
+    step = [s for k, a in enumerate(accs)
+            for s in update(a, Binary("add", base, Const(k, INDEX)) if k else base)]
     body: list = [For(v, extent // LANES, tuple(step))]
     done = extent // LANES * LANES
-    body += [Assign(accs[k], Binary("add", accs[k], element(Const(done + k, INDEX))))
-             for k in range(extent % LANES)]
+    body += [s for k in range(extent % LANES) for s in update(accs[k], Const(done + k, INDEX))]
     for var, n in reversed(list(outer)):
         body = [For(var, n, tuple(body))]
     level: list[Expr] = list(accs)
     while len(level) > 1:
-        level = [Binary("add", level[k], level[k + 1]) for k in range(0, len(level), 2)]
-    return [*(Local(a, Const(0.0, dtype)) for a in accs), *body], level[0]
+        level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
+    return [*(Local(a, Const(init, dtype)) for a in accs), *body], level[0]

@@ -974,7 +974,7 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
                               pack=False)
         row = names.var("r")
         m, total, inv = names.var("m", "f32"), names.var("l", "f32"), names.var("inv", "f32")
-        j1, j2, j3 = names.var("j"), names.var("j"), names.var("j")
+        j1, j2, j3, j4 = (names.var("j") for _ in range(4))
 
         def logit(jv):
             value: Expr = Binary("mul", Load(scores, (*lead, row, jv)), scale)
@@ -982,13 +982,24 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
                 value = Select(Compare("le", jv, row), value, const(-math.inf, "f32"))
             return value
 
+        # the max and the sum in vector lanes where the row is long enough (see
+        # ops/nn.py's softmax: one chain each costs their latency per key), the exps in a
+        # loop of their own
+        exps = For(j2, keys, (Store(scores, (*lead, row, j2),
+                                    Unary("exp", Binary("sub", logit(j2), m))),))
+        lanes_max = lane_sum(names, "f32", keys, logit, op="max", init=-math.inf)
+        lanes_sum = lane_sum(names, "f32", keys, lambda j: Load(scores, (*lead, row, j)))
+        if lanes_max is not None and lanes_sum is not None:
+            (max_stmts, top), (sum_stmts, all_) = lanes_max, lanes_sum
+            stats = [*max_stmts, Local(m, top), exps, *sum_stmts, Local(total, all_)]
+        else:
+            stats = [Local(m, const(-math.inf, "f32")),
+                     For(j1, keys, (Assign(m, Binary("max", m, logit(j1))),)),
+                     exps,
+                     Local(total, const(0, "f32")),
+                     For(j4, keys, (_accumulate(total, Load(scores, (*lead, row, j4))),))]
         softmax = For(row, sq, (
-            Local(m, const(-math.inf, "f32")),
-            For(j1, keys, (Assign(m, Binary("max", m, logit(j1))),)),
-            Local(total, const(0, "f32")),
-            For(j2, keys, (Store(scores, (*lead, row, j2),
-                                 Unary("exp", Binary("sub", logit(j2), m))),
-                           _accumulate(total, Load(scores, (*lead, row, j2))))),
+            *stats,
             Local(inv, Binary("div", const(1, "f32"), total)),
             For(j3, keys, (Store(scores, (*lead, row, j3),
                                  Binary("mul", Load(scores, (*lead, row, j3)), inv)),)),
