@@ -107,7 +107,7 @@ def _softmax(shape, attrs, log=False):
 
 
 SOFTMAX_CASES = [((1,), {}), ((3, 7), {}), ((3, 7), {"axis": 0}), ((2, 33, 5), {"axis": -2}),
-                 ((1, 257), {"axis": -1})]
+                 ((1, 257), {"axis": -1}), ((4, 20), {"axis": -1})]
 
 
 def _trailing(x, axis):
@@ -204,9 +204,10 @@ SAMPLES: dict[str, list[Sample]] = {
     "log_softmax": [_softmax(*c, log=True) for c in SOFTMAX_CASES],
     "layer_norm": [_layer_norm((3, 7)), _layer_norm((2, 33, 5), axis=1),
                    _layer_norm((4, 3, 7), axis=-2, eps=1e-3), _layer_norm((7, 1)),
-                   _layer_norm((1, 257))],
+                   _layer_norm((1, 257)), _layer_norm((4, 20))],
     "rms_norm": [_rms_norm((3, 7)), _rms_norm((2, 33, 5), axis=1),
-                 _rms_norm((4, 3, 7), axis=-2, eps=1e-2), _rms_norm((1, 257))],
+                 _rms_norm((4, 3, 7), axis=-2, eps=1e-2), _rms_norm((1, 257)),
+                 _rms_norm((4, 20))],
     "batch_norm": [_batch_norm((2, 3)), _batch_norm((1, 7, 5)), _batch_norm((2, 3, 4, 5)),
                    _batch_norm((3, 1, 33), eps=1e-3)],
 }
