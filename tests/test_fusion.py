@@ -178,3 +178,22 @@ def test_a_gelu_epilogue_is_fused_but_not_pow(tmp_path):
         want = aotml.interpret(folder / "m.mlg", precise=True, a=a, b=b)["y"]
         got = aotml.load(result.so_path)(a=a, b=b)["y"]
         np.testing.assert_allclose(got, want, rtol=1e-5 * 8, atol=1e-6)
+
+
+def test_an_activation_written_as_several_ops_becomes_the_matmuls_epilogue(tmp_path):
+    """gelu as ONNX writes it reads the matmul's result twice, in two ops: two readers when
+    epilogues are first tried, one kernel once the pointwise chain has collapsed, which the
+    second round of epilogues then fuses into the tiles' stores."""
+    (tmp_path / "m.mlg").write_text(
+        "model m {\n  input a: f32[37, 40]\n  input b: f32[40, 70]\n  h = a @ b\n"
+        "  output y = h * (erf(h / 1.4142135) + 1) * 0.5\n}\n")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", report=True)
+    report = result.dumps["report"]
+    assert "1 kernels" in report and "matmul + div + erf + add + mul + mul" in report, report
+    assert "2 readers" not in report, report  # (round one's reason, no longer true)
+    model = aotml.load(result.so_path)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((37, 40)).astype(np.float32), \
+        rng.standard_normal((40, 70)).astype(np.float32)
+    want = aotml.interpret(tmp_path / "m.mlg", precise=True, a=a, b=b)["y"]
+    np.testing.assert_allclose(model(a=a, b=b)["y"], want, rtol=1e-5 * 40, atol=1e-5 * 40)

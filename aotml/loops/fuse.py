@@ -66,18 +66,22 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
     feeding others was kept is appended to `notes`. `views` maps a view's buffer name to the
     buffer whose bytes it shows."""
     notes = notes if notes is not None else []
+    first_note = len(notes)
     views = views or {}
     by_name = {k.name: k for k in kernels}
     order = [launch.kernel for launch in launches]
     # epilogues first: a bias and an activation after a matmul are computed once, in its
     # stores, rather than inlined into each of its readers
-    for producer in list(order):
-        if producer in by_name and pointwise(by_name[producer]) is None:
-            why = _fuse_epilogue(producer, by_name, order, temps)
-            while why is None:
+    def epilogues(record: bool) -> None:
+        for producer in list(order):
+            if producer in by_name and pointwise(by_name[producer]) is None:
                 why = _fuse_epilogue(producer, by_name, order, temps)
-            if why:
-                notes.append(why)
+                while why is None:
+                    why = _fuse_epilogue(producer, by_name, order, temps)
+                if why and record:
+                    notes.append(why)
+
+    epilogues(record=False)
     for producer in list(order):
         k = by_name[producer]
         at = order.index(producer)
@@ -115,6 +119,13 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
             by_name[c] = _inline(by_name[c], k, pw)
         order.remove(producer)
         del by_name[producer]
+    # again, now that pointwise chains are one kernel each: an activation written as several
+    # ops reading the matmul's result (gelu from ONNX: x * 0.5 * (1 + erf(x / sqrt 2)) reads
+    # x twice) had several readers before and has one now; why a producer keeps its own
+    # stores is said as of this round
+    epilogues(record=True)
+    # (a note on a producer that a later step fused away no longer holds)
+    notes[first_note:] = [n for n in notes[first_note:] if n.split(" -> ")[0] in by_name]
     kept = [by_name[name] for name in order]
     return kept, [Launch(k.name, k.args) for k in kept]
 
