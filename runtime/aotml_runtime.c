@@ -394,7 +394,7 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
 
 static struct {
     pthread_mutex_t busy;  /* held by the thread running a parallel loop (or resizing) */
-    pthread_mutex_t lock;  /* guards the job, the generation and the sleepers */
+    pthread_mutex_t lock;  /* with `wake` and `done`: the sleeping threads' waits only */
     pthread_cond_t wake, done;
     int size;              /* threads a loop may use (caller included); 0: not chosen yet */
     int started;           /* workers running */
@@ -488,7 +488,10 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load(&pool.stop)) return NULL;
         uint64_t generation = atomic_load_explicit(&pool.generation, memory_order_acquire);
-        if (generation & 1) continue; /* the caller is writing the job */
+        if (generation & 1) { /* the caller is writing the job */
+            cpu_relax();
+            continue;
+        }
         aotml_task_fn fn = atomic_load_explicit(&pool.fn, memory_order_relaxed);
         void *ctx = atomic_load_explicit(&pool.ctx, memory_order_relaxed);
         int64_t extent = atomic_load_explicit(&pool.extent, memory_order_relaxed);
@@ -551,6 +554,11 @@ static void after_fork_in_child(void) {
     atomic_store(&pool.stop, 0);
     atomic_store(&pool.sleepers, 0);
     atomic_store(&pool.caller_sleeps, 0);
+    /* a fork between a caller's two increments would leave the generation odd, inverting
+     * the seqlock's parity for the child's jobs: round it up */
+    uint64_t generation = atomic_load(&pool.generation);
+    atomic_store(&pool.generation, generation + (generation & 1));
+    atomic_store(&pool.remaining, 0);
 }
 
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
@@ -570,6 +578,10 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
         return fn(ctx, 0, extent);
     }
     atomic_fetch_add(&pool.generation, 1); /* odd: the job is being written */
+    /* the fields' stores may not become visible before the odd generation (a worker's
+     * acquire fence pairs with this; x86's locked add orders them anyway, aarch64's does
+     * not) */
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool.extent, extent, memory_order_relaxed);
@@ -605,9 +617,9 @@ AOTML_EXPORT int aotml_pool1_set_num_threads(int n) {
     if (n > MAX_THREADS) n = MAX_THREADS;
     pthread_mutex_lock(&pool.busy);
     stop_workers();
-    pool.size = n >= 1 ? n : default_threads();
+    int size = pool.size = n >= 1 ? n : default_threads();
     pthread_mutex_unlock(&pool.busy);
-    return pool.size;
+    return size;
 }
 
 AOTML_EXPORT int aotml_pool1_num_threads(void) {
