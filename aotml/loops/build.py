@@ -158,13 +158,12 @@ LANES = 8  # partial sums of a long float sum: one AVX2 vector of them
 
 
 def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Expr],
-             outer: Sequence[tuple[Var, Dim]] = (), op: str = "add", init: float = 0.0,
-             before: Callable[[Expr], list] | None = None) -> tuple[list, Expr] | None:
+             outer: Sequence[tuple[Var, Dim]] = (), op: str = "add",
+             init: float = 0.0) -> tuple[list, Expr] | None:
     """A float reduction by `op` ("add", or "max"/"min") of `element(r)` for r in 0..extent
     (inside the loops `outer`, (variable, extent) pairs outermost first: their variables are
     free in `element`) kept in LANES partial results, element r going to lane r % LANES,
-    combined by a tree at the end; `before(r)` gives statements to run at element r first
-    (softmax stores exp(x - max) there and sums what it stored). A single accumulator is a
+    combined by a tree at the end. A single accumulator is a
     chain of dependent operations, one per latency, which no compiler may reorder; the lanes
     are independent, so LLVM's SLP vectorizer makes them one vector operation per LANES
     elements. A sum's order of additions changes (the same at every thread count); a max or
@@ -176,13 +175,13 @@ def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Ex
     v = names.var("r")
     base = Binary("mul", v, Const(LANES, INDEX))
 
-    def update(acc: Var, r: Expr) -> list:
-        return [*(before(r) if before else []), Assign(acc, Binary(op, acc, element(r)))]
-    step = [s for k, a in enumerate(accs)
-            for s in update(a, Binary("add", base, Const(k, INDEX)) if k else base)]
+    def update(acc: Var, r: Expr) -> Assign:
+        return Assign(acc, Binary(op, acc, element(r)))
+    step = [update(a, Binary("add", base, Const(k, INDEX)) if k else base)
+            for k, a in enumerate(accs)]
     body: list = [For(v, extent // LANES, tuple(step))]
     done = extent // LANES * LANES
-    body += [s for k in range(extent % LANES) for s in update(accs[k], Const(done + k, INDEX))]
+    body += [update(accs[k], Const(done + k, INDEX)) for k in range(extent % LANES)]
     for var, n in reversed(list(outer)):
         body = [For(var, n, tuple(body))]
     level: list[Expr] = list(accs)

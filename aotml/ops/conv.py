@@ -58,7 +58,7 @@ from aotml.loops.ir import (
     vector_dtype,
 )
 from aotml.ops.core import broadcast_shapes, same_dtype
-from aotml.ops.nn import tiled_matmul
+from aotml.ops.nn import max_and_sum_exp, tiled_matmul
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
 
 # ---------------------------------------------------------------------------------------------
@@ -315,14 +315,15 @@ def _conv_reference(xs, attrs):
 TILE_W, EDGE_W = 16, 8  # columns of a tile and of a border tile, without a vector width
 CHANNEL_BLOCKS = (6, 4)
 
-
-def _tile_widths(lanes: int | None) -> tuple[int, int]:
-    """Columns of a full tile and of a border tile: two vectors and one, for a vector width."""
-    return (2 * lanes, lanes) if lanes else (TILE_W, EDGE_W)
 # Huge padding (relative to the input) means many border rows or tiles, each its own code:
 # beyond these the direct loop nest is used.
 _MAX_BORDER_ROWS = 8
 _MAX_STATIC_TILES = 6
+
+
+def _tile_widths(lanes: int | None) -> tuple[int, int]:
+    """Columns of a full tile and of a border tile: two vectors and one, for a vector width."""
+    return (2 * lanes, lanes) if lanes else (TILE_W, EDGE_W)
 
 
 def _inner_outputs(a: _Axis) -> tuple[int, int] | None:
@@ -974,7 +975,7 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
                               pack=False)
         row = names.var("r")
         m, total, inv = names.var("m", "f32"), names.var("l", "f32"), names.var("inv", "f32")
-        j1, j2, j3, j4 = (names.var("j") for _ in range(4))
+        j3 = names.var("j")
 
         def logit(jv):
             value: Expr = Binary("mul", Load(scores, (*lead, row, jv)), scale)
@@ -982,22 +983,8 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
                 value = Select(Compare("le", jv, row), value, const(-math.inf, "f32"))
             return value
 
-        # the max and the sum in vector lanes where the row is long enough (see
-        # ops/nn.py's softmax: one chain each costs their latency per key), the exps in a
-        # loop of their own
-        exps = For(j2, keys, (Store(scores, (*lead, row, j2),
-                                    Unary("exp", Binary("sub", logit(j2), m))),))
-        lanes_max = lane_sum(names, "f32", keys, logit, op="max", init=-math.inf)
-        lanes_sum = lane_sum(names, "f32", keys, lambda j: Load(scores, (*lead, row, j)))
-        if lanes_max is not None and lanes_sum is not None:
-            (max_stmts, top), (sum_stmts, all_) = lanes_max, lanes_sum
-            stats = [*max_stmts, Local(m, top), exps, *sum_stmts, Local(total, all_)]
-        else:
-            stats = [Local(m, const(-math.inf, "f32")),
-                     For(j1, keys, (Assign(m, Binary("max", m, logit(j1))),)),
-                     exps,
-                     Local(total, const(0, "f32")),
-                     For(j4, keys, (_accumulate(total, Load(scores, (*lead, row, j4))),))]
+        stats = max_and_sum_exp(logit, keys, names, m, total,
+                                lambda j: (scores, (*lead, row, j)))
         softmax = For(row, sq, (
             *stats,
             Local(inv, Binary("div", const(1, "f32"), total)),

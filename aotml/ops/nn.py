@@ -43,6 +43,7 @@ from aotml.loops.ir import (
     Splat,
     Store,
     Unary,
+    Var,
     VecLoad,
     vector_dtype,
 )
@@ -528,29 +529,31 @@ def _rows(x: Operand, axis: int, names: Names, body) -> list:
                      lambda i: body(lambda r: with_axis(list(i), axis, r, keepdims=True)))
 
 
-def _max_and_sum_exp(x: Operand, at, n: int, names: Names, m, s,
-                     keep: Buffer | None = None) -> list:
-    """m = the row's max (for range safety), then s = the sum of exp(x - m); with `keep` (an
-    f32 buffer shaped like x), each exp(x - m) is also stored there, in a loop of its own,
-    and summed from there. A static row of 16 or more keeps the max and the sum in vector
-    lanes (lane_sum): as one chain each, a row of 128 took ~1000 cycles of add and max
-    latency (MiniLM's softmax, 9% of its time). The exp stays out of the lanes' loop, where
-    LLVM vectorized it four lanes wide through shuffles; alone it takes whole vectors."""
+def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var, s: Var,
+                    keep: Callable[[Expr], tuple[Buffer, tuple]] | None = None) -> list:
+    """m = the max of value(r) over a row of n (for range safety), then s = the sum of
+    exp(value(r) - m); with `keep(r)` (an f32 buffer and the index where element r goes),
+    each exp is also stored there, in a loop of its own, and summed from there (it may be
+    where value(r) reads: each element is read before it is overwritten). A static row of 16
+    or more keeps the max and the sum in vector lanes (lane_sum): as one chain each, a row of
+    128 took ~1000 cycles of add and max latency (MiniLM's softmax, 9% of its time). The exp
+    stays out of the lanes' loop, where LLVM vectorized it four lanes wide through shuffles;
+    alone it takes whole vectors."""
     def e(r):
-        return Unary("exp", Binary("sub", x.load(at(r)), m))
+        return Unary("exp", Binary("sub", value(r), m))
 
     def kept(r):
-        return Load(keep, at(r)) if keep is not None else e(r)
+        return Load(*keep(r)) if keep is not None else e(r)
 
     r1, r2, r3 = names.var("r"), names.var("r"), names.var("r")
-    stores = [For(r2, n, (store(keep, at(r2), e(r2)),))] if keep is not None else []
-    lanes_max = lane_sum(names, "f32", n, lambda r: x.load(at(r)), op="max", init=-np.inf)
+    stores = [For(r2, n, (store(*keep(r2), e(r2)),))] if keep is not None else []
+    lanes_max = lane_sum(names, "f32", n, value, op="max", init=-np.inf)
     lanes_sum = lane_sum(names, "f32", n, kept)
     if lanes_max is not None and lanes_sum is not None:
         (max_stmts, top), (sum_stmts, total) = lanes_max, lanes_sum
         return [*max_stmts, Local(m, top), *stores, *sum_stmts, Local(s, total)]
     return [Local(m, const(-np.inf, "f32")),
-            For(r1, n, (Assign(m, Binary("max", m, x.load(at(r1)))),)),
+            For(r1, n, (Assign(m, Binary("max", m, value(r1))),)),
             *stores,
             Local(s, const(0, "f32")),
             For(r3, n, (Assign(s, Binary("add", s, kept(r3))),))]
@@ -567,7 +570,8 @@ def _softmax_lower(out: Buffer, ins, attrs, names: Names):
 
     def body(at):
         m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
-        first = _max_and_sum_exp(x, at, n, names, m, s, out if wide else None)
+        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s,
+                                (lambda r: (out, at(r))) if wide else None)
         r = names.var("r")
         e = Load(out, at(r)) if wide else Unary("exp", Binary("sub", x.load(at(r)), m))
         return [*first,
@@ -598,7 +602,7 @@ def _log_softmax_lower(out: Buffer, ins, attrs, names: Names):
 
     def body(at):
         m, s, ls = names.var("m", "f32"), names.var("s", "f32"), names.var("ls", "f32")
-        first = _max_and_sum_exp(x, at, n, names, m, s)
+        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s)
         r = names.var("r")
         # (x - m) - log(s) rather than x - (m + log(s)): x - m is exact-ish and never
         # cancels against the log term, which is >= 0
