@@ -1,4 +1,4 @@
-"""The `aotml` command: check, build, run.
+"""The `aotml` command: check, build, import, run, profile.
 
 User errors print as located diagnostics and exit with status 1, never with a traceback.
 """
@@ -44,6 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="print each kernel with the ops fused "
                    "into it, its flops and bytes, what was not fused and why, and the "
                    "workspace against its liveness lower bound")
+    p.add_argument("--profile", action="store_true", help="time each kernel of every CPU run "
+                   "(read by `aotml profile` or the ABI's aotml_model.profile)")
+
+    p = sub.add_parser("profile", help="run a model repeatedly and print where the time goes, "
+                       "kernel by kernel")
+    p.add_argument("file", help="an .mlg or .onnx file (built here with --profile), or a .so "
+                   "built with --profile")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input's values (default: random; integers 0 or 1)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="a symbolic dim's value, for the random inputs")
+    p.add_argument("--threads", type=int, default=None, help="threads a run may use "
+                   "(default: $AOTML_NUM_THREADS, else the cores)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time to spend running "
+                   "(default 1)")
+    p.add_argument("--top", type=int, default=None, help="show only the N slowest kernels")
+    p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
+    p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
+                   "the model may ask for (default 4 GiB)")
 
     p = sub.add_parser("import", help="convert an ONNX model to .mlg source and weights")
     p.add_argument("file", help="the .onnx file")
@@ -63,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"check": _check, "build": _build, "run": _run,
-                "import": _import}[args.command](args)
+        return {"check": _check, "build": _build, "run": _run, "import": _import,
+                "profile": _profile}[args.command](args)
     except InternalError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -107,7 +126,26 @@ def _build(args) -> int:
 
     build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
           opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout,
-          max_bytes=args.max_bytes, report=args.report, target=args.target)
+          max_bytes=args.max_bytes, report=args.report, target=args.target,
+          profile=args.profile)
+    return 0
+
+
+def _profile(args) -> int:
+    from aotml.profile import profile_file
+
+    dims = {}
+    for spec in args.dim:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value.strip().isdigit() or int(value) < 1:
+            raise CompileError(f"--dim takes NAME=VALUE with a positive integer, got '{spec}'")
+        dims[name] = int(value)
+    if args.seconds <= 0 or (args.threads is not None and args.threads < 1) or \
+            (args.top is not None and args.top < 1):
+        raise CompileError("--seconds, --threads and --top take positive values")
+    print(profile_file(args.file, inputs=_load_inputs(args.input), dims=dims,
+                       seconds=args.seconds, threads=args.threads, top=args.top,
+                       target_cpu=args.target_cpu, max_bytes=args.max_bytes))
     return 0
 
 

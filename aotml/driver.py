@@ -30,6 +30,7 @@ from aotml.graph.ir import Graph, print_graph
 from aotml.graph.passes import run_pipeline
 from aotml.loops.ir import Program, print_program
 from aotml.loops.lower import lower_graph, share_weights
+from aotml.loops.report import kernel_work
 from aotml.loops.report import report as build_report
 from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
@@ -153,7 +154,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
           target_triple: str | None = None, opt_level: int = 3,
           dump: str | Iterable[str] | None = None, dump_stream=None,
           max_bytes: int | None = None, report: bool = False,
-          target: str = "cpu") -> BuildResult:
+          target: str = "cpu", profile: bool = False) -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
     `.h`). `max_bytes` caps what an ONNX model may ask for. `target` is
     - "cpu";
@@ -165,7 +166,9 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     - "cpu,cuda[:...]": both, the runtime choosing the GPU when one is usable.
     An `out_so` ending in `.o` gets the CPU kernels' object alone, unlinked: the way to
     compile for another target (`target_triple="aarch64-linux-gnu"`), which this host cannot
-    link."""
+    link.
+    `profile` builds a library that times each kernel of its CPU runs (aotml_model.profile in
+    runtime/aotml.h; `aotml profile` reads it)."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
@@ -175,6 +178,9 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     if "graph" in stages:
         dumps["graph"] = print_graph(graph)
     kinds, archs = parse_target(target)
+    if profile and not kinds & {"cpu", "grid-emulation"}:
+        raise CompileError(f"--profile times CPU runs, and target '{target}' has no CPU code",
+                           hint="add the cpu target: --target cpu,cuda")
     notes: list[str] = []
     cpu_program = gpu_program = None
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
@@ -208,7 +214,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
         return BuildResult(out_so, None, gpu_program, dumps, gpu_program)
     emitted = None
     if kinds & {"cpu", "grid-emulation"}:
-        emitted = machine.emit(gpu_program if "grid-emulation" in kinds else cpu_program, stages)
+        emitted = machine.emit(gpu_program if "grid-emulation" in kinds else cpu_program, stages,
+                               profile)
         dumps.update(emitted.dumps)
     gpu = None
     if "cuda" in kinds:
@@ -218,11 +225,12 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
 
     digest = hashlib.sha256()
     for part in (__version__.encode(), source_bytes, machine.describe().encode(),
-                 target.encode(), f"O{opt_level}".encode()):
+                 target.encode(), f"O{opt_level}".encode(), b"profile" if profile else b""):
         digest.update(part + b"\0")
     for p in graph.params:
         digest.update(f"{p.value.name}:{p.value.type}".encode() + b"\0" + p.data.tobytes())
-    manifest = manifest_of(program, digest.hexdigest(), __version__, source_name)
+    manifest = manifest_of(program, digest.hexdigest(), __version__, source_name,
+                           kernel_work(program, plan) if profile else None)
     if emitted is None:  # the GPU keeps its workspace in device memory
         manifest = replace(manifest, workspace_bytes=0)
     if out_so.suffix == ".o":

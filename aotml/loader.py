@@ -30,6 +30,11 @@ typedef struct aotml_run_args {
     uint32_t n_inputs; void *const *outputs; const uint64_t *output_bytes; uint32_t n_outputs;
     void *workspace; uint64_t workspace_bytes;
 } aotml_run_args;
+typedef struct aotml_profile {
+    uint32_t n_kernels; const char *const *kernels; const char *const *ops;
+    int (*work)(const int64_t *symbols, uint64_t *flops, uint64_t *bytes);
+    uint64_t *ns; uint64_t *runs;
+} aotml_profile;
 typedef struct aotml_model {
     uint32_t abi_version; const char *aotml_version; const char *name; const char *build_hash;
     uint32_t n_inputs; const aotml_tensor_info *inputs;
@@ -50,6 +55,7 @@ typedef struct aotml_model {
     const char *(*device)(void);
     int (*run_device)(const int64_t *symbols, const uint64_t *inputs, const uint64_t *outputs);
     int (*run_args)(const aotml_run_args *args);
+    const aotml_profile *profile;
 } aotml_model;
 const aotml_model *aotml_model_v1(void);
 """
@@ -98,6 +104,24 @@ class TensorInfo:
 
     def text(self) -> str:
         return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+class KernelTime(NamedTuple):
+    """One kernel of a profiled library: its time summed over the runs counted, and its work
+    per run (as `aotml build --report` counts it)."""
+
+    kernel: str
+    ops: str
+    seconds: float
+    flops: int
+    bytes: int
+
+
+class Profile(NamedTuple):
+    """The counters of a profiled library (Model.profile): the runs, each kernel's time."""
+
+    runs: int
+    kernels: tuple[KernelTime, ...]
 
 
 class Model:
@@ -246,6 +270,43 @@ class Model:
         process's, so every Model shares the setting. Results are the
         same bit for bit at every count. Returns the count now in force."""
         return int(self._model.set_num_threads(int(n)))
+
+    @property
+    def profiled(self) -> bool:
+        """Whether the library was built with --profile (and times its kernels)."""
+        return self._model.profile != _ffi.NULL
+
+    def _profile(self):
+        if not self.profiled:
+            raise RunError(f"{self.name}: '{self.path}' was built without --profile; rebuild it "
+                           "with `aotml build --profile` to time its kernels")
+        return self._model.profile
+
+    def profile(self, symbols: dict[str, int] | None = None) -> Profile:
+        """The kernels' times since the library was loaded or reset_profile() last ran, with
+        each kernel's work for these symbol values (every symbol of the model, by name)."""
+        p = self._profile()
+        symbols = dict(symbols or {})
+        if set(symbols) != set(self.symbols):
+            raise RunError(f"{self.name}: the profile's work needs a value for each symbol "
+                           f"({', '.join(self.symbols) or 'none'}), got "
+                           f"{', '.join(symbols) or 'none'}")
+        values = _ffi.new("int64_t[]", [int(symbols[s]) for s in self.symbols] or [0])
+        n = int(p.n_kernels)
+        flops, nbytes = _ffi.new("uint64_t[]", max(n, 1)), _ffi.new("uint64_t[]", max(n, 1))
+        if p.work(values, flops, nbytes) != 0:
+            raise self._fail()
+        runs = int(p.runs[0])
+        return Profile(runs, tuple(
+            KernelTime(_ffi.string(p.kernels[k]).decode(), _ffi.string(p.ops[k]).decode(),
+                       int(p.ns[k]) * 1e-9, int(flops[k]), int(nbytes[k])) for k in range(n)))
+
+    def reset_profile(self) -> None:
+        """Zeroes the kernels' counters (not while a run is going on)."""
+        p = self._profile()
+        for k in range(p.n_kernels):
+            p.ns[k] = 0
+        p.runs[0] = 0
 
     def __repr__(self) -> str:
         def sig(ts):

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define AOTML_ABI_VERSION 5
+#define AOTML_ABI_VERSION 6
 
 typedef enum aotml_status {
     AOTML_OK = 0,
@@ -83,6 +83,24 @@ typedef struct aotml_run_args {
     void *workspace;
     uint64_t workspace_bytes;
 } aotml_run_args;
+
+/* Where a run's time went, kernel by kernel, in a library built with `aotml build --profile`
+ * (aotml_model.profile; NULL in other builds). A profiled build runs the same kernels and gives
+ * the same bits; it adds one clock read per kernel (clock_gettime, CLOCK_MONOTONIC). */
+typedef struct aotml_profile {
+    uint32_t n_kernels;           /* in the order a run launches them */
+    const char *const *kernels;   /* each kernel's name, also its function's symbol (perf) */
+    const char *const *ops;       /* the graph ops fused into each, joined by " + " */
+    /* The floating-point operations and the bytes of memory traffic of each kernel
+     * (n_kernels each) for these symbol values, counted as `aotml build --report` does. */
+    int (*work)(const int64_t *symbols, uint64_t *flops, uint64_t *bytes);
+    /* Counters, zeroed only by the caller. Every kernel of a CPU run adds the nanoseconds it
+     * took on the calling thread's clock (its parallel loops' threads work inside that time);
+     * each run that completes adds one to *runs. Concurrent runs add atomically. GPU runs add
+     * nothing. */
+    uint64_t *ns;
+    uint64_t *runs;
+} aotml_profile;
 
 typedef struct aotml_model {
     uint32_t abi_version;     /* AOTML_ABI_VERSION the model was built for */
@@ -150,6 +168,8 @@ typedef struct aotml_model {
      * that pay for each argument they pass: Python's cffi takes ~40 ns an argument, so a
      * prepared call (aotml.Model.prepare) fills the record once and passes one pointer. */
     int (*run_args)(const aotml_run_args *args);
+    /* The kernels' times, for a library built with --profile; NULL otherwise. */
+    const aotml_profile *profile;
 } aotml_model;
 
 #ifdef __cplusplus

@@ -190,6 +190,21 @@ AOTML_HIDDEN int aotml_rt_workspace_size(const aotml_impl *impl, const int64_t *
     return AOTML_OK;
 }
 
+AOTML_HIDDEN int aotml_rt_profile_work(const aotml_impl *impl, uint32_t n,
+                                       const int64_t *flops_polys, const int64_t *bytes_polys,
+                                       const int64_t *symbols, uint64_t *flops,
+                                       uint64_t *bytes) {
+    int rc = check_symbols(impl, symbols);
+    if (rc) return rc;
+    if (!flops || !bytes) return fail(AOTML_ERR_NULL_POINTER, "the flops or bytes array is NULL");
+    for (uint32_t k = 0; k < n; k++) {
+        if (!eval_poly(&flops_polys, symbols, &flops[k]) ||
+            !eval_poly(&bytes_polys, symbols, &bytes[k]))
+            return fail(AOTML_ERR_SHAPE, "kernel %u's work does not fit in 62 bits", k);
+    }
+    return AOTML_OK;
+}
+
 AOTML_HIDDEN uint64_t aotml_rt_tensor_bytes(const aotml_impl *impl, const int64_t *symbols,
                                             uint32_t index) {
     const char *kind;
@@ -431,6 +446,8 @@ static uint64_t now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
+
+AOTML_HIDDEN uint64_t aotml_rt_clock_ns(void) { return now_ns(); }
 
 /* Spins (reading the clock every 64 pauses) until (*value == target) == want_equal, or until
  * SPIN_NS pass; returns whether the wait ended that way. */

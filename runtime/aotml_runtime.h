@@ -102,6 +102,15 @@ AOTML_HIDDEN int aotml_rt_eval_poly(const int64_t **p, const int64_t *symbols, u
 AOTML_HIDDEN uint64_t aotml_rt_tensor_bytes(const aotml_impl *impl, const int64_t *symbols,
                                             uint32_t index);
 
+/* The monotonic clock in nanoseconds: what a profiled build's entry reads around each kernel. */
+AOTML_HIDDEN uint64_t aotml_rt_clock_ns(void);
+/* aotml_profile.work: each kernel's flops and bytes from their polynomials (n of each, in
+ * order), for symbols that pass aotml_rt_check_symbols. */
+AOTML_HIDDEN int aotml_rt_profile_work(const aotml_impl *impl, uint32_t n,
+                                       const int64_t *flops_polys, const int64_t *bytes_polys,
+                                       const int64_t *symbols, uint64_t *flops,
+                                       uint64_t *bytes);
+
 /* Device choice for a library without GPU code: "cpu" and "auto" are accepted. */
 AOTML_HIDDEN int aotml_rt_cpu_select_device(const char *name);
 AOTML_HIDDEN const char *aotml_rt_cpu_device(void);

@@ -118,7 +118,8 @@ def test_loader_declares_the_abi_structs_as_the_header_does():
         body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
         return re.findall(r"\(?\*?\s*(\w+)\)?\s*(?:\(|;|,)", body)
 
-    for struct in ("aotml_tensor_info", "aotml_symbol", "aotml_run_args", "aotml_model"):
+    for struct in ("aotml_tensor_info", "aotml_symbol", "aotml_run_args", "aotml_profile",
+                   "aotml_model"):
         assert fields(_CDEF, struct) == fields(header, struct), struct
 
 

@@ -443,6 +443,7 @@ static void tensor(const char *kind, const aotml_tensor_info *t) {
 int main(void) {
     const aotml_model *m = m_model();
     printf("abi %u %d\n", m->abi_version, AOTML_ABI_VERSION);
+    printf("profile %s\n", m->profile ? "set" : "NULL");
     printf("name %s\n", m->name);
     printf("version %s\n", m->aotml_version);
     printf("hash %s\n", m->build_hash);
@@ -477,7 +478,8 @@ def test_manifest_from_c(model_m, tmp_path):
         else:
             rows[key] = rest
     abi, abi_macro = map(int, rows["abi"].split())
-    assert abi == abi_macro == 5
+    assert abi == abi_macro == 6
+    assert rows["profile"] == "NULL"  # a plain build times nothing
     assert rows["threads"] == "3 3 1"
     assert rows["null"] == "record 1 [the run's argument record is NULL]"
     assert rows["name"] == "m"

@@ -6,6 +6,9 @@ never lets a kernel's output share bytes with its inputs), so LLVM may vectorize
 from its placement and calls the kernels in launch order, passing each kernel the values of the
 program's symbolic dims (already checked by the runtime: each at least 1, every size in range)
 as trailing i64 arguments. Scalar locals are allocas that mem2reg promotes.
+A profiled build (`profile=True`) also reads the runtime's clock after each kernel and adds the
+time since the previous read to that launch's counter in `aotml_profile_ns`, and counts the
+completed runs in `aotml_profile_runs` (both hidden globals the glue hands to the ABI).
 Float semantics are IEEE (no fast-math): results match the reference up to rounding order.
 """
 
@@ -94,9 +97,10 @@ class CpuTarget:
             cpu=self.cpu, features=self.features, opt=self.opt_level, reloc="pic",
             codemodel="default")
 
-    def emit(self, program: L.Program, dump: frozenset[str] = frozenset()) -> Emitted:
+    def emit(self, program: L.Program, dump: frozenset[str] = frozenset(),
+             profile: bool = False) -> Emitted:
         tm = self.target_machine()
-        ref = parse_verified(str(build_module(program, self, tm)))
+        ref = parse_verified(str(build_module(program, self, tm, profile)))
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt_level)
         pto.loop_vectorization = self.opt_level >= 2
         pto.slp_vectorization = self.opt_level >= 2
@@ -143,7 +147,11 @@ def parse_verified(text: str) -> llvm.ModuleRef:
     return ref
 
 
-def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) -> ir.Module:
+PROFILE_NS, PROFILE_RUNS, CLOCK = "aotml_profile_ns", "aotml_profile_runs", "aotml_rt_clock_ns"
+
+
+def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine,
+                 profile: bool = False) -> ir.Module:
     module = ir.Module(name=program.name)
     module.triple = target.triple
     module.data_layout = str(tm.target_data)
@@ -185,17 +193,40 @@ def build_module(program: L.Program, target: CpuTarget, tm: llvm.TargetMachine) 
     for pl in program.placements:
         if pl.region == "view":
             address[pl.buffer.name] = address[pl.of]
-    for launch in program.launches:
+    if profile:
+        counters = _hidden_global(module, ir.ArrayType(I64, len(program.launches)), PROFILE_NS)
+        runs = _hidden_global(module, I64, PROFILE_RUNS)
+        clock = ir.Function(module, ir.FunctionType(I64, []), name=CLOCK)
+        clock.attributes.add("nounwind")
+        last = b.call(clock, [], name="t0")
+    for n, launch in enumerate(program.launches):
         status = b.call(kernels[launch.kernel], [address[buf.name] for buf in launch.args]
                         + [values[s] for s in symbols])
+        if profile:
+            now = b.call(clock, [], name=f"t{n + 1}")
+            slot = b.gep(counters, [I64(0), I64(n)], inbounds=True,
+                         source_etype=counters.value_type)
+            b.atomic_rmw("add", slot, b.sub(now, last), "monotonic")
+            last = now
         failed = entry.append_basic_block(f"{launch.kernel}.failed")
         ok = entry.append_basic_block(f"{launch.kernel}.ok")
         b.cbranch(b.icmp_unsigned("!=", status, I32(0)), failed, ok)
         b.position_at_end(failed)
         b.ret(status)
         b.position_at_end(ok)
+    if profile:
+        b.atomic_rmw("add", runs, I64(1), "monotonic")
     b.ret(I32(0))
     return module
+
+
+def _hidden_global(module: ir.Module, typ: ir.Type, name: str) -> ir.GlobalVariable:
+    """A zero-initialized global the library's C glue can name and no other library sees."""
+    g = ir.GlobalVariable(module, typ, name=name)
+    g.initializer = ir.Constant(typ, None)
+    g.visibility = "hidden"
+    g.align = 64
+    return g
 
 
 def dim_value(b: ir.IRBuilder, d, values: dict[str, ir.Value]) -> ir.Value:

@@ -10,6 +10,8 @@ input (read, then written). Both are polynomials when dims are symbolic.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from aotml.graph.memory import MemoryPlan
 from aotml.graph.symbolic import Dim
 from aotml.loops.ir import (
@@ -54,7 +56,17 @@ def _ops(e) -> int:
     return own + sum(_ops(c) for c in children(e))
 
 
-def report(program: Program, plan: MemoryPlan, notes: list[str]) -> str:
+class KernelWork(NamedTuple):
+    """A kernel, the graph ops fused into it, and its arithmetic and traffic."""
+
+    kernel: str
+    ops: str  # joined by " + "
+    flops: Dim
+    bytes: Dim
+
+
+def kernel_work(program: Program, plan: MemoryPlan) -> list[KernelWork]:
+    """Each kernel's work, in the program's kernel order."""
     rows = []
     over = {out for out, _ in plan.in_place}
     for k in program.kernels:
@@ -64,7 +76,12 @@ def report(program: Program, plan: MemoryPlan, notes: list[str]) -> str:
                 twice = b.name in over and b.name in k.outputs
                 traffic = traffic + b.nbytes * (2 if twice else 1)
         ops = [part.split(" at ")[0] for part in k.origin.split("; ")] if k.origin else []
-        rows.append((k.name, " + ".join(ops), str(flops(k.body)), str(traffic)))
+        rows.append(KernelWork(k.name, " + ".join(ops), flops(k.body), traffic))
+    return rows
+
+
+def report(program: Program, plan: MemoryPlan, notes: list[str]) -> str:
+    rows = [(w.kernel, w.ops, str(w.flops), str(w.bytes)) for w in kernel_work(program, plan)]
     widths = [max(len(r[i]) for r in rows + [("kernel", "ops", "flops", "bytes")])
               for i in range(4)]
     lines = [f"report for {program.name}: {len(program.kernels)} kernels"]

@@ -24,9 +24,10 @@ from aotml.errors import CompileError
 from aotml.gpu.host import REGIONS, GpuPlan
 from aotml.graph.symbolic import Dim, Sym, evaluate, product
 from aotml.loops.ir import Program, assert_messages
+from aotml.loops.report import KernelWork
 from aotml.resources import runtime_dir
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
@@ -61,6 +62,8 @@ class Manifest:
     source_name: str
     errors: tuple[str, ...] = ()  # messages of the run-time checks, by status - 1
     symbols: tuple[tuple[str, int | None], ...] = ()  # (name, upper bound or None), ABI order
+    # a profiled build's launches, in order (None: not profiled)
+    profile: tuple[KernelWork, ...] | None = None
 
     @property
     def static_workspace(self) -> int | None:
@@ -73,15 +76,22 @@ class Manifest:
         return None
 
 
-def manifest_of(program: Program, build_hash: str, version: str, source_name: str) -> Manifest:
+def manifest_of(program: Program, build_hash: str, version: str, source_name: str,
+                work: list[KernelWork] | None = None) -> Manifest:
+    """The manifest; `work` (each kernel's, from loops.report.kernel_work) makes it a
+    profiled build's."""
     def specs(region: str) -> tuple[TensorSpec, ...]:
         pls = sorted((p for p in program.placements if p.region == region), key=lambda p: p.index)
         return tuple(TensorSpec(p.abi_name, p.buffer.dtype, p.buffer.shape,
                                 p.buffer.nbytes) for p in pls)
 
+    profile = None
+    if work is not None:
+        by_name = {w.kernel: w for w in work}
+        profile = tuple(by_name[launch.kernel] for launch in program.launches)
     return Manifest(program.name, specs("input"), specs("output"), program.workspace_bytes,
                     program.weights_bytes, build_hash, version, source_name,
-                    assert_messages(program), program.symbols)
+                    assert_messages(program), program.symbols, profile)
 
 
 
@@ -177,6 +187,30 @@ def _gpu_tables(gpu: GpuPlan, index: dict[str, int]) -> list[str]:
     return lines
 
 
+def _profile_tables(work: tuple[KernelWork, ...], index: dict[str, int]) -> list[str]:
+    """The aotml_profile of a profiled build: names, ops, the work polynomials, and the
+    counters the entry adds to (hidden globals of the kernels' object)."""
+    n = len(work)
+    polys = {kind: [x for w in work for x in _poly(getattr(w, kind), index)]
+             for kind in ("flops", "bytes")}
+    return [
+        "extern uint64_t aotml_profile_ns[] AOTML_HIDDEN;",
+        "extern uint64_t aotml_profile_runs AOTML_HIDDEN;",
+        "static const char *const profile_kernels[] = {"
+        + (", ".join(_c_string(w.kernel) for w in work) or "0") + "};",
+        "static const char *const profile_ops[] = {"
+        + (", ".join(_c_string(w.ops) for w in work) or "0") + "};",
+        *(f"static const int64_t profile_{kind}[] = {{{', '.join(map(str, poly)) or '0'}}};"
+          for kind, poly in polys.items()),
+        "static int profile_work(const int64_t *syms, uint64_t *flops, uint64_t *bytes) {",
+        f"    return aotml_rt_profile_work(&impl, {n}u, profile_flops, profile_bytes, syms, "
+        "flops, bytes);",
+        "}",
+        f"static const aotml_profile profile = {{{n}u, profile_kernels, profile_ops, "
+        "profile_work, aotml_profile_ns, &aotml_profile_runs};",
+    ]
+
+
 def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> str:
     """The C glue of a library with CPU code (`cpu`), GPU code (`gpu`), or both."""
     p = c_name(m.name)
@@ -217,9 +251,10 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
                  + ", ".join(f"{{{_c_string(n)}, {b or 0}}}" for n, b in m.symbols)
                  + ("};" if m.symbols else '{"", 0}};'))
     ni, no, ns = len(m.inputs), len(m.outputs), len(m.symbols)
+    lines += ["", "static const aotml_impl impl;"]
+    if m.profile is not None:
+        lines += _profile_tables(m.profile, index)
     lines += [
-        "",
-        "static const aotml_impl impl;",
         "static int bind(const int64_t *const *input_shapes, int64_t *syms) {",
         "    return aotml_rt_bind(&impl, input_shapes, syms);",
         "}",
@@ -259,7 +294,7 @@ def generate_glue(m: Manifest, gpu: GpuPlan | None = None, cpu: bool = True) -> 
         "    generic_run, aotml_rt_last_error, aotml_rt_set_num_threads, aotml_rt_num_threads,",
         f"    {'AOTML_DEVICE_CPU' if cpu else '0'}"
         f"{' | AOTML_DEVICE_CUDA' if gpu is not None else ''}, select_device, device,",
-        "    run_device, run_args,",
+        f"    run_device, run_args, {'&profile' if m.profile is not None else '0'},",
         "};",
         "static const char *const errors[] = {"
         + ", ".join(_c_string(e) for e in m.errors) + (", 0};" if m.errors else "0};"),
