@@ -4,12 +4,14 @@ reference by the op tests, the examples and the fuzzer.)"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import numpy as np
 
 import aotml
+from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.driver import build
 
 CHAIN = """model chain {
@@ -32,7 +34,9 @@ def test_pointwise_chains_become_one_kernel(tmp_path):
     # nowhere (it is read once per element by the sum) so it is inlined too
     assert len(kernels) == 3, loops
     assert "y[i0, i1] = max((x[i0, i1] * 2.0) + 1.0, 0.0) * 0.5" in loops
-    assert "lane0 = max(lane0, (x[i0, r3 * 8] * 3.0) + b[r3 * 8])" in loops
+    # in vector form (the softmax's row passes read L lanes at a time)
+    assert re.search(r"vmax0 = max\(vmax0, \(x\[i0, r0 \* (\d+) \+: \1\] \* splat\1\(3\.0\)\) "
+                     r"\+ b\[r0 \* \1 \+: \1\]\)", loops), loops
     assert "workspace 0 bytes" in loops
     model = aotml.load(result.so_path)
     rng = np.random.default_rng(0)
@@ -43,6 +47,39 @@ def test_pointwise_chains_become_one_kernel(tmp_path):
                                                      x=x, b=b)
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-5 * 64, atol=1e-6)
+
+
+def test_a_producer_goes_into_vector_loads_in_vector_form(tmp_path):
+    """softmax reads its rows L lanes at a time: a pointwise producer whose loads run along
+    the row (or not at all: s[i, 0]) is computed there in vector form; a transpose, which
+    reads across rows, is stored, and the report says why."""
+    (tmp_path / "m.mlg").write_text("""model m {
+    input x: f32[6, 40]
+    input s: f32[6, 1]
+    input b: f32[40]
+    input t: f32[40, 6]
+    output y = softmax(x * s + b, axis=-1)
+    output z = softmax(transpose(t, perm=(1, 0)) * 2, axis=-1)
+}
+""")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", dump="loops", report=True)
+    loops, report = result.dumps["loops"], result.dumps["report"]
+    lanes = CpuTarget().capabilities.vector_bits // 32
+    assert f"(x[i0, r0 * {lanes} +: {lanes}] * splat{lanes}(s[i0, 0])) + " \
+           f"b[r0 * {lanes} +: {lanes}]" in loops
+    assert "report for m: 3 kernels" in report, report  # x * s + b went into y's softmax
+    assert re.search(r"k\d+_mul -> k\d+_softmax: k\d+_softmax reads t\d+ in vector loads, and "
+                     r"k\d+_mul has no vector form there", report), report
+    model = aotml.load(result.so_path)
+    rng = np.random.default_rng(5)
+    arrays = {"x": rng.standard_normal((6, 40)).astype(np.float32),
+              "s": rng.uniform(0.5, 2, (6, 1)).astype(np.float32),
+              "b": rng.standard_normal(40).astype(np.float32),
+              "t": rng.standard_normal((40, 6)).astype(np.float32)}
+    got = model(**arrays)
+    want = aotml.interpret(tmp_path / "m.mlg", precise=True, **arrays)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5 * 40, atol=1e-7, err_msg=k)
 
 
 def test_an_expensive_producer_read_many_times_is_stored(tmp_path):

@@ -128,6 +128,7 @@ SAMPLES: dict[str, list[Sample]] = {
         _attention((2, 3, 7, 4), (2, 3, 9, 4), (2, 3, 9, 5)),
         _attention((2, 3, 5, 4), (3, 7, 4), (1, 7, 2), causal=True),
         _attention((7, 8), (33, 8), (33, 3), scale=0.5),
+        _attention((3, 8), (64, 8), (64, 5)),
         _attention((2, 5, 16), (2, 65, 16), (2, 65, 8), scale=-0.3, causal=True),
     ],
 }

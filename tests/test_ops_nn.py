@@ -106,8 +106,11 @@ def _softmax(shape, attrs, log=False):
     return Sample((shape,), attrs, terms=n, magnitude=magnitude)
 
 
+# rows in vector form with and without a tail at 4, 8 and 16 lanes (257, 20, 64, 48, 37), and
+# in scalar form (shorter rows, or along another axis)
 SOFTMAX_CASES = [((1,), {}), ((3, 7), {}), ((3, 7), {"axis": 0}), ((2, 33, 5), {"axis": -2}),
-                 ((1, 257), {"axis": -1}), ((4, 20), {"axis": -1})]
+                 ((1, 257), {"axis": -1}), ((4, 20), {"axis": -1}), ((5, 64), {}),
+                 ((2, 3, 48), {}), ((3, 37), {})]
 
 
 def _trailing(x, axis):
@@ -234,6 +237,30 @@ def test_argmax_and_argmin_take_the_first_nan_then_the_first_extreme(build_model
     np.testing.assert_array_equal(out["b"], [[1], [3], [0], [0], [1]])
     assert out["a"].dtype == np.int64
     np.testing.assert_array_equal(out["a"], np.argmax(x, axis=-1))
+
+
+@pytest.mark.parametrize("n", [5, 37, 64])
+def test_softmax_rows_with_inf_and_nan_are_numpys(build_model, n):
+    """Row by row as numpy computes exp(x - max) / sum: a NaN fills its row with NaN, +inf
+    gives NaN (inf - inf), a row of -inf is NaN, -inf elsewhere gives 0 (scalar rows of 5,
+    vector rows of 37 with a tail and of 64 without)."""
+    m = build_model(f"model m {{\n  input x: f32[5, {n}]\n  output y = softmax(x)\n"
+                    "  output z = log_softmax(x)\n}\n")
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-3, 3, (5, n)).astype(np.float32)
+    x[0, n - 1] = np.nan
+    x[1, 2] = np.inf
+    x[2, :] = -np.inf
+    x[3, 1] = -np.inf
+    out = m(x=x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        s = e.sum(axis=1, keepdims=True)
+        want_y, want_z = e / s, x - x.max(axis=1, keepdims=True) - np.log(s)
+    np.testing.assert_allclose(out["y"], want_y, rtol=1e-5 * n, atol=1e-7)
+    np.testing.assert_allclose(out["z"], want_z, rtol=1e-5 * n, atol=1e-6)
+    assert np.isnan(out["y"][:3]).all() and np.isfinite(out["y"][3:]).all()
+    assert out["y"][3, 1] == 0
 
 
 def test_max_and_min_propagate_nan_over_several_axes(build_model):

@@ -1,8 +1,8 @@
-"""The register tiles at every vector width: the matmul, implicit-GEMM conv and attention
-samples built for AVX2 (8 lanes) and for SSE (4 lanes, NEON's width) run on this host against
-the reference, beside the host's own width that the op tests cover. The schedule is one; its
-parameters (tile and panel columns, vector type) follow the target's widest vector, which
-is asked of LLVM's backend for the chosen cpu."""
+"""The register tiles and vector rows at every vector width: the matmul, implicit-GEMM conv,
+attention and softmax samples built for AVX2 (8 lanes) and for SSE (4 lanes, NEON's width)
+run on this host against the reference, beside the host's own width that the op tests cover.
+The schedule is one; its parameters (tile and panel columns, vector type) follow the
+target's widest vector, which is asked of LLVM's backend for the chosen cpu."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def _f32(samples):
 
 
 TILED = {"matmul": _f32(NN_SAMPLES["matmul"]), "linear": _f32(NN_SAMPLES["linear"]),
-         "conv2d": _f32(CONV_SAMPLES["conv2d"]), "attention": _f32(CONV_SAMPLES["attention"])}
+         "conv2d": _f32(CONV_SAMPLES["conv2d"]), "attention": _f32(CONV_SAMPLES["attention"]),
+         # rows in vector form: the max, then the exps with their sum
+         "softmax": _f32(NN_SAMPLES["softmax"]), "log_softmax": _f32(NN_SAMPLES["log_softmax"])}
 
 
 @pytest.mark.parametrize("cpu", list(WIDTHS))

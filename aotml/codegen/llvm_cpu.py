@@ -229,6 +229,28 @@ def _hidden_global(module: ir.Module, typ: ir.Type, name: str) -> ir.GlobalVaria
     return g
 
 
+def _whole_vector_store(stmts: list, k: int) -> tuple[L.Expr, int] | None:
+    """(v, L) where stmts[k:k + L] store lane 0..L-1 of one vector v to L consecutive f32
+    elements along a buffer's last dim, which one vector store does (LLVM's SLP vectorizer
+    merged such runs only in part, into odd pieces, around an exp); else None."""
+    first = stmts[k]
+    if not (isinstance(first, L.Store) and isinstance(first.value, L.Lane)
+            and first.value.lane == 0 and first.buffer.dtype == "f32"):
+        return None
+    vector = first.value.vector
+    lanes = L.lanes_of(L.dtype_of(vector))
+    if k + lanes > len(stmts):
+        return None
+    *lead, base = first.indices
+    for j in range(1, lanes):
+        s = stmts[k + j]
+        if not (isinstance(s, L.Store) and s.buffer == first.buffer
+                and s.value == L.Lane(vector, j)
+                and s.indices == (*lead, L.Binary("add", base, L.Const(j, L.INDEX)))):
+            return None
+    return vector, lanes
+
+
 def dim_value(b: ir.IRBuilder, d, values: dict[str, ir.Value]) -> ir.Value:
     """A dim as an i64: a constant, or its polynomial over the symbols' values. The runtime
     has checked that every size fits, so no step overflows (nsw)."""
@@ -298,8 +320,17 @@ class _KernelEmitter:
     # statements
 
     def _stmts(self, stmts) -> None:
-        for s in stmts:
-            if isinstance(s, L.For):
+        stmts = list(stmts)
+        k = 0
+        while k < len(stmts):
+            s = stmts[k]
+            k += 1
+            whole = _whole_vector_store(stmts, k - 1)
+            if whole is not None:
+                vector, lanes = whole
+                self.b.store(self._expr(vector), self._address(s.buffer, s.indices), align=4)
+                k += lanes - 1
+            elif isinstance(s, L.For):
                 self._for(s)
             elif isinstance(s, L.Store):
                 value = self._expr(s.value)
@@ -482,11 +513,17 @@ class _KernelEmitter:
             return self.b.icmp_unsigned(op, x, y)
         return self.b.icmp_signed(op, x, y)
 
+    def _float_intrinsic(self, name: str, x: ir.Value, nargs: int) -> ir.Function:
+        """llvm.NAME.f32, or its vLf32 form for a vector x."""
+        t = x.type
+        suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"
+        return self._declare(f"llvm.{name}.{suffix}", t, [t] * nargs)
+
     def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
         b = self.b
         if op == "not":
             return b.xor(x, I1(1))
-        if dt != "f32":  # integers
+        if dt != "f32" and L.lanes_of(dt) is None:  # integers
             if op == "neg":
                 return b.sub(x.type(0), x)
             if op == "abs":  # wraps at the minimum, as numpy does
@@ -495,14 +532,12 @@ class _KernelEmitter:
         elif op == "neg":
             return b.fneg(x)
         elif op == "abs":
-            return b.call(self._declare("llvm.fabs.f32", F32, [F32]), [x])
+            return b.call(self._float_intrinsic("fabs", x, 1), [x])
         elif op in vecmath.FUNCTIONS:  # inline polynomials: libm calls would not vectorize
             return vecmath.FUNCTIONS[op](b, x)
-        elif op == "sqrt":
-            return b.call(self._declare("llvm.sqrt.f32", F32, [F32]), [x])
-        elif op == "rsqrt":
-            sqrt = b.call(self._declare("llvm.sqrt.f32", F32, [F32]), [x])
-            return b.fdiv(F32(1.0), sqrt)
+        elif op in ("sqrt", "rsqrt"):
+            sqrt = b.call(self._float_intrinsic("sqrt", x, 1), [x])
+            return sqrt if op == "sqrt" else b.fdiv(vecmath.splat_like(x, 1.0), sqrt)
         raise InternalError(f"CPU codegen has no unary {op} on {dt}")
 
     def _binary(self, op: str, x: ir.Value, y: ir.Value, dt: str) -> ir.Value:
@@ -511,12 +546,12 @@ class _KernelEmitter:
             return b.and_(x, y)
         if op == "or":
             return b.or_(x, y)
-        if dt == "f32":
+        if dt == "f32" or L.lanes_of(dt) is not None:
             if op in ("max", "min"):  # NaN-propagating, like numpy.maximum/minimum
-                name = "llvm.maximum.f32" if op == "max" else "llvm.minimum.f32"
-                return b.call(self._declare(name, F32, [F32, F32]), [x, y])
+                fn = self._float_intrinsic("maximum" if op == "max" else "minimum", x, 2)
+                return b.call(fn, [x, y])
             if op == "pow":
-                return b.call(self._declare("llvm.pow.f32", F32, [F32, F32]), [x, y])
+                return b.call(self._float_intrinsic("pow", x, 2), [x, y])
             return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[op](x, y)
         if op in ("max", "min"):
             name = f"llvm.s{op}.i{_INT_BITS[dt]}"

@@ -77,76 +77,105 @@ ROUNDER = 12582912.0  # adding it rounds to an integer, which lands in the low m
 SQRT_HALF_BITS = 0x3F3504F3  # the bits of √½ as an f32
 
 
-def _const(v: float) -> ir.Constant:
-    return ir.Constant(F32, v)
+def _like(x: ir.Value, element: ir.Type) -> ir.Type:
+    """`element`, or a vector of it with as many lanes as x: every function here takes an f32
+    or a vector of f32 and works lane by lane."""
+    return ir.VectorType(element, x.type.count) if isinstance(x.type, ir.VectorType) else element
 
 
-def _intrinsic(b: ir.IRBuilder, name: str, nargs: int) -> ir.Function:
+def _const(x: ir.Value, v: float) -> ir.Constant:
+    """v as an f32 of x's shape (every lane, for a vector)."""
+    t = _like(x, F32)
+    return ir.Constant(t, [v] * t.count if isinstance(t, ir.VectorType) else v)
+
+
+def splat_like(x: ir.Value, v: float) -> ir.Constant:
+    """v as an f32 constant of x's type (in every lane of a vector)."""
+    return _const(x, v)
+
+
+def _int(x: ir.Value, v: int) -> ir.Constant:
+    t = _like(x, I32)
+    return ir.Constant(t, [v] * t.count if isinstance(t, ir.VectorType) else v)
+
+
+def _intrinsic(b: ir.IRBuilder, name: str, t: ir.Type, nargs: int) -> ir.Function:
+    """llvm.NAME.f32, or llvm.NAME.vLf32 for a vector type t."""
+    full = f"llvm.{name}." + (f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32")
     try:
-        return b.module.get_global(name)
+        return b.module.get_global(full)
     except KeyError:
-        return ir.Function(b.module, ir.FunctionType(F32, [F32] * nargs), name=name)
+        return ir.Function(b.module, ir.FunctionType(t, [t] * nargs), name=full)
 
 
 def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
     """x·y + z, fused where the target has FMA."""
-    return b.call(_intrinsic(b, "llvm.fmuladd.f32", 3), [x, y, z])
+    return b.call(_intrinsic(b, "fmuladd", x.type, 3), [x, y, z])
 
 
 def _poly(b: ir.IRBuilder, x: ir.Value, coefs: tuple[float, ...]) -> ir.Value:
     """Horner's rule (the loop's iterations give the core its parallelism)."""
-    acc = _const(coefs[-1])
+    acc = _const(x, coefs[-1])
     for c in reversed(coefs[:-1]):
-        acc = _fma(b, acc, x, _const(c))
+        acc = _fma(b, acc, x, _const(x, c))
     return acc
 
 
 def _fabs(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    return b.call(_intrinsic(b, "llvm.fabs.f32", 1), [x])
+    return b.call(_intrinsic(b, "fabs", x.type, 1), [x])
 
 
 def _copysign(b: ir.IRBuilder, magnitude: ir.Value, sign: ir.Value) -> ir.Value:
-    return b.call(_intrinsic(b, "llvm.copysign.f32", 2), [magnitude, sign])
+    return b.call(_intrinsic(b, "copysign", sign.type, 2), [magnitude, sign])
+
+
+def _bits(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    return b.bitcast(x, _like(x, I32))
+
+
+def _float(b: ir.IRBuilder, n: ir.Value) -> ir.Value:
+    """The f32 (lanes) whose bits are n."""
+    return b.bitcast(n, _like(n, F32))
 
 
 def _pow2(b: ir.IRBuilder, n: ir.Value) -> ir.Value:
     """2^n as an f32, for n (i32) in the normal range [-126, 127]."""
-    return b.bitcast(b.shl(b.add(n, I32(127)), I32(23)), F32)
+    return _float(b, b.shl(b.add(n, _int(n, 127)), _int(n, 23)))
 
 
 def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """e^x for an f32 x, as numpy: exp(-inf) = 0, exp(inf) = inf, NaN stays NaN."""
     # clamps written as compare + select keep a NaN (llvm.minnum would drop it)
-    x = b.select(b.fcmp_ordered(">", x, _const(89.0)), _const(89.0), x)
-    x = b.select(b.fcmp_ordered("<", x, _const(-104.0)), _const(-104.0), x)
-    shifted = _fma(b, x, _const(LOG2E), _const(ROUNDER))
-    n_float = b.fsub(shifted, _const(ROUNDER))
-    n = b.sub(b.bitcast(shifted, I32), b.bitcast(_const(ROUNDER), I32))
-    r = _fma(b, n_float, _const(-LN2_HI), x)
-    r = _fma(b, n_float, _const(-LN2_LO), r)
+    x = b.select(b.fcmp_ordered(">", x, _const(x, 89.0)), _const(x, 89.0), x)
+    x = b.select(b.fcmp_ordered("<", x, _const(x, -104.0)), _const(x, -104.0), x)
+    shifted = _fma(b, x, _const(x, LOG2E), _const(x, ROUNDER))
+    n_float = b.fsub(shifted, _const(x, ROUNDER))
+    n = b.sub(_bits(b, shifted), _bits(b, _const(x, ROUNDER)))
+    r = _fma(b, n_float, _const(x, -LN2_HI), x)
+    r = _fma(b, n_float, _const(x, -LN2_LO), r)
     expm1 = _fma(b, b.fmul(r, r), _poly(b, r, EXP_Q), r)
-    half = b.ashr(n, I32(1))
-    scaled = b.fmul(b.fadd(_const(1.0), expm1), _pow2(b, half))
+    half = b.ashr(n, _int(n, 1))
+    scaled = b.fmul(b.fadd(_const(x, 1.0), expm1), _pow2(b, half))
     return b.fmul(scaled, _pow2(b, b.sub(n, half)))
 
 
 def log(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """The natural logarithm of an f32 x, as numpy: log(0) = -inf, log(inf) = inf, NaN for
     x < 0 and for NaN; subnormal x exact to the same accuracy as normal x."""
-    subnormal = b.fcmp_ordered("<", x, _const(1.1754943508222875e-38))
-    scaled = b.select(subnormal, b.fmul(x, _const(8388608.0)), x)
+    subnormal = b.fcmp_ordered("<", x, _const(x, 1.1754943508222875e-38))
+    scaled = b.select(subnormal, b.fmul(x, _const(x, 8388608.0)), x)
     # bits - bits(√½): its exponent field is k, and the bits less k·2^23 are m in [√½, √2)
-    offset = b.sub(b.bitcast(scaled, I32), I32(SQRT_HALF_BITS))
-    k = b.ashr(offset, I32(23))
-    m = b.bitcast(b.sub(b.bitcast(scaled, I32), b.shl(k, I32(23))), F32)
-    f = b.fsub(m, _const(1.0))
+    offset = b.sub(_bits(b, scaled), _int(x, SQRT_HALF_BITS))
+    k = b.ashr(offset, _int(x, 23))
+    m = _float(b, b.sub(_bits(b, scaled), b.shl(k, _int(x, 23))))
+    f = b.fsub(m, _const(x, 1.0))
     # log(1+f) = f + f²·(f·Q(f) - 1/2)
-    log1p = _fma(b, b.fmul(f, f), _fma(b, f, _poly(b, f, LOG_Q), _const(-0.5)), f)
-    k_float = b.sitofp(b.sub(k, b.select(subnormal, I32(23), I32(0))), F32)
-    y = _fma(b, k_float, _const(LN2_HI), _fma(b, k_float, _const(LN2_LO), log1p))
-    y = b.select(b.fcmp_ordered("==", x, _const(math.inf)), x, y)
-    y = b.select(b.fcmp_ordered("==", x, _const(0.0)), _const(-math.inf), y)
-    return b.select(b.fcmp_unordered("<", x, _const(0.0)), _const(math.nan), y)
+    log1p = _fma(b, b.fmul(f, f), _fma(b, f, _poly(b, f, LOG_Q), _const(x, -0.5)), f)
+    k_float = b.sitofp(b.sub(k, b.select(subnormal, _int(x, 23), _int(x, 0))), _like(x, F32))
+    y = _fma(b, k_float, _const(x, LN2_HI), _fma(b, k_float, _const(x, LN2_LO), log1p))
+    y = b.select(b.fcmp_ordered("==", x, _const(x, math.inf)), x, y)
+    y = b.select(b.fcmp_ordered("==", x, _const(x, 0.0)), _const(x, -math.inf), y)
+    return b.select(b.fcmp_unordered("<", x, _const(x, 0.0)), _const(x, math.nan), y)
 
 
 def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -155,9 +184,9 @@ def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     small = _fma(b, b.fmul(x, z), _poly(b, z, TANH_P), x)
     t = _fabs(b, x)
     e = exp(b, b.fadd(t, t))
-    large = b.fsub(_const(1.0), b.fdiv(_const(2.0), b.fadd(e, _const(1.0))))
+    large = b.fsub(_const(x, 1.0), b.fdiv(_const(x, 2.0), b.fadd(e, _const(x, 1.0))))
     # copysign for both: the small branch gives +0 for -0 (x·x²·P(x²) is +0 + -0)
-    return _copysign(b, b.select(b.fcmp_ordered("<", t, _const(TANH_SMALL)), small, large), x)
+    return _copysign(b, b.select(b.fcmp_ordered("<", t, _const(x, TANH_SMALL)), small, large), x)
 
 
 def erf(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -166,10 +195,10 @@ def erf(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     z = b.fmul(x, x)
     small = _fma(b, x, _poly(b, z, ERF_Q), x)
     t = _fabs(b, x)
-    t = b.select(b.fcmp_ordered(">", t, _const(ERF_ONE)), _const(ERF_ONE), t)
+    t = b.select(b.fcmp_ordered(">", t, _const(x, ERF_ONE)), _const(x, ERF_ONE), t)
     erfc = exp(b, _fma(b, b.fneg(t), t, _poly(b, t, ERF_S)))
-    large = b.fsub(_const(1.0), erfc)
-    return _copysign(b, b.select(b.fcmp_ordered("<", t, _const(ERF_SMALL)), small, large), x)
+    large = b.fsub(_const(x, 1.0), erfc)
+    return _copysign(b, b.select(b.fcmp_ordered("<", t, _const(x, ERF_SMALL)), small, large), x)
 
 
 FUNCTIONS = {"exp": exp, "log": log, "tanh": tanh, "erf": erf}

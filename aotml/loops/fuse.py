@@ -14,6 +14,13 @@ buffer run exactly as many times as it has elements (a pointwise consumer, or a 
 that reads each element once), or when it is cheap (a few arithmetic operations, no
 transcendental function).
 
+A consumer that reads the buffer by vector loads (L consecutive elements along its last dim: a
+softmax's row passes) gets the producer in vector form, when it has one: each of its loads
+indexed by the last loop variable as its own last index becomes a vector load, each load
+that does not depend on that variable a splat, and its arithmetic works lane by lane
+(`_vectorize`). Such a consumer must read each element at most twice, so that a register
+tile, which re-reads its operand once per tile, keeps stored elements.
+
 This runs before memory planning, which then sees the fused kernels' real lifetimes.
 """
 
@@ -23,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from aotml.loops.ir import (
     FLOAT_UNARY,
+    VECTOR_OPS,
     Assign,
     Binary,
     Buffer,
@@ -36,11 +44,13 @@ from aotml.loops.ir import (
     Local,
     MulAdd,
     Select,
+    Splat,
     Store,
     Unary,
     Var,
     VecLoad,
     children,
+    dtype_of,
     map_expr,
     map_stmt_exprs,
     stmt_exprs,
@@ -103,11 +113,13 @@ def fuse(kernels: list[Kernel], launches: list[Launch], temps: set[str],
             notes.append(f"{producer} -> {', '.join(consumers)}: {producer} writes the model "
                          f"output '{pw.buffer.name}', which must be stored anyway")
             continue
-        vectored = [c for c in consumers if _vector_loads(by_name[c].body, pw.buffer)]
+        vectored = [c for c in consumers if _vector_loads(by_name[c].body, pw.buffer)
+                    and not _vector_inlinable(pw, by_name[c])]
         if vectored:
             notes.append(f"{producer} -> {', '.join(vectored)}: {', '.join(vectored)} reads "
-                         f"{pw.buffer.name} in vector loads (a register tile's), which take "
-                         "stored elements")
+                         f"{pw.buffer.name} in vector loads, and {producer} has no vector form "
+                         "there (a load across its rows, a select, a cast or pow; or a register "
+                         "tile, which re-reads it)")
             continue
         costly = [c for c in consumers if not _profitable(pw, by_name[c])]
         if costly:
@@ -268,7 +280,9 @@ def _most_loads_per_statement(stmts, buf: Buffer) -> int:
             most = max(most, _most_loads_per_statement(s.body, buf))
         else:
             value = {Store: "value", Local: "init", Assign: "value"}.get(type(s), "cond")
-            most = max(most, _loads(getattr(s, value), buf))
+            # (copies of the producer: a vector load is one)
+            most = max(most, sum(isinstance(x, (Load, VecLoad)) and x.buffer == buf
+                                 for x in walk_expr(getattr(s, value))))
     return most
 
 
@@ -312,10 +326,50 @@ def _vector_loads(stmts, buf: Buffer) -> bool:
                for s in walk_stmts(stmts) for e in stmt_exprs(s) for x in walk_expr(e))
 
 
+def _vectorize(e: Expr, var: Var, lanes: int) -> Expr | None:
+    """`e` (an f32 expression of the loop variables) as an f32xL whose lane l is e at var + l,
+    or None where that takes more than vector loads, splats and lane-by-lane arithmetic (a
+    load reading along another axis, a select, a cast, pow)."""
+    uses = any(x == var for x in walk_expr(e))
+    if not uses:  # the same in every lane
+        return Splat(e, lanes) if dtype_of(e) == "f32" else None
+    if isinstance(e, Load):
+        *lead, last = e.indices
+        inside = any(x == var for i in lead for x in walk_expr(i))
+        if last != var or inside or e.buffer.dtype != "f32":
+            return None
+        return VecLoad(e.buffer, e.indices, lanes)
+    if isinstance(e, (Unary, Binary)) and e.op in VECTOR_OPS and dtype_of(e) == "f32":
+        parts = [_vectorize(c, var, lanes) for c in children(e)]
+        if any(p is None for p in parts):
+            return None
+        return Unary(e.op, parts[0]) if isinstance(e, Unary) else Binary(e.op, *parts)
+    return None
+
+
+def _vector_inlinable(pw: Pointwise, consumer: Kernel) -> bool:
+    """Whether every vector load of the producer's buffer in `consumer` can take the producer
+    in vector form, and the consumer reads each element at most twice."""
+    lanes = {x.lanes for s in walk_stmts(consumer.body) for e in stmt_exprs(s)
+             for x in walk_expr(e) if isinstance(x, VecLoad) and x.buffer == pw.buffer}
+    if any(_vectorize(pw.value, pw.vars[-1], n) is None for n in lanes):
+        return False
+    numel = 1
+    for d in pw.buffer.shape:
+        numel = d * numel
+    reads = _reads(consumer.body, pw.buffer)
+    if isinstance(reads, int) and isinstance(numel, int):
+        return reads <= 2 * numel
+    return reads in (numel, 2 * numel)
+
+
 def _inline(consumer: Kernel, producer: Kernel, pw: Pointwise) -> Kernel:
     def at_load(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer == pw.buffer:
             return map_expr(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
+        if isinstance(e, VecLoad) and e.buffer == pw.buffer:
+            vector = _vectorize(pw.value, pw.vars[-1], e.lanes)
+            return map_expr(vector, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         return e
 
     reads = [b for b in producer.args if b != pw.buffer]

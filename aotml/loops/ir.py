@@ -11,7 +11,8 @@ Scalar locals (`Local`/`Assign`) hold reduction accumulators.
 Vectors: a value of dtype `f32xL` is L f32 lanes, one register of the target's widest vector
 (L = 4, 8 or 16: 128, 256 or 512 bits). Only the CPU's register tiles make them: `VecLoad`
 reads L consecutive elements along a buffer's last dim, `Splat` copies a scalar to every lane,
-`MulAdd` works lane by lane, `Lane` reads one lane back as a scalar, and locals may hold them.
+`MulAdd`, `Unary` and `Binary` (arithmetic, max/min, exp and the other float functions: not
+pow) work lane by lane, `Lane` reads one lane back as a scalar, and locals may hold them.
 Stores stay scalar (`out[i, j] = lane(acc, 3)`), so an epilogue fused into them sees scalars.
 """
 
@@ -227,8 +228,15 @@ class Binary:
         _check_operand(self.op, dtype_of(self.lhs))
 
 
+# what a vector of f32 lanes may take: arithmetic lane by lane (not pow, a library call)
+VECTOR_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "neg", "abs"}) | \
+    (FLOAT_UNARY)
+
+
 def _check_operand(op: str, dtype: str) -> None:
-    if op in ("not", "and", "or"):
+    if lanes_of(dtype) is not None:
+        ok = op in VECTOR_OPS
+    elif op in ("not", "and", "or"):
         ok = dtype == "bool"
     elif op in FLOAT_UNARY or op in FLOAT_BINARY:
         ok = dtype == "f32"

@@ -47,10 +47,11 @@ def flops(stmts, trips: Dim = 1) -> Dim:
 
 def _ops(e) -> int:
     own = 0
-    if isinstance(e, (Unary, Binary)) and dtype_of(e) == "f32":
-        own = 1
+    dt = dtype_of(e)
+    if isinstance(e, (Unary, Binary)) and (dt == "f32" or lanes_of(dt)):
+        own = lanes_of(dt) or 1
     elif isinstance(e, MulAdd):
-        own = 2 * (lanes_of(dtype_of(e)) or 1)
+        own = 2 * (lanes_of(dt) or 1)
     if isinstance(e, Load):
         return 0
     return own + sum(_ops(c) for c in children(e))

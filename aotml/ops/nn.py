@@ -28,6 +28,7 @@ from aotml.loops.build import (
     with_axis,
 )
 from aotml.loops.ir import (
+    INDEX,
     Assign,
     Binary,
     Buffer,
@@ -530,15 +531,25 @@ def _rows(x: Operand, axis: int, names: Names, body) -> list:
 
 
 def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var, s: Var,
-                    keep: Callable[[Expr], tuple[Buffer, tuple]] | None = None) -> list:
+                    keep: Callable[[Expr], tuple[Buffer, tuple]] | None = None,
+                    vector: Callable[[Expr], Expr] | None = None) -> list:
     """m = the max of value(r) over a row of n (for range safety), then s = the sum of
     exp(value(r) - m); with `keep(r)` (an f32 buffer and the index where element r goes),
-    each exp is also stored there, in a loop of its own, and summed from there (it may be
-    where value(r) reads: each element is read before it is overwritten). A static row of 16
-    or more keeps the max and the sum in vector lanes (lane_sum): as one chain each, a row of
-    128 took ~1000 cycles of add and max latency (MiniLM's softmax, 9% of its time). The exp
-    stays out of the lanes' loop, where LLVM vectorized it four lanes wide through shuffles;
-    alone it takes whole vectors."""
+    each exp is also stored there (it may be where value(r) reads: each element is read
+    before it is overwritten).
+
+    With `vector(r)`, value(r)..value(r + L - 1) as one f32xL (L = names.lanes: a row that is
+    contiguous f32), the max and then the exps and their sum are vector code, two passes over
+    the row, each exp computed once, stored and added in the same step (the lanes' results
+    meet in a tree at the end; a tail of n % L elements is scalar). Otherwise a static row of
+    16 or more keeps the max and the sum in vector lanes (lane_sum): as one chain each, a row
+    of 128 took ~1000 cycles of add and max latency (MiniLM's softmax, 9% of its time). The
+    exp stays out of the lanes' loop, where LLVM vectorized it four lanes wide through
+    shuffles; alone it takes whole vectors."""
+    lanes = names.lanes
+    if vector is not None and lanes and isinstance(n, int) and n >= lanes:
+        return _vector_max_and_sum_exp(value, vector, n, lanes, names, m, s, keep)
+
     def e(r):
         return Unary("exp", Binary("sub", value(r), m))
 
@@ -559,6 +570,59 @@ def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var,
             For(r3, n, (Assign(s, Binary("add", s, kept(r3))),))]
 
 
+def _lane_tree(op: str, v: Expr, lanes: int) -> Expr:
+    level: list[Expr] = [Lane(v, k) for k in range(lanes)]
+    while len(level) > 1:
+        level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
+    return level[0]
+
+
+def _vector_max_and_sum_exp(value, vector, n: int, lanes: int, names: Names, m: Var, s: Var,
+                            keep) -> list:
+    vt = vector_dtype(lanes)
+    vmax, vsum, v = names.var("vmax", vt), names.var("vsum", vt), names.var("vexp", vt)
+    r1, r2 = names.var("r"), names.var("r")
+    full, done = n // lanes, n // lanes * lanes
+
+    def first(r: Var) -> Expr:
+        return Binary("mul", r, Const(lanes, INDEX))
+
+    def tail(r: Var) -> Expr:
+        return Binary("add", r, Const(done, INDEX))
+
+    exps: list = [Local(v, Unary("exp", Binary("sub", vector(first(r2)), Splat(m, lanes))))]
+    if keep is not None:
+        exps += [store(*keep(Binary("add", first(r2), Const(k, INDEX)) if k else first(r2)),
+                       Lane(v, k)) for k in range(lanes)]
+    exps.append(Assign(vsum, Binary("add", vsum, v)))
+    out = [Local(vmax, Splat(const(-np.inf, "f32"), lanes)),
+           For(r1, full, (Assign(vmax, Binary("max", vmax, vector(first(r1)))),)),
+           Local(m, _lane_tree("max", vmax, lanes)),
+           Local(vsum, Splat(const(0, "f32"), lanes)),
+           For(r2, full, tuple(exps)),
+           Local(s, _lane_tree("add", vsum, lanes))]
+    if n > done:  # the tail, an element a statement (fusion counts a producer's copies so)
+        t1, t2 = names.var("r"), names.var("r")
+        out.insert(3, For(t1, n - done, (Assign(m, Binary("max", m, value(tail(t1)))),)))
+        e = Unary("exp", Binary("sub", value(tail(t2)), m))
+        if keep is not None:
+            step = [store(*keep(tail(t2)), e),
+                    Assign(s, Binary("add", s, Load(*keep(tail(t2)))))]
+        else:
+            step = [Assign(s, Binary("add", s, e))]
+        out.append(For(t2, n - done, tuple(step)))
+    return out
+
+
+def _row_vector(x: Operand, axis: int, at, names: Names) -> Callable[[Expr], Expr] | None:
+    """vector(r) for max_and_sum_exp: L elements of x's row from r on, where the row runs
+    along x's last axis in f32 (None otherwise)."""
+    if names.lanes is None or x.buffer is None or x.dtype != "f32" or \
+            axis != len(x.shape) - 1:
+        return None
+    return lambda r: VecLoad(x.buffer, tuple(at(r)), names.lanes)
+
+
 def _softmax_lower(out: Buffer, ins, attrs, names: Names):
     # Three passes over the row: the max, exp and its sum, then the scale. The middle pass
     # keeps exp(x - m) in the output; a narrow output would round it twice, so there it is
@@ -571,7 +635,8 @@ def _softmax_lower(out: Buffer, ins, attrs, names: Names):
     def body(at):
         m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
         first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s,
-                                (lambda r: (out, at(r))) if wide else None)
+                                (lambda r: (out, at(r))) if wide else None,
+                                _row_vector(x, axis, at, names))
         r = names.var("r")
         e = Load(out, at(r)) if wide else Unary("exp", Binary("sub", x.load(at(r)), m))
         return [*first,
@@ -602,7 +667,8 @@ def _log_softmax_lower(out: Buffer, ins, attrs, names: Names):
 
     def body(at):
         m, s, ls = names.var("m", "f32"), names.var("s", "f32"), names.var("ls", "f32")
-        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s)
+        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s,
+                                vector=_row_vector(x, axis, at, names))
         r = names.var("r")
         # (x - m) - log(s) rather than x - (m + log(s)): x - m is exact-ish and never
         # cancels against the log term, which is >= 0
