@@ -82,6 +82,37 @@ def test_a_producer_goes_into_vector_loads_in_vector_form(tmp_path):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5 * 40, atol=1e-7, err_msg=k)
 
 
+def test_a_mask_from_bools_is_stored_once_and_added_in_the_epilogue(tmp_path):
+    """An attention mask made from two bool vectors is read once per head: it is stored as
+    f32 (not recomputed from the bools in every head's epilogue), its kernel moves before
+    the matmul, and the scale and the add go into the matmul's stores."""
+    (tmp_path / "m.mlg").write_text("""model m {
+    input q: f32[1, 3, 20, 8]
+    input k: f32[1, 3, 8, 20]
+    input a: bool[1, 1, 20, 1]
+    input b: bool[1, 1, 1, 20]
+    output y = (q @ k) * 0.35 + where(where(a, b, a), 0.0, -3.4e38)
+}
+""")
+    result = build(tmp_path / "m.mlg", tmp_path / "m.so", dump="loops", report=True)
+    report = result.dumps["report"]
+    assert "report for m: 2 kernels" in report, report
+    assert re.search(r"k\d+_where -> k\d+_add: k\d+_add reads each element of t\d+ several "
+                     r"times, and k\d+_where computes from bool or integer elements", report)
+    assert re.search(r"k\d+_matmul +matmul \+ mul \+ add ", report), report
+    launches = [line.split()[1].split("(")[0] for line in result.dumps["loops"].splitlines()
+                if line.strip().startswith("launch ")]
+    assert launches[0].endswith("_where") and launches[1].endswith("_matmul"), launches
+    model = aotml.load(result.so_path)
+    rng = np.random.default_rng(11)
+    arrays = {"q": rng.standard_normal((1, 3, 20, 8)).astype(np.float32),
+              "k": rng.standard_normal((1, 3, 8, 20)).astype(np.float32),
+              "a": rng.random((1, 1, 20, 1)) < 0.7, "b": rng.random((1, 1, 1, 20)) < 0.7}
+    got = model(**arrays)["y"]
+    want = aotml.interpret(tmp_path / "m.mlg", precise=True, **arrays)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5 * 8, atol=1e-6)
+
+
 def test_an_expensive_producer_read_many_times_is_stored(tmp_path):
     (tmp_path / "m.mlg").write_text("model m {\n  input x: f32[4, 8]\n  e = exp(x)\n"
                                     "  output y = e @ transpose(e, perm=(1, 0))\n}\n")
