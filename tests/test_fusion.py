@@ -248,6 +248,37 @@ def test_a_gelu_epilogue_is_fused_but_not_pow(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5 * 8, atol=1e-6)
 
 
+def test_an_epilogue_in_vector_form_gives_the_scalar_epilogues_bits(tmp_path, monkeypatch):
+    """Where the consumer has a vector form, a tile's L stores of one accumulator take it
+    once, as vector code (then one vector store); lane by lane it is the same arithmetic, so
+    the bits equal the scalar epilogue's. A select has no vector form and stays scalar. The
+    rows and columns leave partial tiles (37 x 70)."""
+    from aotml.loops import fuse
+
+    (tmp_path / "m.mlg").write_text(
+        "model m {\n  input a: f32[37, 40]\n  input b: f32[40, 70]\n  input c: f32[70]\n"
+        "  input d: f32[40, 70]\n  output y = gelu(a @ b + c) * 0.5\n"
+        "  output z = where(gt(a @ d, 0.0), a @ d, 0.1 * (a @ d))\n}\n")
+    vector = build(tmp_path / "m.mlg", tmp_path / "v.so", dump="loops")
+    loops = vector.dumps["loops"]
+    lanes = CpuTarget().capabilities.vector_bits // 32
+    assert re.search(rf"vepi\d+: f32x{lanes} = .*erf\(", loops), loops
+    assert "select(" in loops  # z's epilogue, scalar
+    monkeypatch.setattr(fuse, "_vectorize", lambda e, var, lanes: None)
+    scalar = build(tmp_path / "m.mlg", tmp_path / "s.so", dump="loops")
+    assert "vepi" not in scalar.dumps["loops"]
+    rng = np.random.default_rng(8)
+    arrays = {"a": rng.standard_normal((37, 40)).astype(np.float32),
+              "b": rng.standard_normal((40, 70)).astype(np.float32),
+              "c": rng.standard_normal(70).astype(np.float32),
+              "d": rng.standard_normal((40, 70)).astype(np.float32)}
+    got, want = aotml.load(vector.so_path)(**arrays), aotml.load(scalar.so_path)(**arrays)
+    for name in ("y", "z"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    ref = aotml.interpret(tmp_path / "m.mlg", precise=True, **arrays)["y"]
+    np.testing.assert_allclose(got["y"], ref, rtol=1e-5 * 40, atol=1e-5)
+
+
 def test_an_activation_written_as_several_ops_becomes_the_matmuls_epilogue(tmp_path):
     """gelu as ONNX writes it reads the matmul's result twice, in two ops: two readers when
     epilogues are first tried, one kernel once the pointwise chain has collapsed, which the

@@ -229,28 +229,6 @@ def _hidden_global(module: ir.Module, typ: ir.Type, name: str) -> ir.GlobalVaria
     return g
 
 
-def _whole_vector_store(stmts: list, k: int) -> tuple[L.Expr, int] | None:
-    """(v, L) where stmts[k:k + L] store lane 0..L-1 of one vector v to L consecutive f32
-    elements along a buffer's last dim, which one vector store does (LLVM's SLP vectorizer
-    merged such runs only in part, into odd pieces, around an exp); else None."""
-    first = stmts[k]
-    if not (isinstance(first, L.Store) and isinstance(first.value, L.Lane)
-            and first.value.lane == 0 and first.buffer.dtype == "f32"):
-        return None
-    vector = first.value.vector
-    lanes = L.lanes_of(L.dtype_of(vector))
-    if k + lanes > len(stmts):
-        return None
-    *lead, base = first.indices
-    for j in range(1, lanes):
-        s = stmts[k + j]
-        if not (isinstance(s, L.Store) and s.buffer == first.buffer
-                and s.value == L.Lane(vector, j)
-                and s.indices == (*lead, L.Binary("add", base, L.Const(j, L.INDEX)))):
-            return None
-    return vector, lanes
-
-
 def dim_value(b: ir.IRBuilder, d, values: dict[str, ir.Value]) -> ir.Value:
     """A dim as an i64: a constant, or its polynomial over the symbols' values. The runtime
     has checked that every size fits, so no step overflows (nsw)."""
@@ -325,9 +303,10 @@ class _KernelEmitter:
         while k < len(stmts):
             s = stmts[k]
             k += 1
-            whole = _whole_vector_store(stmts, k - 1)
+            whole = L.lane_store_run(stmts, k - 1)
             if whole is not None:
-                vector, lanes = whole
+                vector, lanes = whole  # one vector store (LLVM's SLP merged such runs only
+                # in part, into odd pieces, around an exp)
                 self.b.store(self._expr(vector), self._address(s.buffer, s.indices), align=4)
                 k += lanes - 1
             elif isinstance(s, L.For):

@@ -40,6 +40,7 @@ from aotml.loops.ir import (
     For,
     If,
     Kernel,
+    Lane,
     Launch,
     Load,
     Local,
@@ -52,6 +53,7 @@ from aotml.loops.ir import (
     VecLoad,
     children,
     dtype_of,
+    lane_store_run,
     map_expr,
     map_stmt_exprs,
     stmt_exprs,
@@ -194,21 +196,51 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     if any(b.name == cw.buffer.name for b in k.args):
         return f"{head}: {producer} reads {cw.buffer.name}"
 
-    def stmt(s):
-        if isinstance(s, (For, If)):
-            return replace(s, body=tuple(stmt(b) for b in s.body))
-        if isinstance(s, Store) and s.buffer == t:
-            subst = dict(zip(cw.vars, s.indices))
-            value = map_expr(cw.value, lambda e: s.value if isinstance(e, Load) and
-                             e.buffer == t else subst.get(e, e))
-            return Store(cw.buffer, s.indices, value)
-        return s
+    taken = {x.var.name for x in walk_stmts(k.body) if isinstance(x, Local)}
+
+    def vector_epilogue(run: list[Store], vector: Expr, lanes: int) -> list | None:
+        """The consumer once for L stores of a vector's lanes (a register tile's), in vector
+        form, when it has one: then one vector store writes them."""
+        form = _vectorize(cw.value, cw.vars[-1], lanes)
+        if form is None:
+            return None
+        subst = dict(zip(cw.vars, run[0].indices))
+        value = map_expr(form, lambda e: vector if isinstance(e, VecLoad) and e.buffer == t
+                         else subst.get(e, e))
+        n = len(taken)
+        while f"vepi{n}" in taken:
+            n += 1
+        taken.add(f"vepi{n}")
+        v = Var(f"vepi{n}", dtype_of(vector))
+        return [Local(v, value), *(Store(cw.buffer, s.indices, Lane(v, j))
+                                   for j, s in enumerate(run))]
+
+    def stmts(body) -> tuple:
+        out, body, at = [], list(body), 0
+        while at < len(body):
+            s = body[at]
+            run = lane_store_run(body, at) if isinstance(s, Store) and s.buffer == t else None
+            vec = run and vector_epilogue(body[at:at + run[1]], *run)
+            if vec:
+                out += vec
+                at += run[1]
+                continue
+            at += 1
+            if isinstance(s, (For, If)):
+                out.append(replace(s, body=stmts(s.body)))
+            elif isinstance(s, Store) and s.buffer == t:
+                subst = dict(zip(cw.vars, s.indices))
+                value = map_expr(cw.value, lambda e, s=s, subst=subst: s.value
+                                 if isinstance(e, Load) and e.buffer == t else subst.get(e, e))
+                out.append(Store(cw.buffer, s.indices, value))
+            else:
+                out.append(s)
+        return tuple(out)
 
     args = tuple(dict.fromkeys([b for b in k.args if b != t]
                                + [b for b in c.args if b != t]))
     origin = "; ".join(o for o in (k.origin, c.origin) if o)
-    by_name[producer] = Kernel(k.name, args, (cw.buffer.name,),
-                               tuple(stmt(s) for s in k.body), origin)
+    by_name[producer] = Kernel(k.name, args, (cw.buffer.name,), stmts(k.body), origin)
     order.remove(c.name)
     del by_name[c.name]
     return None

@@ -544,6 +544,38 @@ def map_stmt_exprs(stmts, f) -> tuple:
     return tuple(stmt(s) for s in stmts)
 
 
+def lane_store_run(stmts, k: int) -> tuple[Expr, int] | None:
+    """(v, L) where stmts[k:k + L] store lane 0..L-1 of one vector v to L consecutive f32
+    elements along a buffer's last dim (what one vector store does); else None."""
+    first = stmts[k]
+    if not (isinstance(first, Store) and isinstance(first.value, Lane)
+            and first.value.lane == 0 and first.buffer.dtype == "f32"):
+        return None
+    vector = first.value.vector
+    lanes = lanes_of(dtype_of(vector))
+    if k + lanes > len(stmts):
+        return None
+    *lead, last = first.indices
+    base, at = _split_offset(last)
+    for j in range(1, lanes):
+        s = stmts[k + j]
+        if not (isinstance(s, Store) and s.buffer == first.buffer
+                and s.value == Lane(vector, j) and tuple(s.indices[:-1]) == tuple(lead)
+                and _split_offset(s.indices[-1]) == (base, at + j)):
+            return None
+    return vector, lanes
+
+
+def _split_offset(e: Expr) -> tuple[Expr | None, int]:
+    """An index as (e0, c) with e = e0 + c for a constant c (e0 None for a constant)."""
+    if isinstance(e, Const):
+        return None, int(e.value)
+    if isinstance(e, Binary) and e.op == "add" and isinstance(e.rhs, Const):
+        inner, c = _split_offset(e.lhs)
+        return inner, c + int(e.rhs.value)
+    return e, 0
+
+
 def thread_extents(stmts):
     """The extent of every `thread.x` loop in `stmts`, in order (a GPU kernel in block form has
     several: its barrier phases)."""
