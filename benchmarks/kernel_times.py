@@ -1,7 +1,7 @@
 """Single kernels through prepared calls at 1 and 2 threads: the measurements behind schedule
 constants (parallel split, packing, tile shapes), with a knob to change a constant for a run.
 
-    python benchmarks/kernels.py [--cases matmul:32,matmul:64,softmax,layer_norm,exp:16384]
+    python benchmarks/kernel_times.py [--cases matmul:32,matmul:64,softmax,layer_norm,exp:16384]
                                  [--set aotml.ops.nn.PACK_MIN_BYTES=0] [--rounds 5]
 
 A case is `matmul:N` (N x N @ N x N, both inputs), `softmax` (1x12x128x128, MiniLM's
