@@ -141,3 +141,17 @@ def test_an_object_for_aarch64_is_produced_with_neon_code(tmp_path):
     with pytest.raises(CompileError, match="cannot link a library for aarch64-linux-gnu"):
         build(src, tmp_path / "mlp.so", target_triple="aarch64-linux-gnu")
     assert not (tmp_path / "mlp.so").exists()
+
+
+def test_no_benchmark_script_shadows_an_installed_package():
+    """The benchmark scripts run with benchmarks/ first on sys.path: a script named like an
+    installed top-level package hides it from the peers that import it (a benchmarks/kernels.py
+    broke transformers, which imports a package 'kernels')."""
+    import importlib.machinery
+    from pathlib import Path
+
+    folder = (REPO / "benchmarks").resolve()
+    path = [p for p in sys.path if Path(p or ".").resolve() != folder]
+    for script in folder.glob("*.py"):
+        found = importlib.machinery.PathFinder.find_spec(script.stem, path)
+        assert found is None, f"benchmarks/{script.name} shadows {found.origin}"
