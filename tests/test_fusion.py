@@ -264,7 +264,7 @@ def test_an_epilogue_in_vector_form_gives_the_scalar_epilogues_bits(tmp_path, mo
     lanes = CpuTarget().capabilities.vector_bits // 32
     assert re.search(rf"vepi\d+: f32x{lanes} = .*erf\(", loops), loops
     assert "select(" in loops  # z's epilogue, scalar
-    monkeypatch.setattr(fuse, "_vectorize", lambda e, var, lanes: None)
+    monkeypatch.setattr(fuse, "vector_form", lambda e, var, lanes: None)
     scalar = build(tmp_path / "m.mlg", tmp_path / "s.so", dump="loops")
     assert "vepi" not in scalar.dumps["loops"]
     rng = np.random.default_rng(8)

@@ -115,6 +115,9 @@ SAMPLES: dict[str, list[Sample]] = {
         Sample(((1, 33, 3, 5),), terms=15, magnitude=_same_on_abs("global_avg_pool", {})),
         # rows of 16+: partial sums in 8 lanes, a tail of 5 per row
         Sample(((2, 3, 5, 21),), terms=105, magnitude=_same_on_abs("global_avg_pool", {})),
+        # vector partial results: rows of 40 (2 vectors and a tail of 8 at 16 lanes) and 64
+        Sample(((1, 2, 3, 40),), terms=120, magnitude=_same_on_abs("global_avg_pool", {})),
+        Sample(((1, 3, 2, 64),), terms=128, magnitude=_same_on_abs("global_avg_pool", {})),
         Sample(((1, 3, 9, 9),), dtypes=("f16",), inputs=_grid(((1, 3, 9, 9),), "f16")),
         Sample(((2, 3, 3, 5),), dtypes=("bf16",), inputs=_grid(((2, 3, 3, 5),), "bf16")),
     ],

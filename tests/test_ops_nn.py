@@ -76,7 +76,9 @@ def _reduce(op, shape, axis=(), keepdims=False, dtype="f32", inputs=None):
 REDUCE_CASES = [((7,), 0), ((3, 7), 0), ((3, 7), -1, True), ((2, 33, 5), (0, 2)),
                 ((2, 33, 5), (-1, 0), True), ((2, 33, 5),), ((1, 257), -1), ((),),
                 # a contiguous last axis of 16+: 8 partial sums (tail 5), under an outer loop
-                ((3, 4, 45), (1, 2))]
+                # and in vector partial results: rows of 96 (whole vectors at 16, 8 and 4
+                # lanes) and 40 (a vector left over and a tail of 8 at 16 lanes)
+                ((3, 4, 45), (1, 2)), ((2, 96), -1), ((3, 2, 40), (1, 2))]
 
 
 def _arg(shape, attrs, dtype="f32", inputs=None):
@@ -193,7 +195,7 @@ SAMPLES: dict[str, list[Sample]] = {
     "min": [_reduce("min", *REDUCE_CASES[k]) for k in (1, 4, 5, 6)]
     + [_reduce("min", (2, 3, 7), 1, dtype="i64"),
        _reduce("min", (4, 9), (), True, dtype="bool"), _reduce("min", (3, 7), 0, dtype="bf16")],
-    "mean": [_reduce("mean", *REDUCE_CASES[k]) for k in (0, 2, 3, 5, 7, 8)]
+    "mean": [_reduce("mean", *REDUCE_CASES[k]) for k in (0, 2, 3, 5, 7, 8, 10)]
     + [_reduce("mean", (3, 8), 1, dtype="f16", inputs=_grid(((3, 8), "f16"))),
        _reduce("mean", (4, 2, 3), (0, 1), dtype="bf16", inputs=_grid(((4, 2, 3), "bf16")))],
     "prod": [_reduce("prod", *REDUCE_CASES[k]) for k in (0, 1, 4, 6)]
@@ -207,10 +209,11 @@ SAMPLES: dict[str, list[Sample]] = {
     "log_softmax": [_softmax(*c, log=True) for c in SOFTMAX_CASES],
     "layer_norm": [_layer_norm((3, 7)), _layer_norm((2, 33, 5), axis=1),
                    _layer_norm((4, 3, 7), axis=-2, eps=1e-3), _layer_norm((7, 1)),
-                   _layer_norm((1, 257)), _layer_norm((4, 20))],
+                   _layer_norm((1, 257)), _layer_norm((4, 20)), _layer_norm((3, 64)),
+                   _layer_norm((2, 5, 48))],
     "rms_norm": [_rms_norm((3, 7)), _rms_norm((2, 33, 5), axis=1),
                  _rms_norm((4, 3, 7), axis=-2, eps=1e-2), _rms_norm((1, 257)),
-                 _rms_norm((4, 20))],
+                 _rms_norm((4, 20)), _rms_norm((3, 64))],
     "batch_norm": [_batch_norm((2, 3)), _batch_norm((1, 7, 5)), _batch_norm((2, 3, 4, 5)),
                    _batch_norm((3, 1, 33), eps=1e-3)],
 }

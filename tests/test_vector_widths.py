@@ -39,7 +39,10 @@ def _f32(samples):
 TILED = {"matmul": _f32(NN_SAMPLES["matmul"]), "linear": _f32(NN_SAMPLES["linear"]),
          "conv2d": _f32(CONV_SAMPLES["conv2d"]), "attention": _f32(CONV_SAMPLES["attention"]),
          # rows in vector form: the max, then the exps with their sum
-         "softmax": _f32(NN_SAMPLES["softmax"]), "log_softmax": _f32(NN_SAMPLES["log_softmax"])}
+         "softmax": _f32(NN_SAMPLES["softmax"]), "log_softmax": _f32(NN_SAMPLES["log_softmax"]),
+         # sums in vector partial results (lane_sum)
+         **{op: _f32(NN_SAMPLES[op]) for op in ("layer_norm", "rms_norm", "sum", "mean")},
+         "global_avg_pool": _f32(CONV_SAMPLES["global_avg_pool"])}
 
 
 @pytest.mark.parametrize("cpu", list(WIDTHS))

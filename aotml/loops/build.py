@@ -21,13 +21,18 @@ from aotml.loops.ir import (
     Const,
     Expr,
     For,
+    Lane,
     Load,
     Local,
     Size,
+    Splat,
     Stmt,
     Store,
     Var,
     dtype_of,
+    map_expr,
+    vector_dtype,
+    vector_form,
 )
 
 
@@ -168,9 +173,19 @@ def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Ex
     are independent, so LLVM's SLP vectorizer makes them one vector operation per LANES
     elements. A sum's order of additions changes (the same at every thread count); a max or
     min is the same whatever the order. Returns the statements and the result, or None where
-    extent is symbolic or under 2 * LANES."""
+    extent is symbolic or under 2 * LANES.
+
+    With a vector width (names.lanes = L) and an element whose vector form runs along r
+    (`vector_form`: f32 loads indexed by r last, splats, lane-wise arithmetic), the partial
+    results are VECTOR_ACCS vectors of L lanes instead, updated by whole vector loads; the
+    last extent % L elements of each row go to one scalar partial result."""
     if not isinstance(extent, int) or extent < 2 * LANES:
         return None
+    if names.lanes and dtype == "f32" and extent >= names.lanes:
+        probe = Var(f"{names.scope}_probe", INDEX)
+        form = vector_form(element(probe), probe, names.lanes)
+        if form is not None:
+            return _vector_lane_sum(names, extent, element, form, probe, outer, op, init)
     accs = [names.var("lane", dtype) for _ in range(LANES)]
     v = names.var("r")
     base = Binary("mul", v, Const(LANES, INDEX))
@@ -188,3 +203,49 @@ def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Ex
     while len(level) > 1:
         level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
     return [*(Local(a, Const(init, dtype)) for a in accs), *body], level[0]
+
+
+VECTOR_ACCS = 2  # vector partial results of a lane_sum: two adds in flight hide the latency
+
+
+def _vector_lane_sum(names: Names, extent: int, element: Callable[[Expr], Expr], form: Expr,
+                     probe: Var, outer: Sequence[tuple[Var, Dim]], op: str,
+                     init: float) -> tuple[list, Expr]:
+    lanes = names.lanes
+    vt = vector_dtype(lanes)
+    whole = extent // lanes  # full vectors per row
+    n_accs = min(VECTOR_ACCS, whole)
+    accs = [names.var("vlane", vt) for _ in range(n_accs)]
+    v = names.var("r")
+
+    def at(r: Expr) -> Expr:
+        return map_expr(form, lambda e: r if e == probe else e)
+
+    def offset(e: Expr, k: int) -> Expr:
+        return Binary("add", e, Const(k, INDEX)) if k else e
+
+    base = Binary("mul", v, Const(n_accs * lanes, INDEX))
+    step = [Assign(a, Binary(op, a, at(offset(base, k * lanes)))) for k, a in enumerate(accs)]
+    body: list = [For(v, whole // n_accs, tuple(step))]
+    done = whole // n_accs * n_accs
+    body += [Assign(accs[k % n_accs], Binary(op, accs[k % n_accs],
+                                            at(Const((done + k) * lanes, INDEX))))
+             for k in range(whole - done)]
+    rest = []
+    if extent % lanes:
+        tail, t = names.var("tail", "f32"), names.var("r")
+        rest = [Local(tail, Const(init, "f32"))]
+        body.append(For(t, extent % lanes, (Assign(tail, Binary(
+            op, tail, element(Binary("add", t, Const(whole * lanes, INDEX))))),)))
+    for var, n in reversed(list(outer)):
+        body = [For(var, n, tuple(body))]
+    combined: Expr = accs[0]
+    for a in accs[1:]:
+        combined = Binary(op, combined, a)
+    total = names.var("vtotal", vt)
+    level: list[Expr] = [Lane(total, k) for k in range(lanes)]
+    while len(level) > 1:
+        level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
+    result = level[0] if not rest else Binary(op, level[0], rest[0].var)
+    return [*(Local(a, Splat(Const(init, "f32"), lanes)) for a in accs), *rest, *body,
+            Local(total, combined)], result

@@ -19,8 +19,8 @@ A consumer that reads the buffer by vector loads (L consecutive elements along i
 softmax's row passes) gets the producer in vector form, when it has one: each of its loads
 indexed by the last loop variable as its own last index becomes a vector load, each load
 that does not depend on that variable a splat, and its arithmetic works lane by lane
-(`_vectorize`). Such a consumer must read each element at most twice, so that a register
-tile, which re-reads its operand once per tile, keeps stored elements.
+(`vector_form` in loops/ir.py). Such a consumer must read each element at most twice, so
+that a register tile, which re-reads its operand once per tile, keeps stored elements.
 
 This runs before memory planning, which then sees the fused kernels' real lifetimes.
 """
@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 
 from aotml.loops.ir import (
     FLOAT_UNARY,
-    VECTOR_OPS,
     Assign,
     Binary,
     Buffer,
@@ -46,7 +45,6 @@ from aotml.loops.ir import (
     Local,
     MulAdd,
     Select,
-    Splat,
     Store,
     Unary,
     Var,
@@ -57,6 +55,7 @@ from aotml.loops.ir import (
     map_expr,
     map_stmt_exprs,
     stmt_exprs,
+    vector_form,
     walk_expr,
     walk_stmts,
 )
@@ -201,7 +200,7 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     def vector_epilogue(run: list[Store], vector: Expr, lanes: int) -> list | None:
         """The consumer once for L stores of a vector's lanes (a register tile's), in vector
         form, when it has one: then one vector store writes them."""
-        form = _vectorize(cw.value, cw.vars[-1], lanes)
+        form = vector_form(cw.value, cw.vars[-1], lanes)
         if form is None:
             return None
         subst = dict(zip(cw.vars, run[0].indices))
@@ -403,33 +402,12 @@ def _vector_loads(stmts, buf: Buffer) -> bool:
                for s in walk_stmts(stmts) for e in stmt_exprs(s) for x in walk_expr(e))
 
 
-def _vectorize(e: Expr, var: Var, lanes: int) -> Expr | None:
-    """`e` (an f32 expression of the loop variables) as an f32xL whose lane l is e at var + l,
-    or None where that takes more than vector loads, splats and lane-by-lane arithmetic (a
-    load reading along another axis, a select, a cast, pow)."""
-    uses = any(x == var for x in walk_expr(e))
-    if not uses:  # the same in every lane
-        return Splat(e, lanes) if dtype_of(e) == "f32" else None
-    if isinstance(e, Load):
-        *lead, last = e.indices
-        inside = any(x == var for i in lead for x in walk_expr(i))
-        if last != var or inside or e.buffer.dtype != "f32":
-            return None
-        return VecLoad(e.buffer, e.indices, lanes)
-    if isinstance(e, (Unary, Binary)) and e.op in VECTOR_OPS and dtype_of(e) == "f32":
-        parts = [_vectorize(c, var, lanes) for c in children(e)]
-        if any(p is None for p in parts):
-            return None
-        return Unary(e.op, parts[0]) if isinstance(e, Unary) else Binary(e.op, *parts)
-    return None
-
-
 def _vector_inlinable(pw: Pointwise, consumer: Kernel) -> bool:
     """Whether every vector load of the producer's buffer in `consumer` can take the producer
     in vector form, and the consumer reads each element at most twice."""
     lanes = {x.lanes for s in walk_stmts(consumer.body) for e in stmt_exprs(s)
              for x in walk_expr(e) if isinstance(x, VecLoad) and x.buffer == pw.buffer}
-    if any(_vectorize(pw.value, pw.vars[-1], n) is None for n in lanes):
+    if any(vector_form(pw.value, pw.vars[-1], n) is None for n in lanes):
         return False
     numel = 1
     for d in pw.buffer.shape:
@@ -445,7 +423,7 @@ def _inline(consumer: Kernel, producer: Kernel, pw: Pointwise) -> Kernel:
         if isinstance(e, Load) and e.buffer == pw.buffer:
             return map_expr(pw.value, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         if isinstance(e, VecLoad) and e.buffer == pw.buffer:
-            vector = _vectorize(pw.value, pw.vars[-1], e.lanes)
+            vector = vector_form(pw.value, pw.vars[-1], e.lanes)
             return map_expr(vector, lambda v: dict(zip(pw.vars, e.indices)).get(v, v))
         return e
 

@@ -544,6 +544,26 @@ def map_stmt_exprs(stmts, f) -> tuple:
     return tuple(stmt(s) for s in stmts)
 
 
+def vector_form(e: Expr, var: Var, lanes: int) -> Expr | None:
+    """`e` (an f32 expression) as an f32xL whose lane l is e with var + l for var, or None
+    where that takes more than vector loads, splats and lane-by-lane arithmetic: a load using
+    var anywhere but as its last index (a gather across rows), a select, a cast, pow."""
+    if not any(x == var for x in walk_expr(e)):  # the same in every lane
+        return Splat(e, lanes) if dtype_of(e) == "f32" else None
+    if isinstance(e, Load):
+        *lead, last = e.indices
+        if last != var or e.buffer.dtype != "f32" or \
+                any(x == var for i in lead for x in walk_expr(i)):
+            return None
+        return VecLoad(e.buffer, e.indices, lanes)
+    if isinstance(e, (Unary, Binary)) and e.op in VECTOR_OPS and dtype_of(e) == "f32":
+        parts = [vector_form(c, var, lanes) for c in children(e)]
+        if any(p is None for p in parts):
+            return None
+        return Unary(e.op, parts[0]) if isinstance(e, Unary) else Binary(e.op, *parts)
+    return None
+
+
 def lane_store_run(stmts, k: int) -> tuple[Expr, int] | None:
     """(v, L) where stmts[k:k + L] store lane 0..L-1 of one vector v to L consecutive f32
     elements along a buffer's last dim (what one vector store does); else None."""
