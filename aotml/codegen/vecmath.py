@@ -16,8 +16,10 @@ exp(x)   n = round(x·log2 e), taken from the low bits of x·log2 e + 1.5·2^23 
          (Cody-Waite: ln2_hi has 15 significant bits, so n·ln2_hi is exact for |n| < 512),
          |r| <= ln2/2. e^r = 1 + r + r²·Q(r), Q of degree 4. The result is e^r·2^n1·2^n2 with
          n1 = n >> 1, n2 = n - n1: both factors are normal numbers, so results that are
-         subnormal are rounded once, and exp overflows to inf past 88.72. x is clamped to
-         [-104, 89] first (past those the result is 0 or inf anyway), which keeps n small.
+         subnormal are rounded once, and exp overflows to inf past 88.72. x is clamped to 89
+         first (inf from 88.73 on anyway), which keeps n small; below -104 the result is 0,
+         computed at x = 0 and replaced, so no intermediate is subnormal there (a masked
+         attention's -3.4e38 logits took a microcode assist each).
 log(x)   A subnormal x is first scaled by 2^23. x = 2^k·m with m in [√½, √2) from the bits;
          f = m - 1 (exact); log(1+f) = f - f²/2 + f³·Q(f), Q of degree 7; the result
          k·ln2_hi + (k·ln2_lo + log(1+f)). Selects give log(0) = -inf, log(inf) = inf and
@@ -147,7 +149,11 @@ def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """e^x for an f32 x, as numpy: exp(-inf) = 0, exp(inf) = inf, NaN stays NaN."""
     # clamps written as compare + select keep a NaN (llvm.minnum would drop it)
     x = b.select(b.fcmp_ordered(">", x, _const(x, 89.0)), _const(x, 89.0), x)
-    x = b.select(b.fcmp_ordered("<", x, _const(x, -104.0)), _const(x, -104.0), x)
+    # below -104 the result is 0: computed at x = 0 and replaced, as computing it at -104
+    # would make subnormal intermediates (slow: softmax rows of a masked attention took 1.7x
+    # as long, one microcode assist per masked key)
+    zero = b.fcmp_ordered("<", x, _const(x, -104.0))
+    x = b.select(zero, _const(x, 0.0), x)
     shifted = _fma(b, x, _const(x, LOG2E), _const(x, ROUNDER))
     n_float = b.fsub(shifted, _const(x, ROUNDER))
     n = b.sub(_bits(b, shifted), _bits(b, _const(x, ROUNDER)))
@@ -156,7 +162,7 @@ def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     expm1 = _fma(b, b.fmul(r, r), _poly(b, r, EXP_Q), r)
     half = b.ashr(n, _int(n, 1))
     scaled = b.fmul(b.fadd(_const(x, 1.0), expm1), _pow2(b, half))
-    return b.fmul(scaled, _pow2(b, b.sub(n, half)))
+    return b.select(zero, _const(x, 0.0), b.fmul(scaled, _pow2(b, b.sub(n, half))))
 
 
 def log(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
