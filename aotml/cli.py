@@ -6,6 +6,7 @@ User errors print as located diagnostics and exit with status 1, never with a tr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="time to spend running "
                    "(default 1)")
     p.add_argument("--top", type=int, default=None, help="show only the N slowest kernels")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the profile here "
+                   "as JSON (every kernel in launch order)")
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
@@ -132,7 +135,8 @@ def _build(args) -> int:
 
 
 def _profile(args) -> int:
-    from aotml.profile import profile_file
+    from aotml.package.artifact import write_atomically
+    from aotml.profile import format_timing, profile_file, timing_record
 
     dims = {}
     for spec in args.dim:
@@ -143,9 +147,13 @@ def _profile(args) -> int:
     if args.seconds <= 0 or (args.threads is not None and args.threads < 1) or \
             (args.top is not None and args.top < 1):
         raise CompileError("--seconds, --threads and --top take positive values")
-    print(profile_file(args.file, inputs=_load_inputs(args.input), dims=dims,
-                       seconds=args.seconds, threads=args.threads, top=args.top,
-                       target_cpu=args.target_cpu, max_bytes=args.max_bytes))
+    timing, name = profile_file(args.file, inputs=_load_inputs(args.input), dims=dims,
+                                seconds=args.seconds, threads=args.threads,
+                                target_cpu=args.target_cpu, max_bytes=args.max_bytes)
+    print(format_timing(timing, f"profile of {name} ({os.path.basename(args.file)})", args.top))
+    if args.json:
+        record = json.dumps(timing_record(timing, name), indent=1) + "\n"
+        write_atomically({Path(args.json): record.encode()})
     return 0
 
 

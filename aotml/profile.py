@@ -9,7 +9,6 @@ counts them). The kernels are named as in `aotml build --report` and as their fu
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -132,10 +131,22 @@ def format_timing(t: Timing, title: str, top: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def timing_record(t: Timing, model: str) -> dict:
+    """The profile as plain data (`aotml profile --json`): per kernel in launch order, its
+    ops, seconds per run, FLOPs and bytes per run."""
+    runs = max(t.profile.runs, 1)
+    return {"model": model, "threads": t.threads, "runs": t.profile.runs,
+            "run_seconds": t.run_seconds,
+            "kernels": [{"kernel": k.kernel, "ops": k.ops, "seconds": k.seconds / runs,
+                         "flops": k.flops, "bytes": k.bytes} for k in t.profile.kernels]}
+
+
 def profile_file(file: str, *, inputs: dict[str, np.ndarray], dims: dict[str, int],
-                 seconds: float = 1.0, threads: int | None = None, top: int | None = None,
-                 target_cpu: str | None = None, max_bytes: int | None = None) -> str:
-    """Build (unless `file` is a profiled .so), run and format: the `aotml profile` command."""
+                 seconds: float = 1.0, threads: int | None = None,
+                 target_cpu: str | None = None,
+                 max_bytes: int | None = None) -> tuple[Timing, str]:
+    """Build (unless `file` is a profiled .so) and run: the `aotml profile` command's
+    measurement, with the model's name."""
     import aotml
 
     with tempfile.TemporaryDirectory(prefix="aotml-profile-") as tmp:
@@ -159,5 +170,4 @@ def profile_file(file: str, *, inputs: dict[str, np.ndarray], dims: dict[str, in
         if threads is not None:
             model.set_num_threads(threads)
         arrays = random_inputs(model, inputs, dims)
-        timing = measure(model, arrays, seconds)
-    return format_timing(timing, f"profile of {model.name} ({os.path.basename(file)})", top)
+        return measure(model, arrays, seconds), model.name

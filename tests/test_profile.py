@@ -3,6 +3,7 @@ counters that count what ran, work that agrees with the build report, and the AB
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -170,6 +171,23 @@ def test_cli_profile_prints_every_kernel(built, capsys):
                  "0.02", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert f"... {len(built['work']) - 1} more kernels" in out
+
+
+def test_cli_profile_writes_json(built, capsys, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["profile", str(built["dir"] / "profiled.so"), "--dim", "N=6", "--seconds",
+                 "0.02", "--json", str(out)]) == 0
+    capsys.readouterr()
+    record = json.loads(out.read_text())
+    assert record["model"] == "mlp" and record["runs"] >= 10 and record["run_seconds"] > 0
+    by_name = {w.kernel: w for w in built["work"]}
+    assert [k["kernel"] for k in record["kernels"]] == \
+        [launch.kernel for launch in built["program"].launches]
+    for k in record["kernels"]:
+        w = by_name[k["kernel"]]
+        assert (k["ops"], k["flops"], k["bytes"]) == (w.ops, evaluate(w.flops, {"N": 6}),
+                                                      evaluate(w.bytes, {"N": 6}))
+        assert k["seconds"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
