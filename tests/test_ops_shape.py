@@ -45,6 +45,11 @@ SAMPLES: dict[str, list[Sample]] = {
         Sample(((1, 33, 3),), {"perm": (2, 0, 1)}, dtypes=("bf16",)),
         Sample(((7,),)),
         Sample(((3, 1, 7),), dtypes=("i64",)),
+        # f32 with both swapped extents whole vectors: in L x L blocks (at 16, 8 and 4 lanes)
+        Sample(((2, 32, 48),), {"perm": (0, 2, 1)}),
+        Sample(((1, 16, 3, 32),), {"perm": (0, 2, 3, 1)}),  # MiniLM's kᵀ
+        Sample(((32, 5, 16),), {"perm": (2, 1, 0)}),
+        Sample(((16, 20),), {"perm": (1, 0)}),  # 20 is no whole number of vectors: scalar
     ],
     "broadcast_to": [
         Sample(((1,),), {"shape": 33}),

@@ -6,11 +6,14 @@ target's widest vector, which is asked of LLVM's backend for the chosen cpu."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from opcheck import check, params
 from test_conv_schedule import SAMPLES as CONV_SCHEDULE_SAMPLES
 from test_ops_conv import SAMPLES as CONV_SAMPLES
 from test_ops_nn import SAMPLES as NN_SAMPLES
+from test_ops_shape import SAMPLES as SHAPE_SAMPLES
 
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.driver import build
@@ -42,7 +45,8 @@ TILED = {"matmul": _f32(NN_SAMPLES["matmul"]), "linear": _f32(NN_SAMPLES["linear
          "softmax": _f32(NN_SAMPLES["softmax"]), "log_softmax": _f32(NN_SAMPLES["log_softmax"]),
          # sums in vector partial results (lane_sum)
          **{op: _f32(NN_SAMPLES[op]) for op in ("layer_norm", "rms_norm", "sum", "mean")},
-         "global_avg_pool": _f32(CONV_SAMPLES["global_avg_pool"])}
+         "global_avg_pool": _f32(CONV_SAMPLES["global_avg_pool"]),
+         "transpose": _f32(SHAPE_SAMPLES["transpose"])}
 
 
 @pytest.mark.parametrize("cpu", list(WIDTHS))
@@ -88,3 +92,25 @@ def test_the_parallel_proof_counts_every_lane_of_a_vector_load(lanes, owned):
     loop = For(i, 16, (For(j, 4, (Store(t, (at,), read),)),))
     assert independent(loop) is owned
     assert f"t[i * 4 +: {lanes}]" in print_kernel(Kernel("k", (t,), ("t",), (loop,)))
+
+
+@pytest.mark.parametrize("cpu", [None, *WIDTHS])
+def test_a_transpose_of_the_last_axis_runs_in_vector_blocks(tmp_path, cpu):
+    """After fusion, a kernel that only swaps the last axis with another runs in L x L blocks
+    (L vector loads, rows from their lanes) where both extents are whole vectors; a transpose
+    that fusion inlined into its reader, or one with a partial vector, stays scalar."""
+    lanes = CpuTarget(cpu=cpu).capabilities.vector_bits // 32
+    src = tmp_path / "m.mlg"
+    src.write_text("model m {\n  input x: f32[2, 32, 48]\n  input z: f32[16, 18]\n"
+                   "  input u: f32[2, 32, 48]\n"
+                   "  output y = transpose(x, perm=(0, 2, 1))\n"
+                   "  output w = transpose(z, perm=(1, 0))\n"
+                   "  output v = transpose(u, perm=(0, 2, 1)) * 2.0 + 1.0\n}\n")
+    loops = build(src, tmp_path / "m.so", target_cpu=cpu, dump="loops").dumps["loops"]
+    kernels = {k.split("(")[0]: k for k in loops.split("\nkernel ")[1:]}
+    blocked = [name for name, k in kernels.items() if "vrow" in k]
+    assert len(blocked) == 1, loops
+    assert f"vrow0: f32x{lanes} = x[" in kernels[blocked[0]], loops
+    # u's transpose went into v's nest, which reads u element by element
+    assert any(re.match(r"k\d+_add\(u: ", k) and "transpose at" in k
+               for k in kernels.values()), loops

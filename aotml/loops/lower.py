@@ -23,7 +23,7 @@ from aotml.loops.fold import fold_weight_layouts
 from aotml.loops.fuse import fuse
 from aotml.loops.inplace import reuse_in_place
 from aotml.loops.ir import Assert, Buffer, For, Kernel, Launch, Placement, Program
-from aotml.loops.schedule import open_unit_loops, parallelize
+from aotml.loops.schedule import block_transpose, open_unit_loops, parallelize
 
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze"})
 
@@ -110,8 +110,10 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
     roots = {name: r.name for name, r in root.items()}
     kernels, launches = fuse(kernels, launches, {b.name for b in temps if b.name not in root},
                              notes, roots)
-    # a loop of one iteration is opened first: its nests fold and run in parallel on their own
-    kernels = [replace(k, body=open_unit_loops(k.body)) for k in kernels]
+    # what fusion left of a transpose of the last axis runs in vector blocks; a loop of one
+    # iteration is opened first: its nests fold and run in parallel on their own
+    kernels = [replace(k, body=open_unit_loops(block_transpose(k, vector_lanes).body))
+               for k in kernels]
     kernels, made = fold_weight_layouts(kernels, {n: a for n, (_, a) in params.items()},
                                         scratch)
     launches = [Launch(k.name, k.args) for k in kernels]
