@@ -446,9 +446,7 @@ class _KernelEmitter:
         if isinstance(e, L.Select):
             return b.select(self._expr(e.cond), self._expr(e.a), self._expr(e.b))
         if isinstance(e, L.MulAdd):
-            t = _value_type(L.dtype_of(e))
-            suffix = "f32" if t is F32 else f"v{t.count}f32"
-            fn = self._declare(f"llvm.fmuladd.{suffix}", t, [t, t, t])
+            fn = vecmath.float_intrinsic(b, "fmuladd", _value_type(L.dtype_of(e)), 3)
             return b.call(fn, [self._expr(e.a), self._expr(e.b), self._expr(e.c)])
         if isinstance(e, L.VecLoad):
             # element alignment: a vector may start anywhere in a row
@@ -494,9 +492,7 @@ class _KernelEmitter:
 
     def _float_intrinsic(self, name: str, x: ir.Value, nargs: int) -> ir.Function:
         """llvm.NAME.f32, or its vLf32 form for a vector x."""
-        t = x.type
-        suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"
-        return self._declare(f"llvm.{name}.{suffix}", t, [t] * nargs)
+        return vecmath.float_intrinsic(self.b, name, x.type, nargs)
 
     def _unary(self, op: str, x: ir.Value, dt: str) -> ir.Value:
         b = self.b

@@ -101,8 +101,9 @@ def _int(x: ir.Value, v: int) -> ir.Constant:
     return ir.Constant(t, [v] * t.count if isinstance(t, ir.VectorType) else v)
 
 
-def _intrinsic(b: ir.IRBuilder, name: str, t: ir.Type, nargs: int) -> ir.Function:
-    """llvm.NAME.f32, or llvm.NAME.vLf32 for a vector type t."""
+def float_intrinsic(b: ir.IRBuilder, name: str, t: ir.Type, nargs: int) -> ir.Function:
+    """llvm.NAME.f32, or llvm.NAME.vLf32 for a vector type t, declared once per module (the
+    CPU codegen's float intrinsics come from here too)."""
     full = f"llvm.{name}." + (f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32")
     try:
         return b.module.get_global(full)
@@ -112,7 +113,7 @@ def _intrinsic(b: ir.IRBuilder, name: str, t: ir.Type, nargs: int) -> ir.Functio
 
 def _fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
     """x·y + z, fused where the target has FMA."""
-    return b.call(_intrinsic(b, "fmuladd", x.type, 3), [x, y, z])
+    return b.call(float_intrinsic(b, "fmuladd", x.type, 3), [x, y, z])
 
 
 def _poly(b: ir.IRBuilder, x: ir.Value, coefs: tuple[float, ...]) -> ir.Value:
@@ -124,11 +125,11 @@ def _poly(b: ir.IRBuilder, x: ir.Value, coefs: tuple[float, ...]) -> ir.Value:
 
 
 def _fabs(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    return b.call(_intrinsic(b, "fabs", x.type, 1), [x])
+    return b.call(float_intrinsic(b, "fabs", x.type, 1), [x])
 
 
 def _copysign(b: ir.IRBuilder, magnitude: ir.Value, sign: ir.Value) -> ir.Value:
-    return b.call(_intrinsic(b, "copysign", sign.type, 2), [magnitude, sign])
+    return b.call(float_intrinsic(b, "copysign", sign.type, 2), [magnitude, sign])
 
 
 def _bits(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
