@@ -181,11 +181,10 @@ def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Ex
     last extent % L elements of each row go to one scalar partial result."""
     if not isinstance(extent, int) or extent < 2 * LANES:
         return None
-    if names.lanes and dtype == "f32" and extent >= names.lanes:
-        probe = Var(f"{names.scope}_probe", INDEX)
-        form = vector_form(element(probe), probe, names.lanes)
-        if form is not None:
-            return _vector_lane_sum(names, extent, element, form, probe, outer, op, init)
+    vector = vector_of(names, element) if dtype == "f32" and extent >= (names.lanes or 0) \
+        else None
+    if vector is not None:
+        return _vector_lane_sum(names, extent, element, vector, outer, op, init)
     accs = [names.var("lane", dtype) for _ in range(LANES)]
     v = names.var("r")
     base = Binary("mul", v, Const(LANES, INDEX))
@@ -199,17 +198,40 @@ def lane_sum(names: Names, dtype: str, extent: Dim, element: Callable[[Expr], Ex
     body += [update(accs[k], Const(done + k, INDEX)) for k in range(extent % LANES)]
     for var, n in reversed(list(outer)):
         body = [For(var, n, tuple(body))]
-    level: list[Expr] = list(accs)
+    return [*(Local(a, Const(init, dtype)) for a in accs), *body], tree(op, accs)
+
+
+def tree(op: str, values: Sequence[Expr]) -> Expr:
+    """`values` combined by `op` pairwise, level by level (a power-of-two count of them):
+    the fixed order in which lane reductions meet."""
+    level = list(values)
     while len(level) > 1:
         level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
-    return [*(Local(a, Const(init, dtype)) for a in accs), *body], level[0]
+    return level[0]
+
+
+def lane_tree(op: str, vector: Expr, lanes: int) -> Expr:
+    """The lanes of `vector` combined by `op` in a tree."""
+    return tree(op, [Lane(vector, k) for k in range(lanes)])
 
 
 VECTOR_ACCS = 2  # vector partial results of a lane_sum: two adds in flight hide the latency
 
 
-def _vector_lane_sum(names: Names, extent: int, element: Callable[[Expr], Expr], form: Expr,
-                     probe: Var, outer: Sequence[tuple[Var, Dim]], op: str,
+def vector_of(names: Names, element: Callable[[Expr], Expr]) -> Callable[[Expr], Expr] | None:
+    """vector(r): element(r)..element(r + L - 1) as one f32xL (L = names.lanes), where the
+    element has a vector form along r (`vector_form`); None without a vector width or form."""
+    if not names.lanes:
+        return None
+    probe = Var(f"{names.scope}_probe", INDEX)
+    form = vector_form(element(probe), probe, names.lanes)
+    if form is None:
+        return None
+    return lambda r: map_expr(form, lambda e: r if e == probe else e)
+
+
+def _vector_lane_sum(names: Names, extent: int, element: Callable[[Expr], Expr],
+                     at: Callable[[Expr], Expr], outer: Sequence[tuple[Var, Dim]], op: str,
                      init: float) -> tuple[list, Expr]:
     lanes = names.lanes
     vt = vector_dtype(lanes)
@@ -217,9 +239,6 @@ def _vector_lane_sum(names: Names, extent: int, element: Callable[[Expr], Expr],
     n_accs = min(VECTOR_ACCS, whole)
     accs = [names.var("vlane", vt) for _ in range(n_accs)]
     v = names.var("r")
-
-    def at(r: Expr) -> Expr:
-        return map_expr(form, lambda e: r if e == probe else e)
 
     def offset(e: Expr, k: int) -> Expr:
         return Binary("add", e, Const(k, INDEX)) if k else e
@@ -243,9 +262,8 @@ def _vector_lane_sum(names: Names, extent: int, element: Callable[[Expr], Expr],
     for a in accs[1:]:
         combined = Binary(op, combined, a)
     total = names.var("vtotal", vt)
-    level: list[Expr] = [Lane(total, k) for k in range(lanes)]
-    while len(level) > 1:
-        level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
-    result = level[0] if not rest else Binary(op, level[0], rest[0].var)
+    result = lane_tree(op, total, lanes)
+    if rest:
+        result = Binary(op, result, rest[0].var)
     return [*(Local(a, Splat(Const(init, "f32"), lanes)) for a in accs), *rest, *body,
             Local(total, combined)], result

@@ -983,13 +983,8 @@ def _attention_tiled(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
                 value = Select(Compare("le", jv, row), value, const(-math.inf, "f32"))
             return value
 
-        def logits_from(jv):  # the vector form (not causal: its mask is a select)
-            return Binary("mul", VecLoad(scores, (*lead, row, jv), names.lanes),
-                          Splat(scale, names.lanes))
-
         stats = max_and_sum_exp(logit, keys, names, m, total,
-                                lambda j: (scores, (*lead, row, j)),
-                                None if attrs["causal"] or not names.lanes else logits_from)
+                                lambda j: (scores, (*lead, row, j)))
         softmax = For(row, sq, (
             *stats,
             Local(inv, Binary("div", const(1, "f32"), total)),

@@ -23,8 +23,10 @@ from aotml.loops.build import (
     compute_dtype,
     const,
     lane_sum,
+    lane_tree,
     loop_nest,
     store,
+    vector_of,
     with_axis,
 )
 from aotml.loops.ir import (
@@ -531,15 +533,15 @@ def _rows(x: Operand, axis: int, names: Names, body) -> list:
 
 
 def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var, s: Var,
-                    keep: Callable[[Expr], tuple[Buffer, tuple]] | None = None,
-                    vector: Callable[[Expr], Expr] | None = None) -> list:
+                    keep: Callable[[Expr], tuple[Buffer, tuple]] | None = None) -> list:
     """m = the max of value(r) over a row of n (for range safety), then s = the sum of
     exp(value(r) - m); with `keep(r)` (an f32 buffer and the index where element r goes),
     each exp is also stored there (it may be where value(r) reads: each element is read
     before it is overwritten).
 
-    With `vector(r)`, value(r)..value(r + L - 1) as one f32xL (L = names.lanes: a row that is
-    contiguous f32), the max and then the exps and their sum are vector code, two passes over
+    Where value has a vector form along the row (`vector_of`: a row that is contiguous f32,
+    L = names.lanes of it a vector), the max and then the exps and their sum are vector code,
+    two passes over
     the row, each exp computed once, stored and added in the same step (the lanes' results
     meet in a tree at the end; a tail of n % L elements is scalar). Otherwise a static row of
     16 or more keeps the max and the sum in vector lanes (lane_sum): as one chain each, a row
@@ -547,7 +549,8 @@ def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var,
     exp stays out of the lanes' loop, where LLVM vectorized it four lanes wide through
     shuffles; alone it takes whole vectors."""
     lanes = names.lanes
-    if vector is not None and lanes and isinstance(n, int) and n >= lanes:
+    vector = vector_of(names, value) if lanes and isinstance(n, int) and n >= lanes else None
+    if vector is not None:
         return _vector_max_and_sum_exp(value, vector, n, lanes, names, m, s, keep)
 
     def e(r):
@@ -570,13 +573,6 @@ def max_and_sum_exp(value: Callable[[Expr], Expr], n: int, names: Names, m: Var,
             For(r3, n, (Assign(s, Binary("add", s, kept(r3))),))]
 
 
-def _lane_tree(op: str, v: Expr, lanes: int) -> Expr:
-    level: list[Expr] = [Lane(v, k) for k in range(lanes)]
-    while len(level) > 1:
-        level = [Binary(op, level[k], level[k + 1]) for k in range(0, len(level), 2)]
-    return level[0]
-
-
 def _vector_max_and_sum_exp(value, vector, n: int, lanes: int, names: Names, m: Var, s: Var,
                             keep) -> list:
     vt = vector_dtype(lanes)
@@ -597,10 +593,10 @@ def _vector_max_and_sum_exp(value, vector, n: int, lanes: int, names: Names, m: 
     exps.append(Assign(vsum, Binary("add", vsum, v)))
     out = [Local(vmax, Splat(const(-np.inf, "f32"), lanes)),
            For(r1, full, (Assign(vmax, Binary("max", vmax, vector(first(r1)))),)),
-           Local(m, _lane_tree("max", vmax, lanes)),
+           Local(m, lane_tree("max", vmax, lanes)),
            Local(vsum, Splat(const(0, "f32"), lanes)),
            For(r2, full, tuple(exps)),
-           Local(s, _lane_tree("add", vsum, lanes))]
+           Local(s, lane_tree("add", vsum, lanes))]
     if n > done:  # the tail, an element a statement (fusion counts a producer's copies so)
         t1, t2 = names.var("r"), names.var("r")
         out.insert(3, For(t1, n - done, (Assign(m, Binary("max", m, value(tail(t1)))),)))
@@ -612,15 +608,6 @@ def _vector_max_and_sum_exp(value, vector, n: int, lanes: int, names: Names, m: 
             step = [Assign(s, Binary("add", s, e))]
         out.append(For(t2, n - done, tuple(step)))
     return out
-
-
-def _row_vector(x: Operand, axis: int, at, names: Names) -> Callable[[Expr], Expr] | None:
-    """vector(r) for max_and_sum_exp: L elements of x's row from r on, where the row runs
-    along x's last axis in f32 (None otherwise)."""
-    if names.lanes is None or x.buffer is None or x.dtype != "f32" or \
-            axis != len(x.shape) - 1:
-        return None
-    return lambda r: VecLoad(x.buffer, tuple(at(r)), names.lanes)
 
 
 def _softmax_lower(out: Buffer, ins, attrs, names: Names):
@@ -635,8 +622,7 @@ def _softmax_lower(out: Buffer, ins, attrs, names: Names):
     def body(at):
         m, s, inv = names.var("m", "f32"), names.var("s", "f32"), names.var("inv", "f32")
         first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s,
-                                (lambda r: (out, at(r))) if wide else None,
-                                _row_vector(x, axis, at, names))
+                                (lambda r: (out, at(r))) if wide else None)
         r = names.var("r")
         e = Load(out, at(r)) if wide else Unary("exp", Binary("sub", x.load(at(r)), m))
         return [*first,
@@ -667,8 +653,7 @@ def _log_softmax_lower(out: Buffer, ins, attrs, names: Names):
 
     def body(at):
         m, s, ls = names.var("m", "f32"), names.var("s", "f32"), names.var("ls", "f32")
-        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s,
-                                vector=_row_vector(x, axis, at, names))
+        first = max_and_sum_exp(lambda r: x.load(at(r)), n, names, m, s)
         r = names.var("r")
         # (x - m) - log(s) rather than x - (m + log(s)): x - m is exact-ish and never
         # cancels against the log term, which is >= 0
