@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from aotml.graph.symbolic import product
 from aotml.loops.ir import (
     FLOAT_UNARY,
     Assign,
@@ -328,9 +329,7 @@ def _profitable(pw: Pointwise, consumer: Kernel) -> bool:
     if _cost(pw.value) <= CHEAP_OPS:
         return True
     # computed as often as stored: the consumer's loads of the buffer run once per element
-    numel = 1
-    for d in pw.buffer.shape:
-        numel = d * numel
+    numel = product(pw.buffer.shape)
     return _reads(consumer.body, pw.buffer) == numel
 
 
@@ -342,9 +341,7 @@ def _recomputed_from_masks(pw: Pointwise, consumer: Kernel) -> bool:
     comparison mask bit by bit from the byte loads."""
     if not any(isinstance(x, Load) and x.buffer.dtype != "f32" for x in walk_expr(pw.value)):
         return False
-    numel = 1
-    for d in pw.buffer.shape:
-        numel = d * numel
+    numel = product(pw.buffer.shape)
     reads = _reads(consumer.body, pw.buffer)
     return isinstance(reads, int) and isinstance(numel, int) and reads > numel
 
@@ -409,9 +406,7 @@ def _vector_inlinable(pw: Pointwise, consumer: Kernel) -> bool:
              for x in walk_expr(e) if isinstance(x, VecLoad) and x.buffer == pw.buffer}
     if any(vector_form(pw.value, pw.vars[-1], n) is None for n in lanes):
         return False
-    numel = 1
-    for d in pw.buffer.shape:
-        numel = d * numel
+    numel = product(pw.buffer.shape)
     reads = _reads(consumer.body, pw.buffer)
     if isinstance(reads, int) and isinstance(numel, int):
         return reads <= 2 * numel

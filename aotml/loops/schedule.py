@@ -15,6 +15,9 @@ provable one with the largest extent. Each thread's range gets at least `grain` 
 about GRAIN_WORK scalar operations (symbols counted as 1); a static loop with less than two
 ranges' worth, or less than MIN_PARALLEL_WORK in all, stays serial, and the runtime splits a
 symbolic one only as far as its value at run time allows.
+
+Also here, the other after-fusion schedule of a kernel: `block_transpose`, which runs a
+transpose of the last axis in vector blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from aotml.graph.symbolic import Sym
+from aotml.loops.fuse import pointwise
 from aotml.loops.ir import (
     INDEX,
     Assert,
@@ -42,6 +46,7 @@ from aotml.loops.ir import (
     dtype_of,
     lanes_of,
     map_stmt_exprs,
+    vector_dtype,
 )
 
 MIN_SPLIT = 4
@@ -274,8 +279,6 @@ def block_transpose(kernel: Kernel, lanes: int | None) -> Kernel:
     time, each load a different cache line, MiniLM's kᵀ took 2.5 cycles an element (32 us;
     12 us in blocks). Unchanged without a vector width, for other dtypes, or where an extent
     is symbolic or no whole number of vectors."""
-    from aotml.loops.fuse import pointwise
-
     pw = pointwise(kernel) if lanes else None
     if pw is None or not isinstance(pw.value, Load):
         return kernel
@@ -289,7 +292,7 @@ def block_transpose(kernel: Kernel, lanes: int | None) -> Kernel:
             out.shape[a] % lanes or out.shape[-1] % lanes:
         return kernel
     blocks = [Var(f"tb{k}") for k in range(rank)]
-    vecs = [Var(f"vrow{r}", f"f32x{lanes}") for r in range(lanes)]
+    vecs = [Var(f"vrow{r}", vector_dtype(lanes)) for r in range(lanes)]
 
     def at(j: int, r: int) -> dict:
         """The output index of element (j, r) of the block: j along axis a, r along the last."""
