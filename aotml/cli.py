@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="time to spend running "
                    "(default 1)")
     p.add_argument("--top", type=int, default=None, help="show only the N slowest kernels")
+    p.add_argument("--group", action="store_true", help="one row per list of fused ops: the "
+                   "kernels that share it summed (a model's repeated layers)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the profile here "
                    "as JSON (every kernel in launch order)")
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
@@ -150,7 +152,8 @@ def _profile(args) -> int:
     timing, name = profile_file(args.file, inputs=_load_inputs(args.input), dims=dims,
                                 seconds=args.seconds, threads=args.threads,
                                 target_cpu=args.target_cpu, max_bytes=args.max_bytes)
-    print(format_timing(timing, f"profile of {name} ({os.path.basename(args.file)})", args.top))
+    print(format_timing(timing, f"profile of {name} ({os.path.basename(args.file)})", args.top,
+                        args.group))
     if args.json:
         record = json.dumps(timing_record(timing, name), indent=1) + "\n"
         write_atomically({Path(args.json): record.encode()})

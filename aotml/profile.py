@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from aotml.errors import CompileError
-from aotml.loader import Model, Profile
+from aotml.loader import KernelTime, Model, Profile
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,26 @@ def _rate(amount: int, seconds: float, unit: float) -> str:
     return f"{amount / seconds / unit:.1f}" if seconds > 0 and amount else "-"
 
 
-def format_timing(t: Timing, title: str, top: int | None = None) -> str:
-    """The kernels by time per run, most first, with the sum and the whole run below."""
+def _by_ops(kernels) -> list[KernelTime]:
+    """One row per distinct list of fused ops (a transformer's layers share theirs), named by
+    how many kernels it sums."""
+    groups: dict[str, list[KernelTime]] = {}
+    for k in kernels:
+        groups.setdefault(k.ops, []).append(k)
+    return [KernelTime(f"{len(ks)} kernel{'s' if len(ks) > 1 else ''}", ops,
+                       sum(k.seconds for k in ks), sum(k.flops for k in ks),
+                       sum(k.bytes for k in ks)) for ops, ks in groups.items()]
+
+
+def format_timing(t: Timing, title: str, top: int | None = None, group: bool = False) -> str:
+    """The kernels by time per run, most first, with the sum and the whole run below; with
+    `group`, kernels of the same fused ops summed into one row."""
     p = t.profile
     runs = max(p.runs, 1)
     total = sum(k.seconds for k in p.kernels) / runs
-    rows = sorted(p.kernels, key=lambda k: -k.seconds)
+    rows = sorted(_by_ops(p.kernels) if group else p.kernels, key=lambda k: -k.seconds)
     shown = rows if top is None else rows[:top]
-    table = [("kernel", "us/run", "share", "GFLOP/s", "GB/s", "ops")]
+    table = [("kernels" if group else "kernel", "us/run", "share", "GFLOP/s", "GB/s", "ops")]
     for k in shown:
         s = k.seconds / runs
         table.append((k.kernel, f"{s * 1e6:.2f}", f"{100 * s / total:.1f}%" if total else "-",
@@ -124,7 +136,8 @@ def format_timing(t: Timing, title: str, top: int | None = None) -> str:
         lines.append("  " + "  ".join(cells + [r[5]]))
     if len(shown) < len(rows):
         rest = sum(k.seconds for k in rows[len(shown):]) / runs
-        lines.append(f"  ... {len(rows) - len(shown)} more kernels, {rest * 1e6:.2f} us/run")
+        lines.append(f"  ... {len(rows) - len(shown)} more {'rows' if group else 'kernels'}, "
+                     f"{rest * 1e6:.2f} us/run")
     flops = sum(k.flops for k in p.kernels)
     lines.append(f"kernels: {total * 1e6:.2f} us/run, {_rate(flops, total, 1e9)} GFLOP/s; "
                  f"a prepared call from Python: {t.run_seconds * 1e6:.2f} us/run (median)")

@@ -86,7 +86,10 @@ def test_work_is_the_build_reports_for_the_symbols(built):
         assert (k.ops, k.flops, k.bytes) == (w.ops, evaluate(w.flops, {"N": 23}),
                                              evaluate(w.bytes, {"N": 23})), k.kernel
     assert any("gelu" in k.ops for k in p.kernels)
-    assert all(k.flops > 0 for k in p.kernels if "matmul" in k.ops)
+    # and counted independently for the plain matmul h @ w2: 2·N·72·10 operations, and its
+    # three f32 buffers (h, w2, the result) read or written once
+    (plain,) = [k for k in p.kernels if k.ops == "matmul"]
+    assert (plain.flops, plain.bytes) == (2 * 23 * 72 * 10, 4 * (23 * 72 + 72 * 10 + 23 * 10))
 
 
 def test_reset_zeroes_and_a_failed_call_counts_no_run(built):
@@ -171,6 +174,20 @@ def test_cli_profile_prints_every_kernel(built, capsys):
                  "0.02", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert f"... {len(built['work']) - 1} more kernels" in out
+
+
+def test_cli_profile_groups_kernels_by_their_ops(tmp_path, capsys):
+    """Two layers of the same ops give one row of two kernels, their times summed."""
+    (tmp_path / "m.mlg").write_text(
+        "model m {\n  input x: f32[16, 40]\n  input w: f32[40, 40]\n"
+        "  h = relu(x @ w)\n  output y = relu(h @ w)\n}\n")
+    assert main(["profile", str(tmp_path / "m.mlg"), "--seconds", "0.02", "--group"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:-1]]
+    assert out.splitlines()[1].split()[0] == "kernels"
+    assert [(r[0], r[1], r[-3:]) for r in rows] == [("2", "kernels", ["matmul", "+", "relu"])]
+    total = float(out.splitlines()[-1].split()[1])
+    assert float(rows[0][2]) == pytest.approx(total, rel=0.01)
 
 
 def test_cli_profile_writes_json(built, capsys, tmp_path):
