@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                    "workspace against its liveness lower bound")
     p.add_argument("--profile", action="store_true", help="time each kernel of every CPU run "
                    "(read by `aotml profile` or the ABI's aotml_model.profile)")
+    p.add_argument("--no-winograd", action="store_true", help="compute every 3x3 conv by "
+                   "direct sums, not Winograd's F(2x2, 3x3) (which rounds differently and "
+                   "spreads an inf or NaN input to its whole 2x2 tile)")
 
     p = sub.add_parser("profile", help="run a model repeatedly and print where the time goes, "
                        "kernel by kernel")
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cpu", default=None, help="LLVM cpu name (default: this host)")
     p.add_argument("--max-bytes", type=int, default=None, help="for .onnx: the most bytes "
                    "the model may ask for (default 4 GiB)")
+    p.add_argument("--no-winograd", action="store_true", help="build as `aotml build "
+                   "--no-winograd` does")
 
     p = sub.add_parser("import", help="convert an ONNX model to .mlg source and weights")
     p.add_argument("file", help="the .onnx file")
@@ -132,7 +137,7 @@ def _build(args) -> int:
     build(args.file, args.output, target_cpu=args.target_cpu, target_triple=args.target_triple,
           opt_level=args.opt_level, dump=args.dump, dump_stream=sys.stdout,
           max_bytes=args.max_bytes, report=args.report, target=args.target,
-          profile=args.profile)
+          profile=args.profile, winograd=not args.no_winograd)
     return 0
 
 
@@ -151,7 +156,8 @@ def _profile(args) -> int:
         raise CompileError("--seconds, --threads and --top take positive values")
     timing, name = profile_file(args.file, inputs=_load_inputs(args.input), dims=dims,
                                 seconds=args.seconds, threads=args.threads,
-                                target_cpu=args.target_cpu, max_bytes=args.max_bytes)
+                                target_cpu=args.target_cpu, max_bytes=args.max_bytes,
+                                winograd=not args.no_winograd)
     print(format_timing(timing, f"profile of {name} ({os.path.basename(args.file)})", args.top,
                         args.group))
     if args.json:

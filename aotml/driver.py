@@ -32,6 +32,7 @@ from aotml.loops.ir import Program, print_program
 from aotml.loops.lower import lower_graph, share_weights
 from aotml.loops.report import kernel_work
 from aotml.loops.report import report as build_report
+from aotml.ops.conv import conv_lower_without_winograd
 from aotml.package.artifact import generate_header, link_library, manifest_of, write_atomically
 
 DUMP_STAGES = ("graph", "loops", "llvm", "asm", "ptx")
@@ -154,7 +155,7 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
           target_triple: str | None = None, opt_level: int = 3,
           dump: str | Iterable[str] | None = None, dump_stream=None,
           max_bytes: int | None = None, report: bool = False,
-          target: str = "cpu", profile: bool = False) -> BuildResult:
+          target: str = "cpu", profile: bool = False, winograd: bool = True) -> BuildResult:
     """Compile `source` (.mlg, or .onnx) into `out_so` and the header beside it (same stem,
     `.h`). `max_bytes` caps what an ONNX model may ask for. `target` is
     - "cpu";
@@ -168,7 +169,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     compile for another target (`target_triple="aarch64-linux-gnu"`), which this host cannot
     link.
     `profile` builds a library that times each kernel of its CPU runs (aotml_model.profile in
-    runtime/aotml.h; `aotml profile` reads it)."""
+    runtime/aotml.h; `aotml profile` reads it). `winograd=False` keeps every CPU conv2d out
+    of the Winograd form (ops/winograd.py), which rounds differently from the direct sums."""
     stages = parse_dump(dump)
     out_so = Path(out_so)
     header_path = out_so.with_suffix(".h")
@@ -186,7 +188,8 @@ def build(source: str | os.PathLike, out_so: str | os.PathLike, *, target_cpu: s
     machine = CpuTarget(cpu=target_cpu, triple=target_triple, opt_level=opt_level)
     if "cpu" in kinds:
         cpu_program, plan, weights = lower_graph(
-            graph, notes, vector_lanes=machine.capabilities.vector_bits // 32)
+            graph, notes, None if winograd else {"conv2d": conv_lower_without_winograd},
+            vector_lanes=machine.capabilities.vector_bits // 32)
         reported = cpu_program
     if kinds & {"grid-emulation", "cuda"}:
         # lowered again: ops with a GPU schedule take it

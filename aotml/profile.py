@@ -156,23 +156,24 @@ def timing_record(t: Timing, model: str) -> dict:
 
 def profile_file(file: str, *, inputs: dict[str, np.ndarray], dims: dict[str, int],
                  seconds: float = 1.0, threads: int | None = None,
-                 target_cpu: str | None = None,
-                 max_bytes: int | None = None) -> tuple[Timing, str]:
+                 target_cpu: str | None = None, max_bytes: int | None = None,
+                 winograd: bool = True) -> tuple[Timing, str]:
     """Build (unless `file` is a profiled .so) and run: the `aotml profile` command's
     measurement, with the model's name."""
     import aotml
 
     with tempfile.TemporaryDirectory(prefix="aotml-profile-") as tmp:
         if file.endswith(".so"):
-            if target_cpu is not None:
-                raise CompileError("--target-cpu applies to a source file; this library is "
-                                   "built already")
+            if target_cpu is not None or not winograd:
+                raise CompileError("--target-cpu and --no-winograd apply to a source file; "
+                                   "this library is built already")
             path = Path(file)
         else:
             from aotml.driver import build
 
             path = Path(tmp) / (re.sub(r"\W", "_", Path(file).stem) + ".so")
-            build(file, path, target_cpu=target_cpu, max_bytes=max_bytes, profile=True)
+            build(file, path, target_cpu=target_cpu, max_bytes=max_bytes, profile=True,
+                  winograd=winograd)
         model = aotml.load(path)
         if "cuda" in model.devices:  # the counters are the CPU's
             model.select_device("cpu")

@@ -43,7 +43,7 @@ from aotml.loops.ir import (
     VecLoad,
     children,
 )
-from aotml.ops import REGISTRY, conv
+from aotml.ops import REGISTRY, conv, winograd
 from aotml.ops.conv import TILE_W
 
 
@@ -106,6 +106,7 @@ def algorithm(request, monkeypatch):
     """Each conv by each algorithm: as a matmul over its unfolded input, or tiled, through a
     zero-bordered copy of its input wherever the window reaches into the padding or through
     the border rows and tiles of the tiled conv."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 10**9)  # tested in test_winograd.py
     monkeypatch.setattr(conv, "GEMM_MAX_WIDTH", 10**9 if request.param == "implicit gemm" else 0)
     monkeypatch.setattr(conv, "PAD_COPY_MIN_WORK", 0 if request.param == "padded copy" else 10**9)
     return request.param

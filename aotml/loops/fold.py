@@ -8,8 +8,11 @@ is then dropped from the library (lowering lays out only the weights still read)
 
 A nest qualifies when it is a perfect nest of static loops around one store into a scratch
 buffer that nothing else in the kernel stores, and its indices and value are made of loop
-variables, integer constants and arithmetic, comparisons, selects and loads from weights —
-a copy, not a computation, so numpy's result is the compiled code's bit for bit. A nest whose
+variables, integer constants and arithmetic, comparisons, selects, loads from weights, and
+f32 additions, subtractions and multiplications of those (a Winograd conv's weight transform,
+ops/winograd.py). numpy rounds each f32 operation as the compiled code does (IEEE, no
+fast-math, no multiply and add contracted into one), in the order the expression gives, so
+its result is the compiled code's bit for bit (tests/test_winograd.py compares). A nest whose
 result would take more bytes than the weights it reads (panels per matrix of a batch that
 broadcasts one weight) is left to run, so the library does not grow by copies.
 """
@@ -118,7 +121,10 @@ def _copy_expr(e: Expr, weights, reads: set[str]) -> bool:
             return False
         reads.add(e.buffer.name)
     elif isinstance(e, Binary):
-        if e.op not in ("add", "sub", "mul", "idiv", "irem", "min", "max") or \
+        if dtype_of(e) == "f32":
+            if e.op not in ("add", "sub", "mul"):
+                return False
+        elif e.op not in ("add", "sub", "mul", "idiv", "irem", "min", "max") or \
                 dtype_of(e) not in ("i32", "i64"):
             return False
     elif not isinstance(e, (Compare, Select)):

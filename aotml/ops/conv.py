@@ -60,6 +60,8 @@ from aotml.loops.ir import (
 from aotml.ops.core import broadcast_shapes, same_dtype
 from aotml.ops.nn import max_and_sum_exp, tiled_matmul
 from aotml.ops.registry import Attr, OpDef, OpTypeError, register
+from aotml.ops.winograd import applies as winograd_applies
+from aotml.ops.winograd import winograd_conv
 
 # ---------------------------------------------------------------------------------------------
 # Attributes and geometry
@@ -544,11 +546,16 @@ def _tiled_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
     return nests
 
 
-def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names,
+                winograd: bool = True):
     x, w = ins[0], ins[1]
     axes = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
                  _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
     if attrs["groups"] == 1:
+        fast = winograd and winograd_applies(x, w, out, axes, names.lanes) and \
+            winograd_conv(out, ins, axes, names)
+        if fast:
+            return fast
         tiled = _gemm_conv(out, ins, axes, names) or _padded_copy_conv(out, ins, axes, names) \
             or _tiled_conv(out, ins, axes, names)
         if tiled is not None:
@@ -675,6 +682,11 @@ def _padded_copy_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _A
 
     conv = _tiled_conv(out, [Operand((n_, c_, hp, wp), xp), *ins[1:]], inner, names)
     return None if conv is None else [*loop_nest((n_, c_), names, planes, "p"), *conv]
+
+
+def conv_lower_without_winograd(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
+    """conv2d's lowering with every form but Winograd's (`aotml build --no-winograd`)."""
+    return _conv_lower(out, ins, attrs, names, winograd=False)
 
 
 def direct_conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names) -> list[Stmt]:
