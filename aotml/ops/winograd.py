@@ -35,11 +35,10 @@ odd, the last tile row or column stores only its first row or column of outputs.
 
 Numerics. The products are those of the same real-number sums, rounded differently: the
 transforms add up to 4 inputs (V), 9 taps with factors of 1/2 (U) and 9 products (Y) before
-and after the channel sum. Against an f64 reference the error stays within a few times the
-direct conv's (tests/test_winograd.py measures both). Two cases differ in kind: an infinite
-or NaN input reaches all four outputs of its tiles (Aᵀ M A subtracts what the direct sum
-never added, inf - inf), and outputs of an all-zero patch come out exactly 0 as before.
-`aotml build --no-winograd` keeps every conv direct.
+and after the channel sum. Against an f64 reference the error stays within twice the direct
+conv's (tests/test_winograd.py measures both). One case differs in kind: an infinite or NaN
+input reaches all four outputs of each tile whose patch holds it (Aᵀ M A subtracts what the
+direct sum never added: inf - inf). `aotml build --no-winograd` keeps the other forms.
 """
 
 from __future__ import annotations
@@ -49,8 +48,10 @@ from aotml.loops.ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, 
 from aotml.ops.nn import tiled_matmul
 
 # A conv takes this form only with at least this many input and output channels: the 16
-# matmuls have C as their depth and M as their rows, and below that the transforms' passes
-# over memory cost more than the products save (measured in docs/performance.md).
+# matmuls have C as their depth and M as their rows, and with fewer the transforms take what
+# the products save. One core of Zen 4, 2026-12-07, Winograd's time over the other forms' at
+# 1 / 2 threads: 16 channels at 56x56 1.13 / 0.95 and at 224x224 0.96 / 0.76; 32 -> 64 at
+# 112x112 0.56 / 0.47; 64 at 28x28 0.58 / 0.53.
 MIN_CHANNELS = 32
 # ... and an output of at least MIN_OUT x MIN_OUT (smaller ones take the implicit GEMM).
 MIN_OUT = 8
@@ -59,8 +60,9 @@ MIN_OUT = 8
 CHUNK_BYTES = 1 << 20
 SLOTS = 8  # the most scratch slots: the chunks run on at most this many threads at once
 # The most tiles a chunk's rows may be widened by, as a fraction (see _plan): beyond it, as
-# for a 14x14 output (7 tiles a row, 16 with AVX-512), the wasted products cost more than the
-# form saves.
+# for a 10x10 output (5 tiles a row, 8 at best with AVX-512), the wasted products cost more
+# than the form saves. (Rows widened 2.3x, 7 tiles to 16, made 256 channels at 14x14 no
+# faster than the direct conv; widened 8/7 by chunks of 4 rows, 0.52x its time.)
 MAX_WASTE = 1.15
 
 _ADD, _SUB = "add", "sub"
@@ -100,7 +102,8 @@ def _combine(terms, values) -> Expr:
 
 
 def _apply(rows, grid: list[list[Expr]], half: tuple[int, ...] = ()) -> list[list[Expr]]:
-    """rows · grid · rowsᵀ for a square `grid` of expressions (a matrix given as sums)."""
+    """rows · grid · rowsᵀ (rows: a matrix given as sums, as wide as the square `grid` of
+    expressions), the rows listed in `half` times 1/2."""
     half_c = const(0.5, "f32")
 
     def scaled(i: int, e: Expr) -> Expr:
@@ -163,15 +166,8 @@ def winograd_conv(out: Buffer, ins, axes, names: Names) -> list[Stmt] | None:
         up = names.scratch_buffer(f"wino_u{p}", "f32", (m_out, c_in))
         m, c = names.var("m"), names.var("c")
         taps = [[w.load((m, c, idx(a), idx(b))) for b in range(3)] for a in range(3)]
-        rows = [[_combine(_G[i], [taps[a][b] for a in range(3)]) for b in range(3)]
-                for i in range(4)]
-        half = const(0.5, "f32")
-        value = rows[p // 4]
-        value = [Binary("mul", half, e) if p // 4 in _HALF_ROWS else e for e in value]
-        e = _combine(_G[p % 4], value)
-        if p % 4 in _HALF_ROWS:
-            e = Binary("mul", half, e)
-        stmts.append(For(m, m_out, (For(c, c_in, (Store(up, (m, c), e),)),)))
+        value = _apply(_G, taps, _HALF_ROWS)[p // 4][p % 4]
+        stmts.append(For(m, m_out, (For(c, c_in, (Store(up, (m, c), value),)),)))
         u.append(up)
 
     # the input in a zero-bordered copy of whole tiles
