@@ -55,8 +55,10 @@ from aotml.ops.nn import tiled_matmul
 MIN_CHANNELS = 32
 # ... and an output of at least MIN_OUT x MIN_OUT (smaller ones take the implicit GEMM).
 MIN_OUT = 8
-# The bytes of a chunk's transformed tiles and products: under the 2 MiB L2 of this Zen 4
-# (and the 1-2 MiB of current x86 cores), leaving room for the input rows and the weights.
+# The bytes of a chunk's transformed tiles and products at most: the 1 MiB L2 of a Zen 4
+# core (2 MiB on recent Intel cores). The plan takes the smallest chunks that make whole
+# vectors of tiles: at 112x112, 32 -> 64 channels, 688 KiB (chunks of 4 tile rows, 1.4 MiB,
+# ran 10-25% slower; of 1 row, widened to whole vectors, the same within the noise).
 CHUNK_BYTES = 1 << 20
 SLOTS = 8  # the most scratch slots: the chunks run on at most this many threads at once
 # The most tiles a chunk's rows may be widened by, as a fraction (see _plan): beyond it, as
