@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import aotml
+from aotml.ops import REGISTRY
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -49,6 +50,19 @@ class Sample:
     def concrete(self, values: dict) -> list[tuple[int, ...]]:
         return [tuple(values[d] if isinstance(d, str) else d for d in shape)
                 for shape in self.shapes]
+
+
+def same_on_abs(op: str, attrs: dict) -> Callable:
+    """The magnitude of an accumulating op: the op itself on absolute values."""
+    bound = REGISTRY[op].bind_attrs(attrs)
+    return lambda xs: REGISTRY[op].reference([np.abs(a) for a in xs], bound)
+
+
+def conv_sample(x, w, bias: bool = False, **attrs) -> Sample:
+    """An f32 conv2d case: input and weight shapes, a bias of w[0] when `bias`."""
+    shapes = (x, w, (w[0],)) if bias else (x, w)
+    return Sample(shapes, attrs, terms=w[1] * w[2] * w[3] + bias,
+                  magnitude=same_on_abs("conv2d", attrs))
 
 
 def _attr(v) -> str:

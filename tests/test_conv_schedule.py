@@ -18,9 +18,8 @@ each channel block at `mb*6 + u`.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from opcheck import Sample, check, params
+from opcheck import check, conv_sample, params
 
 from aotml.graph.ir import TensorType
 from aotml.graph.symbolic import symbol
@@ -46,16 +45,7 @@ from aotml.loops.ir import (
 from aotml.ops import REGISTRY, conv, winograd
 from aotml.ops.conv import TILE_W
 
-
-def _same_on_abs(attrs):
-    bound = REGISTRY["conv2d"].bind_attrs(attrs)
-    return lambda xs: REGISTRY["conv2d"].reference([np.abs(a) for a in xs], bound)
-
-
-def _conv(x, w, bias=False, **attrs):
-    shapes = (x, w, (w[0],)) if bias else (x, w)
-    return Sample(shapes, attrs, terms=w[1] * w[2] * w[3] + bias,
-                  magnitude=_same_on_abs(attrs))
+_conv = conv_sample
 
 
 SAMPLES = {"conv2d": [

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from opcheck import Sample, check, params, within
+from opcheck import Sample, check, params, same_on_abs, within
 
 import aotml
 from aotml.graph.ir import DTYPES
@@ -25,23 +25,17 @@ def _grid(shapes, dtype):
     return inputs
 
 
-def _same_on_abs(op, attrs):
-    """The magnitude of an accumulating op: the op itself on absolute values."""
-    bound = REGISTRY[op].bind_attrs(attrs)
-    return lambda xs: REGISTRY[op].reference([np.abs(a) for a in xs], bound)
-
-
 def _conv(x, w, bias=False, dtype=None, **attrs):
     shapes = (x, w, (w[0],)) if bias else (x, w)
     dtypes = (dtype,) * len(shapes) if dtype else None
     return Sample(shapes, attrs, dtypes, _grid(shapes, dtype) if dtype else None,
-                  terms=w[1] * w[2] * w[3] + bias, magnitude=_same_on_abs("conv2d", attrs))
+                  terms=w[1] * w[2] * w[3] + bias, magnitude=same_on_abs("conv2d", attrs))
 
 
 def _avg(x, dtype=None, **attrs):
     kernel = attrs["kernel"] if isinstance(attrs["kernel"], tuple) else (attrs["kernel"],) * 2
     return Sample((x,), attrs, dtype and (dtype,), _grid((x,), dtype) if dtype else None,
-                  terms=kernel[0] * kernel[-1], magnitude=_same_on_abs("avg_pool2d", attrs))
+                  terms=kernel[0] * kernel[-1], magnitude=same_on_abs("avg_pool2d", attrs))
 
 
 def _attention_magnitude(attrs):
@@ -111,13 +105,13 @@ SAMPLES: dict[str, list[Sample]] = {
     ],
     "global_avg_pool": [
         Sample(((1, 1, 1, 1),)),
-        Sample(((2, 3, 7, 9),), terms=63, magnitude=_same_on_abs("global_avg_pool", {})),
-        Sample(((1, 33, 3, 5),), terms=15, magnitude=_same_on_abs("global_avg_pool", {})),
+        Sample(((2, 3, 7, 9),), terms=63, magnitude=same_on_abs("global_avg_pool", {})),
+        Sample(((1, 33, 3, 5),), terms=15, magnitude=same_on_abs("global_avg_pool", {})),
         # rows of 16+: partial sums in 8 lanes, a tail of 5 per row
-        Sample(((2, 3, 5, 21),), terms=105, magnitude=_same_on_abs("global_avg_pool", {})),
+        Sample(((2, 3, 5, 21),), terms=105, magnitude=same_on_abs("global_avg_pool", {})),
         # vector partial results: rows of 40 (2 vectors and a tail of 8 at 16 lanes) and 64
-        Sample(((1, 2, 3, 40),), terms=120, magnitude=_same_on_abs("global_avg_pool", {})),
-        Sample(((1, 3, 2, 64),), terms=128, magnitude=_same_on_abs("global_avg_pool", {})),
+        Sample(((1, 2, 3, 40),), terms=120, magnitude=same_on_abs("global_avg_pool", {})),
+        Sample(((1, 3, 2, 64),), terms=128, magnitude=same_on_abs("global_avg_pool", {})),
         Sample(((1, 3, 9, 9),), dtypes=("f16",), inputs=_grid(((1, 3, 9, 9),), "f16")),
         Sample(((2, 3, 3, 5),), dtypes=("bf16",), inputs=_grid(((2, 3, 3, 5),), "bf16")),
     ],

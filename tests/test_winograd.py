@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from opcheck import EPS32, Sample, check, within
+from opcheck import EPS32, check, conv_sample, within
 
 import aotml
 from aotml.codegen.llvm_cpu import CpuTarget
@@ -31,15 +31,7 @@ from conftest import REPO, rand
 LANES = CpuTarget().capabilities.vector_bits // 32  # this host's, as a build uses
 
 
-def _same_on_abs(attrs):
-    bound = REGISTRY["conv2d"].bind_attrs(attrs)
-    return lambda xs: REGISTRY["conv2d"].reference([np.abs(a) for a in xs], bound)
-
-
-def _conv(x, w, bias=False, **attrs):
-    shapes = (x, w, (w[0],)) if bias else (x, w)
-    return Sample(shapes, attrs, terms=w[1] * w[2] * w[3] + bias,
-                  magnitude=_same_on_abs(attrs))
+_conv = conv_sample
 
 
 CASES = [
@@ -56,10 +48,6 @@ CASES = [
     # a symbolic batch
     _conv(("N", 32, 10, 30), (32, 32, 3, 3), bias=True, padding=1),
 ]
-
-
-def _attrs(s: Sample) -> dict:
-    return REGISTRY["conv2d"].bind_attrs(s.attrs)
 
 
 def _lower(x, w, bias=False, lanes=LANES, dtype="f32", **attrs):
