@@ -149,6 +149,16 @@ def test_folded_weights_give_the_bits_of_the_run_time_transform(tmp_path, weight
     within(got, exact, 1e-5, 2 * 32 * 9 * EPS32 * np.abs(exact).max())
 
 
+def test_the_report_names_the_form(tmp_path, weights):
+    """`--report` says which algorithm each conv took, and the chunking of a Winograd one."""
+    lines = _build(tmp_path, "param").dumps["report"].splitlines()
+    at = lines.index("schedules:")
+    assert lines[at + 1].startswith("  k0_conv2d: Winograd F(2x2, 3x3): ")
+    assert "tile rows x" in lines[at + 1] and "(15 in the image)" in lines[at + 1]
+    direct = _build(tmp_path, "param", winograd=False).dumps["report"]
+    assert "k0_conv2d: implicit GEMM: the input unfolded" in direct  # 30 columns: narrow
+
+
 def test_the_same_bits_at_every_thread_count(tmp_path, weights):
     model = aotml.load(_build(tmp_path, "param").so_path)
     x = rand(np.random.default_rng(9), (2, 32, 21, 30))

@@ -97,6 +97,7 @@ class Names:
         self.scope = scope
         self.taken = taken if taken is not None else set()
         self.scratch: list[Buffer] = []
+        self.schedule = ""  # the algorithm the lowering chose, where it had a choice
 
     def var(self, prefix: str, dtype: str = INDEX) -> Var:
         k = self._n.get(prefix, 0)

@@ -240,7 +240,8 @@ def _fuse_epilogue(producer: str, by_name: dict[str, Kernel], order: list[str],
     args = tuple(dict.fromkeys([b for b in k.args if b != t]
                                + [b for b in c.args if b != t]))
     origin = "; ".join(o for o in (k.origin, c.origin) if o)
-    by_name[producer] = Kernel(k.name, args, (cw.buffer.name,), stmts(k.body), origin)
+    by_name[producer] = replace(k, args=args, outputs=(cw.buffer.name,), body=stmts(k.body),
+                                origin=origin)
     order.remove(c.name)
     del by_name[c.name]
     return None
@@ -428,5 +429,5 @@ def _inline(consumer: Kernel, producer: Kernel, pw: Pointwise) -> Kernel:
     args = tuple(b for b in args if b.name not in consumer.outputs) + \
         tuple(b for b in args if b.name in consumer.outputs)
     origin = f"{producer.origin}; {consumer.origin}" if producer.origin else consumer.origin
-    return Kernel(consumer.name, args, consumer.outputs, map_stmt_exprs(consumer.body, at_load),
-                  origin)
+    return replace(consumer, args=args, body=map_stmt_exprs(consumer.body, at_load),
+                   origin=origin)

@@ -719,6 +719,7 @@ class Kernel:
     outputs: tuple[str, ...]
     body: tuple[Stmt, ...]
     origin: str = ""  # the graph op(s) it came from, for dumps and reports
+    schedule: str = ""  # the algorithm its lowering chose, where it had several (for reports)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
         temps += names.scratch
         scratch.update(b.name for b in names.scratch)
         origin = node.op + (f" at {node.span}" if node.span is not None else "")
-        kernel = Kernel(f"k{i}_{node.op}", args, (out.name,), tuple(body), origin)
+        kernel = Kernel(f"k{i}_{node.op}", args, (out.name,), tuple(body), origin,
+                        names.schedule)
         kernels.append(kernel)
         launches.append(Launch(kernel.name, args))
 

@@ -90,6 +90,10 @@ def report(program: Program, plan: MemoryPlan, notes: list[str]) -> str:
     lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    chosen = [k for k in program.kernels if k.schedule]
+    if chosen:
+        lines.append("schedules:")
+        lines += [f"  {k.name}: {k.schedule}" for k in chosen]
     if notes:
         lines.append("not fused:")
         lines += [f"  {n}" for n in notes]

@@ -553,14 +553,24 @@ def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names,
                  _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
     if attrs["groups"] == 1:
         fast = winograd and winograd_applies(x, w, out, axes, names.lanes) and \
-            winograd_conv(out, ins, axes, names)
+            winograd_conv(out, ins, axes, names)  # (names its schedule itself)
         if fast:
             return fast
-        tiled = _gemm_conv(out, ins, axes, names) or _padded_copy_conv(out, ins, axes, names) \
-            or _tiled_conv(out, ins, axes, names)
-        if tiled is not None:
-            return tiled
+        for form, lower in ((_GEMM_FORM, _gemm_conv), (_PADDED_FORM, _padded_copy_conv),
+                            (_TILED_FORM, _tiled_conv)):
+            tiled = lower(out, ins, axes, names)
+            if tiled is not None:
+                names.schedule = form
+                return tiled
+    names.schedule = _DIRECT_FORM
     return _direct_conv(out, ins, axes, attrs, names)
+
+
+# What `aotml build --report` says of each form (its "schedules:" lines).
+_GEMM_FORM = "implicit GEMM: the input unfolded, then matmul's register tiles"
+_PADDED_FORM = "register tiles on a zero-bordered copy of the input"
+_TILED_FORM = "register tiles, with border rows and tiles of their own where padding is read"
+_DIRECT_FORM = "direct loop: one accumulation per output element"
 
 
 # Implicit GEMM. The tiled conv's tiles run along a row of output columns, so a narrow output
