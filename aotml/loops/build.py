@@ -140,6 +140,44 @@ def loop_nest(shape: Sequence[int], names: Names,
     return stmts
 
 
+def zero_bordered_copy(x: Operand, xp: Buffer, top: int, left: int, names: Names
+                       ) -> list[Stmt]:
+    """Statements copying the images x [N, C, H, W] into xp [N, C, HP, WP] at row `top` and
+    column `left`, zeros around them (one nest over N and C: a conv's input with its padding
+    made real, so its window reads need no bounds check)."""
+    _, _, h, w = x.shape
+    hp, wp = xp.shape[2:]
+    zero = const(0, "f32")
+
+    def at(v: Var, start: int) -> Expr:
+        return Binary("add", v, idx(start)) if start else v
+
+    def row(n: Var, c: Var, r: Expr, source: Expr | None) -> list[Stmt]:
+        """Row r of xp: zeros, or x's row `source` between zeros."""
+        j = names.var("j")
+        if source is None:
+            return [For(j, wp, (Store(xp, (n, c, r, j), zero),))]
+        stmts: list[Stmt] = []
+        for start, count in ((0, left), (left + w, wp - left - w)):
+            if count > 0:
+                k = names.var("j")
+                stmts.append(For(k, count, (Store(xp, (n, c, r, at(k, start)), zero),)))
+        stmts.append(For(j, w, (Store(xp, (n, c, r, at(j, left)), x.load((n, c, source, j))),)))
+        return stmts
+
+    def planes(ix: tuple[Var, ...]) -> list[Stmt]:
+        n, c = ix
+        stmts: list[Stmt] = []
+        for start, count, inside in ((0, top, False), (top, h, True),
+                                     (top + h, hp - top - h, False)):
+            if count > 0:
+                r = names.var("r")
+                stmts.append(For(r, count, tuple(row(n, c, at(r, start), r if inside else None))))
+        return stmts
+
+    return loop_nest(x.shape[:2], names, planes, "p")
+
+
 def broadcast_indices(out_idx: Sequence[Expr], in_shape: Sequence[int],
                       out_shape: Sequence[int]) -> tuple[Expr, ...]:
     """numpy broadcasting: shapes align on the right; a size-1 dim is read at index 0."""

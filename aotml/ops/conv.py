@@ -35,6 +35,7 @@ from aotml.loops.build import (
     lane_sum,
     loop_nest,
     store,
+    zero_bordered_copy,
 )
 from aotml.loops.ir import (
     Assign,
@@ -662,36 +663,9 @@ def _padded_copy_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _A
     n_, c_, h_, w_ = x.shape
     hp, wp = inner[0].size, inner[1].size
     xp = names.scratch_buffer("padded", "f32", (n_, c_, hp, wp))
-    zero = const(0, "f32")
-
-    def row(n: Var, c: Var, r: Expr, source: Expr | None) -> list[Stmt]:
-        """Padded row r: zeros, or the input's row `source` between zeros."""
-        j = names.var("j")
-        if source is None:
-            return [For(j, wp, (Store(xp, (n, c, r, j), zero),))]
-        stmts: list[Stmt] = []
-        for start, count in ((0, aw.pad_lo), (aw.pad_lo + w_, aw.pad_hi)):
-            if count:
-                k = names.var("j")
-                stmts.append(For(k, count, (Store(xp, (n, c, r, _affine([(k, 1)], start)),
-                                                  zero),)))
-        stmts.append(For(j, w_, (Store(xp, (n, c, r, _affine([(j, 1)], aw.pad_lo)),
-                                       x.load((n, c, source, j))),)))
-        return stmts
-
-    def planes(ix: tuple[Var, ...]) -> list[Stmt]:
-        n, c = ix
-        stmts: list[Stmt] = []
-        for start, count, inside in ((0, ah.pad_lo, False), (ah.pad_lo, h_, True),
-                                     (ah.pad_lo + h_, ah.pad_hi, False)):
-            if count:
-                r = names.var("r")
-                at = _affine([(r, 1)], start)
-                stmts.append(For(r, count, tuple(row(n, c, at, r if inside else None))))
-        return stmts
-
     conv = _tiled_conv(out, [Operand((n_, c_, hp, wp), xp), *ins[1:]], inner, names)
-    return None if conv is None else [*loop_nest((n_, c_), names, planes, "p"), *conv]
+    return None if conv is None else [*zero_bordered_copy(x, xp, ah.pad_lo, aw.pad_lo, names),
+                                       *conv]
 
 
 def conv_lower_without_winograd(out: Buffer, ins: Sequence[Operand], attrs, names: Names):

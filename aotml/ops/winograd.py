@@ -43,8 +43,8 @@ direct sum never added: inf - inf). `aotml build --no-winograd` keeps the other 
 
 from __future__ import annotations
 
-from aotml.loops.build import Names, Operand, const, idx, store
-from aotml.loops.ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, map_expr
+from aotml.loops.build import Names, Operand, const, idx, store, zero_bordered_copy
+from aotml.loops.ir import Binary, Buffer, Const, Expr, For, Load, Stmt, Store, map_expr
 from aotml.ops.nn import tiled_matmul
 
 # A conv takes this form only with at least this many input and output channels: the 16
@@ -176,33 +176,7 @@ def winograd_conv(out: Buffer, ins, axes, names: Names) -> list[Stmt] | None:
 
     # the input in a zero-bordered copy of whole tiles
     xp = names.scratch_buffer("wino_in", "f32", (n_, c_in, hp, wp))
-    zero = const(0, "f32")
-
-    def padded_rows(n: Var, c: Var) -> list[Stmt]:
-        out_: list[Stmt] = []
-        for start, count, copy in ((0, ah.pad_lo, False), (ah.pad_lo, h_, True),
-                                   (ah.pad_lo + h_, hp - ah.pad_lo - h_, False)):
-            if count <= 0:
-                continue
-            r = names.var("r")
-            row = Binary("add", r, idx(start)) if start else r
-            if not copy:
-                j = names.var("j")
-                out_.append(For(r, count, (For(j, wp, (Store(xp, (n, c, row, j), zero),)),)))
-                continue
-            inner: list[Stmt] = []
-            for lo, cnt in ((0, aw.pad_lo), (aw.pad_lo + w_, wp - aw.pad_lo - w_)):
-                if cnt > 0:
-                    j = names.var("j")
-                    col = Binary("add", j, idx(lo)) if lo else j
-                    inner.append(For(j, cnt, (Store(xp, (n, c, row, col), zero),)))
-            j = names.var("j")
-            col = Binary("add", j, idx(aw.pad_lo)) if aw.pad_lo else j
-            inner.append(For(j, w_, (Store(xp, (n, c, row, col), x.load((n, c, r, j))),)))
-            out_.append(For(r, count, tuple(inner)))
-        return out_
-    n0, c0 = names.var("n"), names.var("c")
-    stmts.append(For(n0, n_, (For(c0, c_in, tuple(padded_rows(n0, c0))),)))
+    stmts += zero_bordered_copy(x, xp, ah.pad_lo, aw.pad_lo, names)
 
     vs = names.scratch_buffer("wino_v", "f32", (s_, 16, c_in, q_))
     ms = names.scratch_buffer("wino_m", "f32", (s_, 16, m_out, q_))
