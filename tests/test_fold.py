@@ -78,6 +78,41 @@ def test_panels_per_matrix_of_a_broadcast_batch_are_left_to_run(tmp_path):
     _check(src, result.so_path, (3, 96, 200))
 
 
+VECTOR = """weights "weights.npz"
+model m {{
+    input x: f32[{rows}, 200]
+    {decl} w: f32[200, 64]
+    output y = x @ w
+}}"""
+
+
+@pytest.mark.parametrize("rows", ["1", "3", "N"])
+def test_few_or_symbolic_rows_pack_a_weight_but_not_a_run_time_b(tmp_path, rows):
+    """Packing a weight costs nothing at run time, so a matrix-vector product (1 row), a few
+    rows, or a symbolic count of them read panels; a b computed at run time is packed only
+    from PACK_MIN_ROWS rows (its copy would cost as much as the product)."""
+    rng = np.random.default_rng(5)
+    w = rand(rng, (200, 64))
+    np.savez(tmp_path / "weights.npz", w=w)
+    for decl in ("param", "input"):
+        src = tmp_path / f"{decl}.mlg"
+        src.write_text(VECTOR.format(rows=rows, decl=decl))
+        result = build(src, tmp_path / f"{decl}.so", dump="loops")
+        params = {pl.buffer.name for pl in result.program.placements if pl.region == "param"}
+        assert params == ({"k0_panels"} if decl == "param" else set())
+        assert "panels" in result.dumps["loops"] if decl == "param" else \
+            "panels" not in result.dumps["loops"]
+        model = aotml.load(result.so_path)
+        for n in ((1, 5) if rows == "N" else (int(rows),)):
+            x = rand(rng, (n, 200))
+            feeds = {"x": x} if decl == "param" else {"x": x, "w": w}
+            want = aotml.interpret(src, precise=True, **feeds)["y"]
+            for threads in (1, 2):
+                model.set_num_threads(threads)
+                np.testing.assert_allclose(model(**feeds)["y"], want, rtol=1e-5 * 200,
+                                           atol=1e-5)
+
+
 def test_integer_division_truncates_toward_zero_as_in_c():
     a = np.arange(-20, 21, dtype=np.int64)
     for b in (1, 3, -3, 7):

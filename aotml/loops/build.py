@@ -88,16 +88,18 @@ class Names:
     gives it bytes live during that launch only. `taken` holds the program's buffer names,
     which a scratch buffer's name must avoid (and then joins). `lanes` is the f32 lanes of
     the target's widest vector, for lowerings that write explicit vector code (None: scalar
-    code only, as for a GPU)."""
+    code only, as for a GPU). `weights` names the buffers that hold the model's weights, whose
+    contents are known at build time (what loops/fold.py can lay out then)."""
 
     def __init__(self, scope: str = "k", taken: set[str] | None = None,
-                 lanes: int | None = None):
+                 lanes: int | None = None, weights: frozenset[str] = frozenset()):
         self._n: dict[str, int] = {}
         self.lanes = lanes
         self.scope = scope
         self.taken = taken if taken is not None else set()
         self.scratch: list[Buffer] = []
         self.schedule = ""  # the algorithm the lowering chose, where it had a choice
+        self.weights = weights  # the names of the buffers holding weights (known at build time)
 
     def var(self, prefix: str, dtype: str = INDEX) -> Var:
         k = self._n.get(prefix, 0)

@@ -86,7 +86,7 @@ def lower_graph(graph: Graph, notes: list[str] | None = None,
                     if v.uid in scalars
                     else Operand(v.type.shape, buffer=buffers[v.uid]) for v in node.inputs]
         out = buffers[node.result.uid]
-        names = Names(f"k{i}", taken, vector_lanes)
+        names = Names(f"k{i}", taken, vector_lanes, frozenset(params))
         try:
             body = None
             if lowerings and node.op in lowerings:
