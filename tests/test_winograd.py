@@ -154,7 +154,7 @@ def test_the_report_names_the_form(tmp_path, weights):
     lines = _build(tmp_path, "param").dumps["report"].splitlines()
     at = lines.index("schedules:")
     assert lines[at + 1].startswith("  k0_conv2d: Winograd F(2x2, 3x3): ")
-    assert "tile rows x" in lines[at + 1] and "(15 in the image)" in lines[at + 1]
+    assert "chunks, each " in lines[at + 1] and "(15 in the image's rows)" in lines[at + 1]
     direct = _build(tmp_path, "param", winograd=False).dumps["report"]
     assert "k0_conv2d: implicit GEMM: the input unfolded" in direct  # 30 columns: narrow
 

@@ -158,8 +158,8 @@ def winograd_conv(out: Buffer, ins, axes, names: Names) -> list[Stmt] | None:
     if plan is None:
         return None
     r_, tw, s_, k_ = plan                        # tw: tile columns, past the image's too
-    names.schedule = (f"Winograd F(2x2, 3x3): {s_} parallel slots of {k_} chunks of {r_} "
-                      f"tile rows x {tw} tiles ({-(-ow // 2)} in the image)")
+    names.schedule = (f"Winograd F(2x2, 3x3): {s_} parallel slots of {k_} chunks, each "
+                      f"{r_} x {tw} tiles ({-(-ow // 2)} in the image's rows)")
     hp, wp = 2 * th + 2, 2 * tw + 2             # the zero-bordered copy
     q_ = r_ * tw                                 # tiles in a chunk
     stmts: list[Stmt] = []
