@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from opcheck import EPS32, check, conv_sample, within
 
 import aotml
@@ -77,6 +79,22 @@ def test_matches_reference_with_the_weights_transformed_at_run_time(tmp_path, sa
     concrete_x = tuple(2 if isinstance(d, str) else d for d in x)
     assert _takes_winograd(_lower(concrete_x, w, len(sample.shapes) == 3, **sample.attrs))
     check(tmp_path, "conv2d", sample)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_random_shapes_match_the_reference(tmp_path_factory, data):
+    """Random channel counts, image sizes, one-sided paddings and batches (derandomized, so
+    CI draws the same ones), each taking the form (shapes it declines are drawn again)."""
+    c, m = data.draw(st.integers(32, 40)), data.draw(st.integers(32, 44))
+    h, w = data.draw(st.integers(6, 30)), data.draw(st.integers(6, 40))
+    pads = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
+    n = data.draw(st.integers(1, 2))
+    bias = data.draw(st.booleans())
+    sample = conv_sample((n, c, h, w), (m, c, 3, 3), bias=bias, padding=pads)
+    assume(_takes_winograd(_lower((n, c, h, w), (m, c, 3, 3), bias, padding=pads)))
+    check(tmp_path_factory.mktemp("random"), "conv2d", sample, draws=1)
 
 
 @pytest.fixture
