@@ -21,6 +21,7 @@ from __future__ import annotations
 import pytest
 from opcheck import check, conv_sample, params
 
+from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.graph.ir import TensorType
 from aotml.graph.symbolic import symbol
 from aotml.loops.build import Names, Operand
@@ -298,3 +299,56 @@ def test_symbolic_batch_keeps_the_fast_path(border_tiles):
     body = _lower((n, 3, 9, 37), (7, 3, 3, 3), bias=True, padding=1)
     assert MulAdd in {type(e) for e in _exprs(body)}
     assert all(isinstance(s, For) and s.extent == n for s in body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise (groups = channels)
+
+LANES = CpuTarget().capabilities.vector_bits // 32  # this host's, as a build uses
+
+
+def _depthwise(x, k=(3, 3), bias=False, **attrs):
+    return conv_sample(x, (x[1], 1, *k), bias, groups=x[1], **attrs)
+
+
+DEPTHWISE = [
+    # 9 rows: two blocks of 4 and one row; 40 columns: whole tiles, then what is left
+    _depthwise((1, 5, 9, 40), bias=True, padding=1),
+    # no padding (the input read in place), batch 2, 67 columns
+    _depthwise((2, 3, 11, 69)),
+    # a 5x5 kernel with one-sided padding (top 2, left 1, bottom 0, right 3)
+    _depthwise((1, 4, 10, 50), (5, 5), padding=(2, 1, 0, 3)),
+    # a 1x7 kernel, 3 rows
+    _depthwise((1, 2, 3, 70), (1, 7), bias=True, padding=(0, 3)),
+    # a symbolic batch
+    _depthwise(("N", 3, 6, 48), bias=True, padding=1),
+]
+
+
+@pytest.mark.parametrize("sample", DEPTHWISE, ids=lambda s: "x".join(map(str, s.shapes[0])))
+def test_depthwise_matches_reference(tmp_path, sample):
+    x = tuple(2 if isinstance(d, str) else d for d in sample.shapes[0])
+    body = _lower(x, sample.shapes[1], len(sample.shapes) == 3, lanes=LANES, **sample.attrs)
+    assert _is_depthwise(body)
+    check(tmp_path, "conv2d", sample)
+
+
+def _is_depthwise(body) -> bool:
+    """The depthwise tiles are the only conv form with vector loads under groups > 1."""
+    return any(isinstance(e, VecLoad) for e in _exprs(body))
+
+
+def test_depthwise_where_it_applies():
+    taken = _lower((1, 8, 12, 40), (8, 1, 3, 3), lanes=16, padding=1, groups=8)
+    assert _is_depthwise(taken)
+    (nest,) = taken  # one parallel loop over (batch and) channels: copy, then tiles
+    copies = {s.buffer.name for s in _walk([nest]) if isinstance(s, Store)}
+    assert copies == {"k_padded", "y"}
+    # stride 2, a channel multiplier of 2, a narrow output, no vector width: the direct loop
+    for x, w, attrs in (((1, 8, 12, 80), (8, 1, 3, 3), dict(stride=2, groups=8)),
+                        ((1, 8, 12, 40), (16, 1, 3, 3), dict(groups=8)),
+                        ((1, 8, 12, 20), (8, 1, 3, 3), dict(groups=8))):
+        assert not any(isinstance(e, VecLoad)
+                       for e in _exprs(_lower(x, w, lanes=16, padding=1, **attrs)))
+    assert not any(isinstance(e, VecLoad) for e in
+                   _exprs(_lower((1, 8, 12, 40), (8, 1, 3, 3), padding=1, groups=8)))

@@ -147,6 +147,13 @@ def zero_bordered_copy(x: Operand, xp: Buffer, top: int, left: int, names: Names
     """Statements copying the images x [N, C, H, W] into xp [N, C, HP, WP] at row `top` and
     column `left`, zeros around them (one nest over N and C: a conv's input with its padding
     made real, so its window reads need no bounds check)."""
+    return loop_nest(x.shape[:2], names,
+                     lambda ix: zero_bordered_plane(x, xp, top, left, names, *ix), "p")
+
+
+def zero_bordered_plane(x: Operand, xp: Buffer, top: int, left: int, names: Names,
+                        n: Expr, c: Expr) -> list[Stmt]:
+    """zero_bordered_copy's statements for the one plane (n, c)."""
     _, _, h, w = x.shape
     hp, wp = xp.shape[2:]
     zero = const(0, "f32")
@@ -154,7 +161,7 @@ def zero_bordered_copy(x: Operand, xp: Buffer, top: int, left: int, names: Names
     def at(v: Var, start: int) -> Expr:
         return Binary("add", v, idx(start)) if start else v
 
-    def row(n: Var, c: Var, r: Expr, source: Expr | None) -> list[Stmt]:
+    def row(r: Expr, source: Expr | None) -> list[Stmt]:
         """Row r of xp: zeros, or x's row `source` between zeros."""
         j = names.var("j")
         if source is None:
@@ -167,17 +174,12 @@ def zero_bordered_copy(x: Operand, xp: Buffer, top: int, left: int, names: Names
         stmts.append(For(j, w, (Store(xp, (n, c, r, at(j, left)), x.load((n, c, source, j))),)))
         return stmts
 
-    def planes(ix: tuple[Var, ...]) -> list[Stmt]:
-        n, c = ix
-        stmts: list[Stmt] = []
-        for start, count, inside in ((0, top, False), (top, h, True),
-                                     (top + h, hp - top - h, False)):
-            if count > 0:
-                r = names.var("r")
-                stmts.append(For(r, count, tuple(row(n, c, at(r, start), r if inside else None))))
-        return stmts
-
-    return loop_nest(x.shape[:2], names, planes, "p")
+    stmts: list[Stmt] = []
+    for start, count, inside in ((0, top, False), (top, h, True), (top + h, hp - top - h, False)):
+        if count > 0:
+            r = names.var("r")
+            stmts.append(For(r, count, tuple(row(at(r, start), r if inside else None))))
+    return stmts
 
 
 def broadcast_indices(out_idx: Sequence[Expr], in_shape: Sequence[int],

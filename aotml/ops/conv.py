@@ -8,12 +8,14 @@ with the effective kernel extent ek = dilation·(k - 1) + 1.
 The lowerings never read out of bounds: where a window can reach into the padding (decided
 statically per side), the input coordinate is clamped into range for the load and a Select on
 the unclamped coordinate replaces the value by the padding value (0, or -inf for max pooling).
-f32 conv2d (groups 1, static sizes) instead takes one of three faster forms, chosen from the
-shapes: an implicit GEMM for narrow outputs (its unfolding step is a checked loop as above,
-the matmul after it has none), or register tiles whose loops are shaped so that no tap needs a
-check, on the input itself or on a zero-bordered copy of it (see "The f32 fast path",
-"Implicit GEMM" and "Padding by a copy" below). Every accumulation happens in an f32 scalar
-local, whatever the storage dtype.
+f32 conv2d (groups 1, static sizes) instead takes one of four faster forms, chosen from the
+shapes: Winograd's F(2x2, 3x3) for 3x3 convs with enough channels (ops/winograd.py), an
+implicit GEMM for narrow outputs (its unfolding step is a checked loop as above, the matmul
+after it has none), or register tiles whose loops are shaped so that no tap needs a check, on
+the input itself or on a zero-bordered copy of it (see "The f32 fast path", "Implicit GEMM"
+and "Padding by a copy" below). A depthwise conv with wide enough outputs takes tiles of rows
+of one channel ("Depthwise"). Every accumulation happens in an f32 local (scalar or vector),
+whatever the storage dtype.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from aotml.loops.build import (
     loop_nest,
     store,
     zero_bordered_copy,
+    zero_bordered_plane,
 )
 from aotml.loops.ir import (
     Assign,
@@ -552,6 +555,10 @@ def _conv_lower(out: Buffer, ins: Sequence[Operand], attrs, names: Names,
     x, w = ins[0], ins[1]
     axes = _axes(x.shape, w.shape[2:], _pair(attrs, "stride", "conv2d"),
                  _pair(attrs, "dilation", "conv2d"), _padding(attrs, "conv2d"))
+    if attrs["groups"] > 1:
+        depthwise = _depthwise_conv(out, ins, axes, attrs["groups"], names)
+        if depthwise is not None:
+            return depthwise  # (names its schedule itself)
     if attrs["groups"] == 1:
         fast = winograd and winograd_applies(x, w, out, axes, names.lanes) and \
             winograd_conv(out, ins, axes, names)  # (names its schedule itself)
@@ -666,6 +673,100 @@ def _padded_copy_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _A
     conv = _tiled_conv(out, [Operand((n_, c_, hp, wp), xp), *ins[1:]], inner, names)
     return None if conv is None else [*zero_bordered_copy(x, xp, ah.pad_lo, aw.pad_lo, names),
                                        *conv]
+
+
+# Depthwise (groups = C = M, one filter per channel). Each output channel reads its own input
+# plane only, so the tiled conv's blocks of output channels have nothing to share: instead a
+# tile is DW_ROWS output rows x two vectors of columns of one channel, whose 2·DW_ROWS vector
+# accumulators take one broadcast weight per tap and the tap's input rows as unaligned vector
+# loads (rows shared by taps of neighbouring output rows). A padded input is first copied,
+# plane by plane in the same parallel loop over channels, into a zero-bordered scratch, so no
+# tap needs a check. Stride and dilation 1, f32, static sizes, outputs at least two vectors
+# wide; otherwise the direct loop (a narrow image wastes most of each vector: a layout with
+# channels innermost would be the way there). One core of Zen 4, 2026-12-07, 3x3 with
+# padding 1 and relu, 32 channels at 112x112: 187 us by the direct loop, 115 us so (93 us
+# of it without the padding's copy).
+DW_ROWS = 4
+
+
+def _depthwise_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axis],
+                    groups: int, names: Names) -> list[Stmt] | None:
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) == 3 else None
+    lanes = names.lanes
+    ah, aw = axes
+    if not lanes or out.dtype != "f32" or any(op.buffer is None or op.dtype != "f32"
+                                              for op in ins):
+        return None
+    if not all(isinstance(d, int) for d in (*x.shape[1:], *w.shape)):
+        return None
+    n_, c_, h_, w_ = x.shape
+    if not (groups == c_ == w.shape[0] and w.shape[1] == 1) or \
+            any(a.stride != 1 or a.dilation != 1 for a in axes) or aw.out < 2 * lanes:
+        return None
+    k_h, k_w = w.shape[2:]
+    padded = any((a.pad_lo, a.pad_hi) != (0, 0) for a in axes)
+    names.schedule = (f"depthwise: tiles of {DW_ROWS} rows x 2 vectors of columns a channel"
+                      + (", on a zero-bordered copy of the input" if padded else ""))
+    source = x.buffer
+    if padded:
+        source = names.scratch_buffer("padded", "f32", (n_, c_, h_ + ah.pad_lo + ah.pad_hi,
+                                                        w_ + aw.pad_lo + aw.pad_hi))
+    n, c = names.var("n"), names.var("c")
+    weight = [[w.load((c, idx(0), idx(kh), idx(kw))) for kw in range(k_w)] for kh in range(k_h)]
+    start = bias.load((c,)) if bias is not None else const(0, "f32")
+
+    def tile(row0: Expr, rows: int, col0: Expr, nvec: int, nscalar: int) -> list[Stmt]:
+        """Output rows row0.. (rows of them) x columns col0.. (nvec vectors, then nscalar)."""
+        vaccs = [[names.var("vacc", vector_dtype(lanes)) for _ in range(nvec)]
+                 for _ in range(rows)]
+        accs = [[names.var("acc", "f32") for _ in range(nscalar)] for _ in range(rows)]
+        stmts: list[Stmt] = [Local(a, Splat(start, lanes)) for r in vaccs for a in r]
+        stmts += [Local(a, start) for r in accs for a in r]
+        for kh in range(k_h):
+            for kw in range(k_w):
+                tap = Splat(weight[kh][kw], lanes)
+                for r in range(rows):
+                    at_row = _affine([(row0, 1)], r + kh)
+                    for v in range(nvec):
+                        column = _affine([(col0, 1)], v * lanes + kw)
+                        vin = VecLoad(source, (n, c, at_row, column), lanes)
+                        stmts.append(Assign(vaccs[r][v], MulAdd(tap, vin, vaccs[r][v])))
+                    for s in range(nscalar):
+                        column = _affine([(col0, 1)], nvec * lanes + s + kw)
+                        value = Load(source, (n, c, at_row, column))
+                        stmts.append(Assign(accs[r][s], MulAdd(weight[kh][kw], value,
+                                                               accs[r][s])))
+        for r in range(rows):
+            at_row = _affine([(row0, 1)], r)
+            for v in range(nvec):
+                stmts += [store(out, (n, c, at_row, _affine([(col0, 1)], v * lanes + j)),
+                                Lane(vaccs[r][v], j)) for j in range(lanes)]
+            stmts += [store(out, (n, c, at_row, _affine([(col0, 1)], nvec * lanes + s)),
+                            accs[r][s]) for s in range(nscalar)]
+        return stmts
+
+    def rows_of(row0: Expr, rows: int) -> list[Stmt]:
+        """Every column of output rows row0.. : tiles of two vectors, then what is left."""
+        width = 2 * lanes
+        full, rest = divmod(aw.out, width)
+        jb = names.var("jb")
+        out_: list[Stmt] = [For(jb, full, tuple(tile(row0, rows, _affine([(jb, width)], 0), 2,
+                                                      0)))]
+        if rest:
+            out_ += tile(row0, rows, idx(full * width), rest // lanes, rest % lanes)
+        return out_
+
+    plane: list[Stmt] = []
+    if padded:
+        plane += zero_bordered_plane(x, source, ah.pad_lo, aw.pad_lo, names, n, c)
+    blocks, rest_rows = divmod(ah.out, DW_ROWS)
+    ib = names.var("ib")
+    if blocks:
+        plane.append(For(ib, blocks, tuple(rows_of(_affine([(ib, DW_ROWS)], 0), DW_ROWS))))
+    if rest_rows:
+        plane += rows_of(idx(blocks * DW_ROWS), rest_rows)
+    return [For(n, n_, (For(c, c_, tuple(plane)),))]
 
 
 def conv_lower_without_winograd(out: Buffer, ins: Sequence[Operand], attrs, names: Names):
