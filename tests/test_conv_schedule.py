@@ -341,7 +341,8 @@ def _is_depthwise(body) -> bool:
 def test_depthwise_where_it_applies():
     taken = _lower((1, 8, 12, 40), (8, 1, 3, 3), lanes=16, padding=1, groups=8)
     assert _is_depthwise(taken)
-    (nest,) = taken  # one parallel loop over (batch and) channels: copy, then tiles
+    (nest,) = taken  # one loop over channels (then the batch): copy, then tiles
+    assert nest.var.name.startswith("c")
     copies = {s.buffer.name for s in _walk([nest]) if isinstance(s, Store)}
     assert copies == {"k_padded", "y"}
     # stride 2, a channel multiplier of 2, a narrow output, no vector width: the direct loop

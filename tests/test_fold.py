@@ -9,7 +9,8 @@ import pytest
 import aotml
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.driver import build
-from aotml.loops.fold import _tdiv
+from aotml.loops.fold import _copy_expr, _tdiv
+from aotml.loops.ir import Binary, Buffer, Load, Var
 from aotml.ops import nn
 from aotml.ops.nn import tile_cols
 from conftest import rand
@@ -111,6 +112,27 @@ def test_few_or_symbolic_rows_pack_a_weight_but_not_a_run_time_b(tmp_path, rows)
                 model.set_num_threads(threads)
                 np.testing.assert_allclose(model(**feeds)["y"], want, rtol=1e-5 * 200,
                                            atol=1e-5)
+
+
+def test_a_weight_under_a_batch_loop_is_not_packed_at_run_time(tmp_path):
+    """x: [1, 1, 200] puts the matmul in a batch loop of one iteration whose row tail keeps it
+    closed, so fold could not make the panels at build time: one row then reads w as it is
+    rather than copy all of it every call."""
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "weights.npz", w=rand(rng, (200, 70)))
+    src = tmp_path / "m.mlg"
+    src.write_text(LINEAR.replace("{batch}96, 200", "1, 1, 200").format(n=70, batch=""))
+    result = build(src, tmp_path / "m.so", dump="loops")
+    assert "panels" not in result.dumps["loops"]
+    _check(src, result.so_path, (1, 1, 200))
+
+
+def test_a_nest_reading_a_local_from_outside_is_left_to_run():
+    w = Buffer("w", "f32", (4,))
+    i, outside = Var("i"), Var("t", "f32")
+    value = Binary("mul", Load(w, (i,)), outside)
+    assert not _copy_expr(value, {"w": np.ones(4, np.float32)}, set(), {"i"})
+    assert _copy_expr(Load(w, (i,)), {"w": np.ones(4, np.float32)}, set(), {"i"})
 
 
 def test_integer_division_truncates_toward_zero_as_in_c():

@@ -25,6 +25,7 @@ import aotml
 from aotml.codegen.llvm_cpu import CpuTarget
 from aotml.driver import build
 from aotml.graph.ir import TensorType
+from aotml.graph.symbolic import symbol
 from aotml.loops.build import Names, Operand
 from aotml.loops.ir import Buffer, For, Store
 from aotml.ops import REGISTRY, winograd
@@ -242,10 +243,22 @@ def test_where_the_form_is_taken():
     assert not _takes_winograd(_lower((1, 64, 10, 10), (64, 64, 3, 3), lanes=16, padding=1))
 
 
+def test_one_slot_with_a_batch_declines():
+    """8x8 at AVX-512 is one chunk, one slot: at batch 1 its nests run in parallel on their
+    own (the loops of one iteration are opened); a batch would run on one thread."""
+    assert _takes_winograd(_lower((1, 64, 8, 8), (64, 64, 3, 3), lanes=16, padding=1))
+    assert not _takes_winograd(_lower((2, 64, 8, 8), (64, 64, 3, 3), lanes=16, padding=1))
+
+
 def test_the_slot_loop_runs_in_parallel():
     body = _lower((1, 32, 48, 40), (32, 32, 3, 3), bias=True, padding=1)
     from aotml.loops.ir import Kernel
     from aotml.loops.schedule import parallelize
+    kernel = parallelize(Kernel("k", (), ("y",), tuple(body)))
+    slot = [s for s in kernel.body if isinstance(s, For) and s.var.name.startswith("s")]
+    assert slot and slot[0].parallel
+    # with a symbolic batch too: the batch runs inside each slot
+    body = _lower((symbol("N"), 32, 48, 40), (32, 32, 3, 3), bias=True, padding=1)
     kernel = parallelize(Kernel("k", (), ("y",), tuple(body)))
     slot = [s for s in kernel.body if isinstance(s, For) and s.var.name.startswith("s")]
     assert slot and slot[0].parallel

@@ -1,4 +1,4 @@
-"""Build-time layout changes: a loop nest that only rearranges weights runs once, here.
+"""Build-time weight layouts: a loop nest that computes only from weights runs once, here.
 
 A matmul packs b's column panels into a scratch buffer before its tiles run (ops/nn.py). When b
 is a weight, that copy gives the same bytes on every run, so it is done at build time instead:
@@ -14,7 +14,8 @@ ops/winograd.py). numpy rounds each f32 operation as the compiled code does (IEE
 fast-math, no multiply and add contracted into one), in the order the expression gives, so
 its result is the compiled code's bit for bit (tests/test_winograd.py compares). A nest whose
 result would take more bytes than the weights it reads (panels per matrix of a batch that
-broadcasts one weight) is left to run, so the library does not grow by copies.
+broadcasts one weight) is left to run, so the library does not grow by copies; a Winograd
+conv's 16 transformed matrices, each smaller than its weight, together take 16/9 of it.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _fold(s, body, weights, scratch) -> tuple[Buffer, np.ndarray] | None:
     if _stores_to(body, target) != 1:
         return None
     reads: set[str] = set()
-    if not all(_copy_expr(e, weights, reads) for e in (*s.indices, s.value)):
+    own = {f.var.name for f in loops}
+    if not all(_copy_expr(e, weights, reads, own) for e in (*s.indices, s.value)):
         return None
     if int(np.prod(target.shape)) * TABLE[target.dtype].numpy.itemsize > \
             sum(weights[name].nbytes for name in reads):
@@ -112,9 +114,12 @@ def _fold(s, body, weights, scratch) -> tuple[Buffer, np.ndarray] | None:
     return target, result
 
 
-def _copy_expr(e: Expr, weights, reads: set[str]) -> bool:
-    """Whether `e` is index arithmetic, a comparison or select of such, or a load of a weight."""
-    if isinstance(e, (Var, Const)):
+def _copy_expr(e: Expr, weights, reads: set[str], own: set[str]) -> bool:
+    """Whether `e` is index arithmetic on the nest's loop variables, a comparison or select of
+    such, a load of a weight, or f32 additions, subtractions and multiplications of those."""
+    if isinstance(e, Var):
+        return e.name in own  # the nest's own loop variables, not a local from outside
+    if isinstance(e, Const):
         return True
     if isinstance(e, Load):
         if e.buffer.name not in weights:
@@ -129,7 +134,7 @@ def _copy_expr(e: Expr, weights, reads: set[str]) -> bool:
             return False
     elif not isinstance(e, (Compare, Select)):
         return False
-    return all(_copy_expr(c, weights, reads) for c in children(e))
+    return all(_copy_expr(c, weights, reads, own) for c in children(e))
 
 
 def _eval(e: Expr, env: dict, weights):

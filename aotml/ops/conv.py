@@ -766,7 +766,9 @@ def _depthwise_conv(out: Buffer, ins: Sequence[Operand], axes: tuple[_Axis, _Axi
         plane.append(For(ib, blocks, tuple(rows_of(_affine([(ib, DW_ROWS)], 0), DW_ROWS))))
     if rest_rows:
         plane += rows_of(idx(blocks * DW_ROWS), rest_rows)
-    return [For(n, n_, (For(c, c_, tuple(plane)),))]
+    # channels outermost: the parallel loop, also where the batch is symbolic (the
+    # parallelizer would take a symbolic loop first, and a batch of 1 is one iteration)
+    return [For(c, c_, (For(n, n_, tuple(plane)),))]
 
 
 def conv_lower_without_winograd(out: Buffer, ins: Sequence[Operand], attrs, names: Names):

@@ -29,6 +29,7 @@ from aotml.loops.build import (
     vector_of,
     with_axis,
 )
+from aotml.loops.fold import MAX_POINTS
 from aotml.loops.ir import (
     INDEX,
     Assign,
@@ -129,9 +130,10 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     vectors, then scalar columns), the m % TILE_ROWS last rows one-row tiles; a symbolic m
     takes one-row tiles throughout.
 
-    With at least PACK_MIN_ROWS rows (static), or with b a weight (`names.weights`: its panels
-    are made at build time, so any number of rows gains), and PACK_MIN_BYTES of b, b's full
-    column panels
+    With at least PACK_MIN_ROWS rows (static), or with b a weight (`names.weights`) whose
+    panels loops/fold.py will make at build time (no batch loop around them, at most
+    fold.MAX_POINTS floats), so that any number of rows gains, and PACK_MIN_BYTES of b, b's
+    full column panels
     are first copied into a scratch buffer, panel after panel ([n // cols, k, cols]): a tile
     then reads its K x cols panel contiguously, where in b each of its k rows lies a row stride
     apart (with a power-of-two n, all in the same few cache sets). The copy costs k*n moves
@@ -149,9 +151,10 @@ def tiled_matmul(out, a, b, at, ai, bi, m, n: int, k, names: Names,
     panels = None
     stmts: list = []
     small = isinstance(k, int) and k * n * 4 < PACK_MIN_BYTES
-    # a weight's panels, one set for the whole batch, cost nothing at run time (loops/fold.py)
-    constant = b.buffer is not None and b.buffer.name in names.weights and \
-        all(d == 1 for d in out.shape[:len(at)])
+    # a weight's panels cost nothing at run time where loops/fold.py makes them at build time:
+    # a nest at the kernel's top level (no batch loop around it) of at most MAX_POINTS
+    constant = b.buffer is not None and b.buffer.name in names.weights and not at and \
+        isinstance(k, int) and nt * k * cols_per_tile <= MAX_POINTS
     if pack and nt >= 2 and not small and (constant or isinstance(m, int)
                                            and m >= PACK_MIN_ROWS):
         # one set of panels per matrix of a batch: the batch loop stays independent (and

@@ -23,7 +23,7 @@ loops/fold.py evaluates at build time when the weight is a constant (the library
 run time is transformed in the kernel.
 
 Memory. The transformed tiles of the whole image (16·C per tile) and the products (16·M per
-tile) would be 6x the conv's input and output; written and read back through memory they
+tile) would be 4x the conv's input and output; written and read back through memory they
 would cost more than the products save. The tiles are taken instead in chunks of R tile rows,
 each transformed, multiplied and transformed back while its V and M (16·(C + M)·R·TW floats)
 sit in the core's L2 (CHUNK_BYTES), in a scratch *slot*. S slots run in parallel, slot s
@@ -55,8 +55,9 @@ from aotml.ops.nn import tiled_matmul
 MIN_CHANNELS = 32
 # ... and an output of at least MIN_OUT x MIN_OUT (smaller ones take the implicit GEMM).
 MIN_OUT = 8
-# The bytes of a chunk's transformed tiles and products at most: the 1 MiB L2 of a Zen 4
-# core (2 MiB on recent Intel cores). The plan takes the smallest chunks that make whole
+# The bytes a chunk's transformed tiles and products aim at (a chunk of one tile row may take
+# more, and widened rows up to MAX_WASTE more): the 1 MiB L2 of a Zen 4 core (2 MiB on
+# recent Intel cores). The plan takes the smallest chunks that make whole
 # vectors of tiles: at 112x112, 32 -> 64 channels, 688 KiB (chunks of 4 tile rows, 1.4 MiB,
 # ran 10-25% slower; of 1 row, widened to whole vectors, the same within the noise).
 CHUNK_BYTES = 1 << 20
@@ -120,10 +121,12 @@ def _plan(tile_rows: int, full_rows: int, tiles_w: int, c_in: int, m_out: int, l
           ) -> tuple[int, int, int, int] | None:
     """(R, W, S, K): chunks of R tile rows, each row W >= tiles_w tiles wide so that a chunk
     is whole vectors of tiles (the matmul then has no scalar columns; the tiles past the
-    image's are zeros, multiplied and never stored), and S slots of K chunks each. Prefers
-    little such waste (None when it would exceed MAX_WASTE), no rows left over (they run on
-    one thread), an even slot count (split evenly by 2 threads), chunks of whole register
-    tiles, then smaller chunks (a matmul's b panel stays in L1)."""
+    image's are zeros, multiplied and never stored), and S slots of K chunks each; None when
+    every choice widens the rows by more than MAX_WASTE. Among the others it prefers, in
+    this order: two slots or more (the slots are the form's only parallel loop, the batch
+    included), no rows left over (they run in slot 0 after the slots), an even slot count
+    (split evenly by 2 threads), less widening, chunks of whole register tiles, then smaller
+    chunks (a matmul's b panel stays in L1)."""
     per_tile = 16 * (c_in + m_out) * 4
     r_max = max(1, min(full_rows, CHUNK_BYTES // (per_tile * tiles_w)))
     best = None
@@ -137,7 +140,7 @@ def _plan(tile_rows: int, full_rows: int, tiles_w: int, c_in: int, m_out: int, l
         s = max((d % 2 == 0, d) for d in range(1, min(SLOTS, chunks) + 1)
                 if chunks % d == 0)[1]
         left = tile_rows - chunks * r
-        key = (w <= MAX_WASTE * tiles_w, left == 0 or left == tile_rows - full_rows,
+        key = (w <= MAX_WASTE * tiles_w, s >= 2, left == 0 or left == tile_rows - full_rows,
                s % 2 == 0 or s == chunks, -w, r * w % (2 * lanes) == 0, -r)
         if best is None or key > best[0]:
             best = (key, (r, w, s, chunks // s))
@@ -155,8 +158,8 @@ def winograd_conv(out: Buffer, ins, axes, names: Names) -> list[Stmt] | None:
     oh, ow = ah.out, aw.out
     th = -(-oh // 2)                             # tile rows
     plan = _plan(th, oh // 2, -(-ow // 2), c_in, m_out, names.lanes)
-    if plan is None:
-        return None
+    if plan is None or plan[2] == 1 and n_ != 1:
+        return None  # (one slot: a batch would run on one thread, where the others split it)
     r_, tw, s_, k_ = plan                        # tw: tile columns, past the image's too
     names.schedule = (f"Winograd F(2x2, 3x3): {s_} parallel slots of {k_} chunks, each "
                       f"{r_} x {tw} tiles ({-(-ow // 2)} in the image's rows)")
