@@ -393,10 +393,16 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
  * a change to what these functions mean or take gets a new name, so libraries from different
  * aotml versions then keep pools of their own rather than call each other wrongly. A library
  * whose calls went to another keeps that one loaded (the linker records the dependency), and
- * a library unloaded with its workers started stops them first. A parallel loop over [0, extent) is cut into `chunks` contiguous ranges
- * (at most one per thread, each at least `grain` iterations); the caller runs range 0 and
- * worker k runs range k. The compiler only marks a loop parallel when its iterations write
- * disjoint elements, so the result is the same bit for bit whatever the split.
+ * a library unloaded with its workers started stops them first. A parallel loop over [0, extent) is cut into contiguous ranges of at least
+ * `grain` iterations, up to RANGES_PER_THREAD for each of the threads taking part: thread t
+ * (the caller is 0) owns the t-th block of them and runs it in order, so consecutive loops
+ * split alike and a thread finds in its own cache what it wrote before. A thread done with
+ * its block takes the ranges nobody has claimed yet from the other blocks, last first: a
+ * thread the OS has descheduled (another process on its core) then delays the loop by the
+ * range it is running at most, not by its whole block. Each range is claimed by one
+ * compare-and-swap of its slot from the job's generation. The compiler only marks a loop
+ * parallel when its iterations write disjoint elements, so the result is the same bit for bit
+ * whatever the split and whoever runs each range.
  *
  * No oversubscription: a pool runs one loop at a time. A call that finds it busy (another
  * thread of the application running a model of this library), or that comes from a worker,
@@ -406,6 +412,8 @@ AOTML_HIDDEN int aotml_rt_run_typed(const aotml_impl *impl, const int64_t *symbo
 
 #define SPIN_NS 50000 /* how long a waiting thread spins before it sleeps */
 #define MAX_THREADS 256
+#define RANGES_PER_THREAD 4
+#define MAX_RANGES (MAX_THREADS * RANGES_PER_THREAD)
 
 static struct {
     pthread_mutex_t busy;  /* held by the thread running a parallel loop (or resizing) */
@@ -419,13 +427,15 @@ static struct {
      * lock: one cache line to cross to them */
     _Atomic(aotml_task_fn) fn;
     _Atomic(void *) ctx;
-    _Atomic int64_t extent, chunks;
+    _Atomic int64_t extent, chunks, threads; /* chunks: ranges, `threads` blocks of them */
     _Atomic uint64_t generation;
-    _Atomic uint64_t remaining; /* ranges of the job not yet finished by a worker */
+    _Atomic uint64_t remaining; /* ranges of the job not yet finished */
+    /* range k is free while its slot holds the job's generation, taken once it holds one more */
+    _Atomic uint64_t claim[MAX_RANGES];
     /* who sleeps: workers on `wake`, the caller on `done` (changed under `lock`) */
     _Atomic int sleepers;
     _Atomic int caller_sleeps;
-    int status[MAX_THREADS];   /* each range's status, read once `remaining` is 0 */
+    int status[MAX_RANGES];    /* each range's status, read once `remaining` is 0 */
     uint64_t base_generation;  /* the generation when the workers were started */
     _Atomic int stop;
 } pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -486,6 +496,32 @@ static void range_of(int64_t extent, int64_t chunks, int64_t k, int64_t *begin, 
     *end = *begin + extent / chunks + (k < extent % chunks);
 }
 
+/* Thread `self` runs the ranges of job `generation` it can claim: its own block in order,
+ * then the others' from their ends. A thread still holding an older job's fields claims
+ * nothing (every slot holds a newer generation). */
+static void run_ranges(uint64_t generation, aotml_task_fn fn, void *ctx, int64_t extent,
+                       int64_t ranges, int64_t threads, int64_t self) {
+    int64_t per = ranges / threads;
+    for (int64_t step = 0; step < ranges; step++) {
+        int64_t k = self * per + step;
+        if (step >= per) {
+            int64_t s = step - per, victim = (self + 1 + s / per) % threads;
+            k = victim * per + per - 1 - s % per;
+        }
+        uint64_t expected = generation;
+        if (!atomic_compare_exchange_strong(&pool.claim[k], &expected, generation + 1))
+            continue;
+        int64_t begin, end;
+        range_of(extent, ranges, k, &begin, &end);
+        pool.status[k] = fn(ctx, begin, end);
+        if (atomic_fetch_sub(&pool.remaining, 1) == 1 && atomic_load(&pool.caller_sleeps)) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+}
+
 /* Sleeping and waking without a lost wake-up, and without the lock when nobody sleeps: a
  * sleeper counts itself (seq_cst) and then checks its condition under `lock`; a waker
  * changes the condition (seq_cst) and then takes `lock` to signal only if it sees a sleeper.
@@ -513,6 +549,7 @@ static void *worker_main(void *arg) {
         void *ctx = atomic_load_explicit(&pool.ctx, memory_order_relaxed);
         int64_t extent = atomic_load_explicit(&pool.extent, memory_order_relaxed);
         int64_t chunks = atomic_load_explicit(&pool.chunks, memory_order_relaxed);
+        int64_t threads = atomic_load_explicit(&pool.threads, memory_order_relaxed);
         /* A worker with a range holds its job until it finishes it (the caller waits for
          * that before the next), but one without could read a newer job's fields as they
          * are written: the generation is odd while they are, so a changed one means that
@@ -520,15 +557,8 @@ static void *worker_main(void *arg) {
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&pool.generation, memory_order_relaxed) != generation) continue;
         seen = generation;
-        if (index >= chunks) continue;
-        int64_t begin, end;
-        range_of(extent, chunks, index, &begin, &end);
-        pool.status[index] = fn(ctx, begin, end);
-        if (atomic_fetch_sub(&pool.remaining, 1) == 1 && atomic_load(&pool.caller_sleeps)) {
-            pthread_mutex_lock(&pool.lock);
-            pthread_cond_signal(&pool.done);
-            pthread_mutex_unlock(&pool.lock);
-        }
+        if (index >= threads) continue;
+        run_ranges(generation, fn, ctx, extent, chunks, threads, index);
     }
 }
 
@@ -589,11 +619,14 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
         return fn(ctx, 0, extent);
     pthread_once(&fork_handler_once, install_fork_handler);
     if (pool.started < pool.size - 1 || pool.size == 0) start_workers();
-    if (chunks > pool.size) chunks = pool.size;
-    if (chunks < 2) {
+    int64_t threads = chunks < pool.size ? chunks : pool.size;
+    if (threads < 2) {
         pthread_mutex_unlock(&pool.busy);
         return fn(ctx, 0, extent);
     }
+    int64_t per = chunks / threads;
+    if (per > RANGES_PER_THREAD) per = RANGES_PER_THREAD;
+    chunks = threads * per;
     atomic_fetch_add(&pool.generation, 1); /* odd: the job is being written */
     /* the fields' stores may not become visible before the odd generation (a worker's
      * acquire fence pairs with this; x86's locked add orders them anyway, aarch64's does
@@ -603,7 +636,11 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
     atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool.extent, extent, memory_order_relaxed);
     atomic_store_explicit(&pool.chunks, chunks, memory_order_relaxed);
-    atomic_store(&pool.remaining, (uint64_t)(chunks - 1));
+    atomic_store_explicit(&pool.threads, threads, memory_order_relaxed);
+    uint64_t generation = atomic_load(&pool.generation) + 1; /* the job's, once published */
+    for (int64_t k = 0; k < chunks; k++)
+        atomic_store_explicit(&pool.claim[k], generation, memory_order_relaxed);
+    atomic_store(&pool.remaining, (uint64_t)chunks);
     atomic_fetch_add(&pool.generation, 1); /* even again: publishes the job */
     if (atomic_load(&pool.sleepers)) {
         pthread_mutex_lock(&pool.lock);
@@ -611,10 +648,8 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
         pthread_mutex_unlock(&pool.lock);
     }
 
-    int64_t begin, end;
-    range_of(extent, chunks, 0, &begin, &end);
     in_parallel = 1;
-    int status = fn(ctx, begin, end);
+    run_ranges(generation, fn, ctx, extent, chunks, threads, 0);
     in_parallel = 0;
     if (!spin_until(&pool.remaining, 0, 1)) {
         pthread_mutex_lock(&pool.lock);
@@ -625,7 +660,8 @@ AOTML_EXPORT int aotml_pool1_parallel_for(aotml_task_fn fn, void *ctx, int64_t e
     }
     /* the check that failed first in loop order, as a serial run would report: each range
      * stops at its own first failure, and ranges are in loop order */
-    for (int64_t k = 1; k < chunks && status == 0; k++) status = pool.status[k];
+    int status = 0;
+    for (int64_t k = 0; k < chunks && status == 0; k++) status = pool.status[k];
     pthread_mutex_unlock(&pool.busy);
     return status;
 }

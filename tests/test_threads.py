@@ -351,3 +351,42 @@ def test_many_calls_with_more_threads_than_ranges_give_the_same_bits(tmp_path):
         for _ in range(1500):
             got = call()
             assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+STEAL_SCRIPT = r"""
+import ctypes, sys, threading, time
+lib = ctypes.CDLL(sys.argv[1])
+TASK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+ran = []
+main = threading.get_ident()
+
+def task(ctx, begin, end):
+    ran.append((begin, end, threading.get_ident() == main))
+    if threading.get_ident() == main and begin == 0:
+        time.sleep(0.1)  # time for the worker to claim the first range of its block
+    if threading.get_ident() != main and begin == 4:
+        time.sleep(0.4)  # where it is held up
+    return 0
+
+fn = TASK(task)
+lib.aotml_pool1_set_num_threads(2)
+lib.aotml_pool1_parallel_for.argtypes = [TASK, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+assert lib.aotml_pool1_parallel_for(TASK(lambda ctx, b, e: 0), None, 8, 1) == 0  # workers up
+assert lib.aotml_pool1_parallel_for(fn, None, 8, 1) == 0
+print(sorted(ran))
+"""
+
+
+def test_a_held_up_worker_s_ranges_are_taken_by_the_caller(tmp_path):
+    """8 iterations, 2 threads: blocks [0, 4) and [4, 8) of 4 ranges. The worker is held up
+    in range 4; the caller runs its block, then the worker's unstarted ranges 7, 6, 5 (with
+    the static split it waited for the worker to run them); every range runs once."""
+    src = tmp_path / "reduce.mlg"
+    src.write_text(MODELS["reduce"][0])
+    so = build(src, tmp_path / "reduce.so").so_path
+    out = subprocess.run([sys.executable, "-c", STEAL_SCRIPT, str(so)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    ran = eval(out.stdout)  # [(begin, end, run by the caller)]
+    assert [(b, e) for b, e, _ in ran] == [(k, k + 1) for k in range(8)]
+    assert [k for k, _, by_caller in ran if not by_caller] == [4]
