@@ -430,8 +430,9 @@ static struct {
     _Atomic int64_t extent, chunks, threads; /* chunks: ranges, `threads` blocks of them */
     _Atomic uint64_t generation;
     _Atomic uint64_t remaining; /* ranges of the job not yet finished */
-    /* range k is free while its slot holds the job's generation, taken once it holds one more */
-    _Atomic uint64_t claim[MAX_RANGES];
+    /* range k is free while its slot holds the job's generation, taken once it holds one more
+     * (on lines of their own: not those the idle workers spin on) */
+    _Alignas(64) _Atomic uint64_t claim[MAX_RANGES];
     /* who sleeps: workers on `wake`, the caller on `done` (changed under `lock`) */
     _Atomic int sleepers;
     _Atomic int caller_sleeps;
@@ -509,7 +510,9 @@ static void run_ranges(uint64_t generation, aotml_task_fn fn, void *ctx, int64_t
             k = victim * per + per - 1 - s % per;
         }
         uint64_t expected = generation;
-        if (!atomic_compare_exchange_strong(&pool.claim[k], &expected, generation + 1))
+        /* a plain read first: a taken range costs no exclusive cache line */
+        if (atomic_load_explicit(&pool.claim[k], memory_order_relaxed) != generation ||
+            !atomic_compare_exchange_strong(&pool.claim[k], &expected, generation + 1))
             continue;
         int64_t begin, end;
         range_of(extent, ranges, k, &begin, &end);
